@@ -1,0 +1,53 @@
+"""What every engine offers the trainer: run a segment of a batch of sequences, and hand over
+its state (weights, optimizer slots, carried state) as host arrays for checkpoints."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from .. import metrics
+
+
+def step_loss_sums(xp, xhat, x, m) -> dict:
+    """Loss sums of one step from layer 1's forecast: BCE/SE for frames, NLL for tokens."""
+    if x.dtype.kind in "iu":
+        return metrics.token_loss_sums(xhat, xp.where(x >= 0, x, 0), m, xp)
+    return metrics.frame_loss_sums(xhat, x, m, xp)
+
+
+def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Token ids with padded positions set to -1 (a zero input row, no target)."""
+    return np.where(mask > 0, x, -1).astype(np.int64)
+
+
+class Engine(ABC):
+    """A P-TNCN stack that can run steps. Subclasses differ in placement and transport only."""
+
+    name = "engine"
+
+    @abstractmethod
+    def run_segment(self, x: np.ndarray, mask: np.ndarray, t0: int, t1: int, *, learn: bool,
+                    t_prime: int, keep_xhat: bool = False) -> tuple[dict, list]:
+        """Steps t0..t1-1 of a (T, B, ...) batch (t0 = 0 resets the carried state). Learns at
+        t >= t_prime when `learn`; returns the loss sums of steps t >= t_prime and, if asked,
+        each step's forecast xhat as host arrays."""
+
+    @abstractmethod
+    def layer_states(self) -> list[dict]:
+        """Per layer: {'params': {name: array}, 'slots': {...}, 'carry': {...}} as host arrays."""
+
+    @abstractmethod
+    def load_layer_states(self, states: list[dict]) -> None:
+        """Put every layer back into a state `layer_states` returned."""
+
+    def weights(self) -> dict[str, np.ndarray]:
+        return {f"{k}{l}": v for l, s in enumerate(self.layer_states(), start=1)
+                for k, v in s["params"].items()}
+
+    def stats(self) -> dict:
+        """Engine counters for metrics (bytes moved, placement, ...)."""
+        return {}
+
+    def close(self) -> None:
+        """Release workers and devices."""

@@ -1,0 +1,60 @@
+"""All layers in one process: the reference every engine must match, and the fastest choice on
+a single device. The layers run in order within each phase; nothing is sent anywhere."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import to_numpy, to_xp
+from ..layer import LayerCore
+from .base import Engine, step_loss_sums, token_ids
+from .. import metrics
+
+
+class LocalEngine(Engine):
+    name = "local"
+
+    def __init__(self, specs, params: list[dict], opt_cfg, xp, dtype):
+        self.xp, self.dtype = xp, dtype
+        self.layers = [LayerCore(s, p, opt_cfg, xp, dtype) for s, p in zip(specs, params)]
+
+    def step(self, x, m, do_learn: bool):
+        """One MODEL.md step on device arrays x (B, D) or ids (B,), m (B, 1); returns xhat."""
+        layers, n = self.layers, len(self.layers)
+        zs, preds = [None] * n, [None] * n
+        for i, layer in enumerate(layers):
+            zs[i], preds[i] = layer.forward(x, m) if i == 0 else layer.forward()
+        ys, epss = [None] * n, [None] * n
+        for i, layer in enumerate(layers):
+            ys[i], epss[i] = layer.correct(m, z_below=zs[i - 1] if i else None,
+                                           pred_above=preds[i + 1] if i + 1 < n else None)
+        for i, layer in enumerate(layers):
+            layer.finish(do_learn, x=x, y_below=ys[i - 1] if i else None,
+                         eps_below=epss[i - 1] if i else None,
+                         y_above=ys[i + 1] if i + 1 < n else None)
+        return layers[0].xhat
+
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
+        xp = self.xp
+        if x.dtype.kind in "iu":
+            xs = to_xp(xp, token_ids(x, mask))
+        else:
+            xs = to_xp(xp, x, self.dtype)
+        ms = to_xp(xp, mask[..., None], self.dtype)
+        if t0 == 0:
+            for layer in self.layers:
+                layer.reset(x.shape[1])
+        sums, xhats = {}, []
+        for t in range(t0, t1):
+            xhat = self.step(xs[t], ms[t], learn and t >= t_prime)
+            if t >= t_prime:
+                metrics.add_sums(sums, step_loss_sums(xp, xhat, xs[t], ms[t]))
+            if keep_xhat:
+                xhats.append(np.array(to_numpy(xhat), copy=True))
+        return sums, xhats
+
+    def layer_states(self):
+        return [layer.state() for layer in self.layers]
+
+    def load_layer_states(self, states):
+        for layer, st in zip(self.layers, states):
+            layer.load_state(st)

@@ -1,0 +1,365 @@
+"""The P-TNCN layer: the arithmetic of ../shared/MODEL.md, the only place it lives.
+
+A layer l (1-based) of L holds its weights M, V, U, W, E, its optimizer slots and what it carries
+from step t-1 (its input `inp`, its own corrected state `yprev`, the corrected state of the layer
+above `yprev_up`). A step is three phases, separated by the two rounds of neighbour exchange that
+every engine performs (in one process, or between Ray actors):
+
+1. `forward`   h = in @ M + yprev @ V (+ yprev_up @ U); z = phi(h); the prediction z @ W of the
+               layer below (layer 1: xhat = out(z @ W) and e0 = (xhat - x) * m).
+   -- exchange 1: z goes up, the prediction goes down --
+2. `correct`   e_self = (pred_above - z) * m; e_below = (pred_self - z_below) * m (or e0);
+               d = e_below @ E - alpha * e_self; y = phi(h - beta * d); eps = (z - y) * m.
+   -- exchange 2: eps and y go up, y goes down --
+3. `learn` / `carry`   the local LRA updates (outer products of signals the layer holds), then
+               the carried state moves to step t.
+
+Both neighbours of an error e[l] form it from the same two arrays, so it is never sent. Messages are
+(B, d) arrays of activations or errors, never weights. No derivative of phi is ever taken.
+
+Inputs to layer 1 are either dense rows (B, x_dim) or token ids (B,) of integer dtype (-1: no
+token). Ids stand for one-hot rows: `x @ M` is a row gather and its update a scatter-add.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import optim
+from .backend import to_numpy
+from .errors import ConfigError
+
+PARAM_NAMES = ("M", "V", "U", "W", "E")
+
+
+def _tanh(xp, h):
+    return xp.tanh(h)
+
+
+def _relu(xp, h):
+    return xp.maximum(h, 0)
+
+
+def _sign(xp, h):
+    return xp.sign(h)
+
+
+def _step(xp, h):
+    return (h >= 0).astype(h.dtype)
+
+
+def _identity(xp, h):
+    return h.copy()
+
+
+def _sigmoid(xp, h):
+    return 1.0 / (1.0 + xp.exp(-h))
+
+
+def _lrelu(xp, h):
+    return xp.where(h > 0, h, 0.01 * h)
+
+
+def _softmax(xp, h):
+    e = xp.exp(h - h.max(axis=1, keepdims=True))
+    e /= e.sum(axis=1, keepdims=True)
+    return e
+
+
+ACTIVATIONS = {"tanh": _tanh, "relu": _relu, "sign": _sign, "step": _step,
+               "identity": _identity, "sigmoid": _sigmoid, "lrelu": _lrelu}
+OUTPUTS = {"identity": _identity, "sigmoid": _sigmoid, "softmax": _softmax, "tanh": _tanh}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What layer `index` of `n_layers` needs to know about the model and its neighbours."""
+
+    index: int
+    n_layers: int
+    d_in: int
+    d: int
+    d_up: int
+    activation: str = "tanh"
+    output: str = "sigmoid"
+    alpha: float = 0.001
+    beta: float = 0.1
+    gamma: float = 1.0
+    update_radius: float = 1.0
+    zeta: float = 1.0
+    row_norm_bound: float = 0.0
+    sparse_input: bool = False
+
+    @property
+    def is_bottom(self) -> bool:
+        return self.index == 1
+
+    @property
+    def is_top(self) -> bool:
+        return self.index == self.n_layers
+
+    @property
+    def has_U(self) -> bool:
+        return not self.is_top and self.zeta > 0
+
+    def shapes(self) -> dict:
+        """Weight shapes, as MODEL.md's table gives them."""
+        s = {"M": (self.d_in, self.d), "V": (self.d, self.d),
+             "W": (self.d, self.d_in), "E": (self.d_in, self.d)}
+        if self.has_U:
+            s["U"] = (self.d_up, self.d)
+        return s
+
+
+def layer_specs(x_dim: int, hidden, sparse_input: bool = False, **hyper) -> list[LayerSpec]:
+    """One LayerSpec per hidden layer, 1..L."""
+    dims = [int(x_dim)] + [int(h) for h in hidden]
+    L = len(dims) - 1
+    return [LayerSpec(index=l, n_layers=L, d_in=dims[l - 1], d=dims[l],
+                      d_up=dims[l + 1] if l < L else 0,
+                      sparse_input=sparse_input and l == 1, **hyper)
+            for l in range(1, L + 1)]
+
+
+def check_names(activation: str, output: str) -> None:
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"model.activation must be one of {sorted(ACTIVATIONS)}, not {activation!r}")
+    if output not in OUTPUTS:
+        raise ConfigError(f"model.output must be one of {sorted(OUTPUTS)}, not {output!r}")
+
+
+def init_params(spec: LayerSpec, seed: int, weight_sd: float, error_weight_sd: float,
+                dtype) -> dict[str, np.ndarray]:
+    """Gaussian initial weights for one layer, a pure function of (seed, layer index).
+
+    A layer can therefore create its own weights on its own worker, and every engine starts from
+    the same numbers.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), spec.index]))
+    out = {}
+    for name in PARAM_NAMES:
+        shape = spec.shapes().get(name)
+        if shape is None:
+            continue
+        sd = error_weight_sd if name == "E" else weight_sd
+        out[name] = (rng.standard_normal(shape) * sd).astype(dtype)
+    return out
+
+
+def is_ids(inp) -> bool:
+    return inp.dtype.kind in "iu"
+
+
+def input_matmul(xp, inp, M):
+    """in @ M: a row gather when `inp` holds token ids (-1 gives a zero row)."""
+    if not is_ids(inp):
+        return inp @ M
+    valid = inp >= 0
+    out = M[xp.where(valid, inp, 0)]
+    if not bool(valid.all()):
+        out *= valid[:, None].astype(M.dtype)
+    return out
+
+
+def forward(spec: LayerSpec, xp, p, inp, yprev, yprev_up):
+    """Phase 1: h and z = phi(h) from step t-1's carried values only."""
+    h = input_matmul(xp, inp, p["M"])
+    h += yprev @ p["V"]
+    if spec.has_U:
+        h += yprev_up @ p["U"]
+    return h, ACTIVATIONS[spec.activation](xp, h)
+
+
+def predict_below(p, z):
+    """The layer's prediction of the layer below (pre-output for layer 1): z @ W."""
+    return z @ p["W"]
+
+
+def output_error(spec: LayerSpec, xp, pred, x, m):
+    """Layer 1: xhat = out(z1 @ W1) and e0 = (xhat - x) * m; `x` dense rows or token ids."""
+    xhat = OUTPUTS[spec.output](xp, pred)
+    e0 = xhat * m
+    if is_ids(x):
+        valid = x >= 0
+        rows = xp.arange(x.shape[0])
+        e0[rows, xp.where(valid, x, 0)] -= m[:, 0] * valid.astype(e0.dtype)
+    else:
+        e0 -= x * m
+    return xhat, e0
+
+
+def state_error(pred_above, z, m):
+    """e[l] = (z[l+1] @ W[l+1] - z[l]) * m, formed by both layers l and l+1."""
+    return (pred_above - z) * m
+
+
+def correct(spec: LayerSpec, xp, p, h, z, e_below, e_self, m):
+    """Phase 2: the corrected state y = phi(h - beta * d) and eps = (z - y) * m."""
+    d = e_below @ p["E"]
+    if not spec.is_top:
+        d -= spec.alpha * e_self
+    y = ACTIVATIONS[spec.activation](xp, h - spec.beta * d)
+    return y, (z - y) * m
+
+
+def clip_scale(xp, g, radius: float, extra: float = 1.0) -> float:
+    """The factor that brings `extra * g` down to Frobenius norm `radius` (1.0 when shorter)."""
+    if radius <= 0:
+        return 1.0
+    norm = abs(extra) * math.sqrt(float(xp.vdot(g.ravel(), g.ravel()).real))
+    return radius / norm if norm > radius else 1.0
+
+
+def learn(spec: LayerSpec, xp, p, slots, opt_cfg, grads, inp, yprev, yprev_up, z, eps,
+          err_below) -> None:
+    """Phase 3: the local LRA updates of MODEL.md step 5, applied through the optimizer.
+
+    `err_below` is e0 for layer 1 and eps[l-1] (from the layer below) otherwise; `grads` holds
+    preallocated gradient buffers shaped like the weights, so nothing weight-sized is allocated.
+    Each delta is clipped, divided by the batch size B, then handed to the optimizer.
+    """
+    inv_b = 1.0 / eps.shape[0]
+    r = spec.update_radius
+    gW, gE = grads["W"], grads["E"]
+    xp.matmul(z.T, err_below, out=gW)
+    cW = clip_scale(xp, gW, r)
+    cE = clip_scale(xp, gW, r, extra=spec.gamma * cW)
+    xp.multiply(gW.T, spec.gamma * cW * cE * inv_b, out=gE)
+    gW *= cW * inv_b
+    _outer_update(xp, p, slots, opt_cfg, grads, "V", yprev, eps, r, inv_b)
+    if spec.has_U:
+        _outer_update(xp, p, slots, opt_cfg, grads, "U", yprev_up, eps, r, inv_b)
+    if is_ids(inp):
+        _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
+    else:
+        _outer_update(xp, p, slots, opt_cfg, grads, "M", inp, eps, r, inv_b)
+    optim.apply(opt_cfg, p["W"], gW, slots["W"], xp)
+    optim.apply(opt_cfg, p["E"], gE, slots["E"], xp)
+    if spec.row_norm_bound > 0:
+        for name in p:
+            bound_rows(xp, p[name], spec.row_norm_bound)
+
+
+def _outer_update(xp, p, slots, opt_cfg, grads, name, a, b, radius, inv_b):
+    g = grads[name]
+    xp.matmul(a.T, b, out=g)
+    g *= clip_scale(xp, g, radius) * inv_b
+    optim.apply(opt_cfg, p[name], g, slots[name], xp)
+
+
+def _sparse_update(xp, p, slots, opt_cfg, ids, eps, radius, inv_b):
+    """dM = onehot(ids).T @ eps without the one-hot: summed rows of eps per distinct token."""
+    valid = ids >= 0
+    if not bool(valid.any()):
+        optim.apply_rows(opt_cfg, p["M"], ids[:0], eps[:0], slots["M"], xp)
+        return
+    rows, inverse = xp.unique(ids[valid], return_inverse=True)
+    pick = (inverse[:, None] == xp.arange(rows.shape[0])[None, :]).astype(eps.dtype)
+    g_rows = pick.T @ eps[valid]
+    g_rows *= clip_scale(xp, g_rows, radius) * inv_b
+    optim.apply_rows(opt_cfg, p["M"], rows, g_rows, slots["M"], xp)
+
+
+def bound_rows(xp, w, bound: float) -> None:
+    """Scale down, in place, every row of `w` whose Euclidean norm exceeds `bound`."""
+    norms = xp.sqrt((w * w).sum(axis=1, keepdims=True))
+    w *= xp.minimum(1.0, bound / xp.maximum(norms, 1e-30))
+
+
+class LayerCore:
+    """One layer's state and its step, phase by phase. Engines call these methods in order:
+
+    `forward` -> (exchange 1) -> `correct` -> (exchange 2) -> `finish`.
+    It holds no reference to any other layer: what it needs from a neighbour comes in as an
+    argument, so the same object serves a single process and a Ray actor.
+    """
+
+    def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
+        self.spec, self.opt_cfg, self.xp, self.dtype = spec, opt_cfg, xp, dtype
+        self.p = {k: xp.ascontiguousarray(xp.asarray(v, dtype=dtype)) for k, v in params.items()}
+        expected = spec.shapes()
+        for name, shape in expected.items():
+            if name not in self.p or tuple(self.p[name].shape) != shape:
+                got = None if name not in self.p else tuple(self.p[name].shape)
+                raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
+        self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items()}
+        self.grads = {k: xp.empty_like(v) for k, v in self.p.items() if k != "M" or not spec.sparse_input}
+        self.carry = None
+
+    def reset(self, batch: int) -> None:
+        """Zero carried state: the start of every sequence (step t = 0)."""
+        xp, s = self.xp, self.spec
+        inp = xp.full((batch,), -1, dtype=np.int64) if s.sparse_input else xp.zeros((batch, s.d_in), self.dtype)
+        up = xp.zeros((batch, s.d_up), self.dtype) if s.d_up else None
+        self.carry = {"inp": inp, "y": xp.zeros((batch, s.d), self.dtype), "y_up": up}
+        self._t = {}
+
+    def forward(self, x=None, m=None):
+        """Phase 1. Returns (z, pred): z for the layer above, pred for the layer below (None for
+        layer 1, which needs the step's target `x` and mask `m` to form xhat and e0 itself)."""
+        c, s, xp = self.carry, self.spec, self.xp
+        h, z = forward(s, xp, self.p, c["inp"], c["y"], c["y_up"])
+        pred = predict_below(self.p, z)
+        self._t = {"h": h, "z": z, "pred": pred}
+        if s.is_bottom:
+            self._t["xhat"], self._t["e_below"] = output_error(s, xp, pred, x, m)
+            return z, None
+        return z, pred
+
+    def correct(self, m, z_below=None, pred_above=None):
+        """Phase 2, given the layer below's z (l >= 2) and the layer above's prediction (l < L).
+        Returns (y, eps): eps and y go up, y goes down."""
+        s, t, xp = self.spec, self._t, self.xp
+        if not s.is_bottom:
+            t["e_below"] = state_error(t["pred"], z_below, m)
+        e_self = None if s.is_top else state_error(pred_above, t["z"], m)
+        t["e_self"] = e_self
+        t["y"], t["eps"] = correct(s, xp, self.p, t["h"], t["z"], t["e_below"], e_self, m)
+        return t["y"], t["eps"]
+
+    def finish(self, do_learn: bool, x=None, y_below=None, eps_below=None, y_above=None) -> None:
+        """Phase 3: the local updates (when `do_learn`), then carry step t's values forward."""
+        s, t, c = self.spec, self._t, self.carry
+        if do_learn:
+            err = t["e_below"] if s.is_bottom else eps_below
+            learn(s, self.xp, self.p, self.slots, self.opt_cfg, self.grads,
+                  c["inp"], c["y"], c["y_up"], t["z"], t["eps"], err)
+        c["inp"] = x if s.is_bottom else y_below
+        c["y"] = t["y"]
+        c["y_up"] = y_above
+
+    def state(self) -> dict:
+        """Weights, optimizer slots and carried state as host (NumPy) copies."""
+        host = lambda v: np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v
+        return {"params": {k: host(v) for k, v in self.p.items()},
+                "slots": {k: {n: host(v) for n, v in sl.items()} for k, sl in self.slots.items()},
+                "carry": None if self.carry is None else {k: host(v) for k, v in self.carry.items()}}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what `state` returned, in place (shapes are checked)."""
+        xp = self.xp
+        for k, v in state["params"].items():
+            if k not in self.p or tuple(v.shape) != tuple(self.p[k].shape):
+                raise ConfigError(f"layer {self.spec.index}: saved weight {k} has shape {tuple(v.shape)}, "
+                                  f"the model needs {None if k not in self.p else tuple(self.p[k].shape)}")
+            self.p[k][...] = xp.asarray(v)
+        for k, sl in state["slots"].items():
+            for n, v in sl.items():
+                if hasattr(v, "shape"):
+                    self.slots[k][n][...] = xp.asarray(v)
+                else:
+                    self.slots[k][n] = v
+        carry = state.get("carry")
+        self.carry = None if carry is None else {
+            k: None if v is None else xp.asarray(v) for k, v in carry.items()}
+        self._t = {}
+
+    @property
+    def xhat(self):
+        return self._t.get("xhat")
+
+    def step_values(self) -> dict:
+        """What the last step computed (h, z, y, eps, e_self, ...), for tests and inspection."""
+        return dict(self._t)

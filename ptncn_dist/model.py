@@ -1,0 +1,40 @@
+"""A P-TNCN stack from a config: layer specs and initial weights, named as MODEL.md names them."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .backend import get_dtype
+from .errors import ConfigError
+from .layer import LayerSpec, init_params, layer_specs
+
+_NAME = re.compile(r"^([MVUWE])(\d+)$")
+
+
+def specs_from_config(model_cfg, x_dim: int, sparse_input: bool) -> list[LayerSpec]:
+    m = model_cfg
+    return layer_specs(x_dim, m.hidden, sparse_input=sparse_input, activation=m.activation,
+                       output=m.output, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
+                       update_radius=m.update_radius, zeta=m.zeta, row_norm_bound=m.row_norm_bound)
+
+
+def initial_params(specs, model_cfg, seed: int) -> list[dict]:
+    dtype = get_dtype(model_cfg.dtype)
+    return [init_params(s, seed, model_cfg.weight_sd, model_cfg.error_weight_sd, dtype) for s in specs]
+
+
+def flat_weights(per_layer: list[dict]) -> dict[str, np.ndarray]:
+    """[{'M': ..}, {'M': ..}] -> {'M1': .., 'M2': ..}."""
+    return {f"{k}{l}": v for l, p in enumerate(per_layer, start=1) for k, v in p.items()}
+
+
+def split_weights(flat: dict, n_layers: int) -> list[dict]:
+    """{'M1': .., 'W2': ..} -> one dict per layer; unknown names are an error."""
+    out = [{} for _ in range(n_layers)]
+    for key, value in flat.items():
+        match = _NAME.match(key)
+        if not match or not 1 <= int(match.group(2)) <= n_layers:
+            raise ConfigError(f"weight name {key!r} is not one of M,V,U,W,E followed by a layer 1..{n_layers}")
+        out[int(match.group(2)) - 1][match.group(1)] = value
+    return out

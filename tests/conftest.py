@@ -1,0 +1,24 @@
+"""Shared test fixtures: where ../shared lives, and golden files."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("PTNCN_SHARED_DIR", REPO.parent / "shared"))
+DATA = Path(os.environ.get("PTNCN_DATA_DIR", SHARED / "data"))
+GOLDEN = Path(os.environ.get("PTNCN_GOLDEN_DIR", SHARED / "golden"))
+
+
+def golden_files():
+    """The golden files, read at collection time from $PTNCN_GOLDEN_DIR (default ../shared/golden)."""
+    if not GOLDEN.is_dir():
+        return []
+    return sorted(GOLDEN.glob("*.npz"))
+
+
+def need_data(*parts):
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    return path
