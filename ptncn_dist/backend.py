@@ -5,6 +5,8 @@ on NumPy (CPU) and CuPy (GPU). Moving arrays between the two happens only here.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .errors import ConfigError
@@ -69,3 +71,93 @@ def limit_blas_threads(n: int | None) -> None:
     except ImportError:
         return
     threadpool_limits(limits=int(n), user_api="blas")
+
+
+def _numpy_cblas():
+    """axpy and scal from the OpenBLAS that NumPy itself links (same thread pool as its GEMMs;
+    a second BLAS with its own pool would fight it for the cores). None where not found."""
+    import ctypes
+    import glob
+    import os
+    root = os.path.dirname(os.path.dirname(np.__file__))
+    for path in glob.glob(os.path.join(root, "numpy.libs", "*openblas*")):
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for prefix, suffix, int_t in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "", ctypes.c_int)):
+            try:
+                fns = {n: getattr(lib, f"{prefix}{n}{suffix}")
+                       for n in ("saxpy", "daxpy", "sscal", "dscal", "sgemm", "dgemm")}
+            except AttributeError:
+                continue
+            ptr, enum = ctypes.c_void_p, ctypes.c_int
+            for n, fn in fns.items():
+                real = ctypes.c_float if n[0] == "s" else ctypes.c_double
+                fn.restype = None
+                if "axpy" in n:
+                    fn.argtypes = [int_t, real, ptr, int_t, ptr, int_t]
+                elif "scal" in n:
+                    fn.argtypes = [int_t, real, ptr, int_t]
+                else:
+                    fn.argtypes = [enum, enum, enum, int_t, int_t, int_t, real, ptr, int_t, ptr, int_t,
+                                   real, ptr, int_t]
+            return fns
+    return None
+
+
+_CBLAS = _numpy_cblas()
+
+
+def _blas_ok(*arrays) -> bool:
+    """NumPy arrays of one float dtype, each contiguous in the same (C or F) order."""
+    if _CBLAS is None or not all(isinstance(a, np.ndarray) for a in arrays):
+        return False
+    first = arrays[0]
+    if first.dtype not in (np.float32, np.float64):
+        return False
+    c = all(a.flags.c_contiguous for a in arrays)
+    f = all(a.flags.f_contiguous for a in arrays)
+    return (c or f) and all(a.dtype == first.dtype and a.shape == first.shape for a in arrays)
+
+
+def axpy(a: float, x, y) -> None:
+    """y += a * x in place, in one pass and without a temporary where NumPy's BLAS allows."""
+    if _blas_ok(x, y):
+        fn = _CBLAS["saxpy" if y.dtype == np.float32 else "daxpy"]
+        fn(y.size, a, x.ctypes.data, 1, y.ctypes.data, 1)
+    else:
+        y += a * x
+
+
+def scal(a: float, y) -> None:
+    """y *= a, in place."""
+    if _blas_ok(y):
+        _CBLAS["sscal" if y.dtype == np.float32 else "dscal"](y.size, a, y.ctypes.data, 1)
+    else:
+        y *= a
+
+
+def gemm_tn(alpha: float, a, b, beta: float, c) -> None:
+    """c = alpha * a.T @ b + beta * c in place, a (K, m), b (K, n), c (m, n) row-major.
+
+    One pass over c: a low-rank update lands in a weight or an optimizer slot without the
+    weight-sized product ever being formed on its own.
+    """
+    if _CBLAS is not None and isinstance(c, np.ndarray) and c.flags.c_contiguous \
+            and c.dtype in (np.float32, np.float64):
+        a = np.ascontiguousarray(a, dtype=c.dtype)
+        b = np.ascontiguousarray(b, dtype=c.dtype)
+        m, n, k = c.shape[0], c.shape[1], a.shape[0]
+        _CBLAS["sgemm" if c.dtype == np.float32 else "dgemm"](
+            101, 112, 111, m, n, k, alpha, a.ctypes.data, m, b.ctypes.data, n, beta, c.ctypes.data, n)
+        return
+    if beta != 1.0:
+        c *= beta
+    c += alpha * (a.T @ b)
+
+
+def outer_norm(xp, a, b) -> float:
+    """Frobenius norm of a.T @ b from the two small Gram matrices: sum((a a.T) * (b b.T))."""
+    s = float(((a @ a.T) * (b @ b.T)).sum())
+    return math.sqrt(max(s, 0.0))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import optim
-from .backend import to_numpy
+from .backend import outer_norm, to_numpy
 from .errors import ConfigError
 
 PARAM_NAMES = ("M", "V", "U", "W", "E")
@@ -204,49 +204,37 @@ def correct(spec: LayerSpec, xp, p, h, z, e_below, e_self, m):
     return y, (z - y) * m
 
 
-def clip_scale(xp, g, radius: float, extra: float = 1.0) -> float:
-    """The factor that brings `extra * g` down to Frobenius norm `radius` (1.0 when shorter)."""
-    if radius <= 0:
-        return 1.0
-    norm = abs(extra) * math.sqrt(float(xp.vdot(g.ravel(), g.ravel()).real))
-    return radius / norm if norm > radius else 1.0
+def clip_factor(norm: float, radius: float) -> float:
+    """The factor that brings an array of Frobenius norm `norm` down to `radius` (1 if shorter)."""
+    return radius / norm if radius > 0 and norm > radius else 1.0
 
 
-def learn(spec: LayerSpec, xp, p, slots, opt_cfg, grads, inp, yprev, yprev_up, z, eps,
-          err_below) -> None:
+def learn(spec: LayerSpec, xp, p, slots, opt_cfg, inp, yprev, yprev_up, z, eps, err_below) -> None:
     """Phase 3: the local LRA updates of MODEL.md step 5, applied through the optimizer.
 
-    `err_below` is e0 for layer 1 and eps[l-1] (from the layer below) otherwise; `grads` holds
-    preallocated gradient buffers shaped like the weights, so nothing weight-sized is allocated.
-    Each delta is clipped, divided by the batch size B, then handed to the optimizer.
+    `err_below` is e0 for layer 1 and eps[l-1] (from the layer below) otherwise. Every delta is
+    an outer product a.T @ b of two (B, d) signals: its norm comes from the small Gram matrices,
+    and the clip and 1/B factors travel with it as a scale into `optim.apply_outer`, so nothing
+    weight-sized is formed or allocated. dE is the clipped dW transposed.
     """
     inv_b = 1.0 / eps.shape[0]
     r = spec.update_radius
-    gW, gE = grads["W"], grads["E"]
-    xp.matmul(z.T, err_below, out=gW)
-    cW = clip_scale(xp, gW, r)
-    cE = clip_scale(xp, gW, r, extra=spec.gamma * cW)
-    xp.multiply(gW.T, spec.gamma * cW * cE * inv_b, out=gE)
-    gW *= cW * inv_b
-    _outer_update(xp, p, slots, opt_cfg, grads, "V", yprev, eps, r, inv_b)
-    if spec.has_U:
-        _outer_update(xp, p, slots, opt_cfg, grads, "U", yprev_up, eps, r, inv_b)
+    nW = outer_norm(xp, z, err_below)
+    cW = clip_factor(nW, r)
+    cE = clip_factor(abs(spec.gamma) * cW * nW, r)
+    optim.apply_outer(opt_cfg, p["W"], z, err_below, cW * inv_b, slots["W"], xp)
+    optim.apply_outer(opt_cfg, p["E"], err_below, z, spec.gamma * cW * cE * inv_b, slots["E"], xp)
+    pairs = [("V", yprev)] + ([("U", yprev_up)] if spec.has_U else [])
     if is_ids(inp):
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
     else:
-        _outer_update(xp, p, slots, opt_cfg, grads, "M", inp, eps, r, inv_b)
-    optim.apply(opt_cfg, p["W"], gW, slots["W"], xp)
-    optim.apply(opt_cfg, p["E"], gE, slots["E"], xp)
+        pairs.append(("M", inp))
+    for name, a in pairs:
+        c = clip_factor(outer_norm(xp, a, eps), r)
+        optim.apply_outer(opt_cfg, p[name], a, eps, c * inv_b, slots[name], xp)
     if spec.row_norm_bound > 0:
         for name in p:
             bound_rows(xp, p[name], spec.row_norm_bound)
-
-
-def _outer_update(xp, p, slots, opt_cfg, grads, name, a, b, radius, inv_b):
-    g = grads[name]
-    xp.matmul(a.T, b, out=g)
-    g *= clip_scale(xp, g, radius) * inv_b
-    optim.apply(opt_cfg, p[name], g, slots[name], xp)
 
 
 def _sparse_update(xp, p, slots, opt_cfg, ids, eps, radius, inv_b):
@@ -258,7 +246,8 @@ def _sparse_update(xp, p, slots, opt_cfg, ids, eps, radius, inv_b):
     rows, inverse = xp.unique(ids[valid], return_inverse=True)
     pick = (inverse[:, None] == xp.arange(rows.shape[0])[None, :]).astype(eps.dtype)
     g_rows = pick.T @ eps[valid]
-    g_rows *= clip_scale(xp, g_rows, radius) * inv_b
+    norm = math.sqrt(float(xp.vdot(g_rows.ravel(), g_rows.ravel())))
+    g_rows *= clip_factor(norm, radius) * inv_b
     optim.apply_rows(opt_cfg, p["M"], rows, g_rows, slots["M"], xp)
 
 
@@ -266,6 +255,11 @@ def bound_rows(xp, w, bound: float) -> None:
     """Scale down, in place, every row of `w` whose Euclidean norm exceeds `bound`."""
     norms = xp.sqrt((w * w).sum(axis=1, keepdims=True))
     w *= xp.minimum(1.0, bound / xp.maximum(norms, 1e-30))
+
+
+def _layout(xp, name, w):
+    """Weights are row-major (every update then lands in one GEMM pass)."""
+    return xp.ascontiguousarray(w)
 
 
 class LayerCore:
@@ -278,14 +272,13 @@ class LayerCore:
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
         self.spec, self.opt_cfg, self.xp, self.dtype = spec, opt_cfg, xp, dtype
-        self.p = {k: xp.ascontiguousarray(xp.asarray(v, dtype=dtype)) for k, v in params.items()}
+        self.p = {k: _layout(xp, k, xp.asarray(v, dtype=dtype)) for k, v in params.items()}
         expected = spec.shapes()
         for name, shape in expected.items():
             if name not in self.p or tuple(self.p[name].shape) != shape:
                 got = None if name not in self.p else tuple(self.p[name].shape)
                 raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
         self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items()}
-        self.grads = {k: xp.empty_like(v) for k, v in self.p.items() if k != "M" or not spec.sparse_input}
         self.carry = None
 
     def reset(self, batch: int) -> None:
@@ -324,7 +317,7 @@ class LayerCore:
         s, t, c = self.spec, self._t, self.carry
         if do_learn:
             err = t["e_below"] if s.is_bottom else eps_below
-            learn(s, self.xp, self.p, self.slots, self.opt_cfg, self.grads,
+            learn(s, self.xp, self.p, self.slots, self.opt_cfg,
                   c["inp"], c["y"], c["y_up"], t["z"], t["eps"], err)
         c["inp"] = x if s.is_bottom else y_below
         c["y"] = t["y"]
@@ -334,7 +327,8 @@ class LayerCore:
         """Weights, optimizer slots and carried state as host (NumPy) copies."""
         host = lambda v: np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v
         return {"params": {k: host(v) for k, v in self.p.items()},
-                "slots": {k: {n: host(v) for n, v in sl.items()} for k, sl in self.slots.items()},
+                "slots": {k: {n: host(v) for n, v in sl.items() if not n.startswith("_")}
+                          for k, sl in self.slots.items()},
                 "carry": None if self.carry is None else {k: host(v) for k, v in self.carry.items()}}
 
     def load_state(self, state: dict) -> None:
@@ -347,6 +341,8 @@ class LayerCore:
             self.p[k][...] = xp.asarray(v)
         for k, sl in state["slots"].items():
             for n, v in sl.items():
+                if n.startswith("_"):
+                    continue
                 if hasattr(v, "shape"):
                     self.slots[k][n][...] = xp.asarray(v)
                 else:

@@ -1,15 +1,17 @@
 """Optimizers: sgd, momentum, nag (TensorFlow 1 convention) and adam. Arrays in, arrays out.
 
-Each parameter `p` has a state dict (its slots). `apply` takes a dense gradient `g`; `apply_rows`
+Each parameter `p` has a state dict (its slots; names starting with "_" are scratch, not state).
+`apply` takes a dense gradient `g` and a scale folded into it; `apply_rows`
 takes a gradient that is zero except on the (unique) rows `rows`, as a one-hot input produces, and
 gives the same result as `apply` on the dense gradient without ever forming it. Both update `p`
-and the slots in place, so a training step allocates no weight-sized arrays.
+and the slots in place with BLAS axpy passes, so a step allocates no weight-sized arrays.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 import math
 
+from .backend import axpy, gemm_tn, scal
 from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nag", "adam")
@@ -32,37 +34,64 @@ class OptimConfig:
 
 
 def init_slots(cfg: OptimConfig, p, xp) -> dict:
-    """The optimizer slots for one parameter, zeros shaped like it."""
+    """The optimizer slots for one parameter, zeros shaped (and laid out) like it."""
     if cfg.name == "sgd":
         return {}
     if cfg.name in ("momentum", "nag"):
         return {"v": xp.zeros_like(p)}
-    return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0}
+    return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0, "_tmp": xp.zeros_like(p)}
 
 
-def apply(cfg: OptimConfig, p, g, slots: dict, xp) -> None:
-    """p <- p - step(g), in place. `g` may be overwritten (it is a scratch buffer)."""
+def apply(cfg: OptimConfig, p, g, slots: dict, xp, scale: float = 1.0) -> None:
+    """p <- p - step(scale * g), in place. `g` is read, never written."""
+    lr = cfg.lr
     if cfg.name == "sgd":
-        g *= cfg.lr
-        p -= g
+        axpy(-lr * scale, g, p)
     elif cfg.name == "momentum":
         v = slots["v"]
-        v *= cfg.momentum
-        v += g
-        g[...] = v
-        g *= cfg.lr
-        p -= g
+        scal(cfg.momentum, v)
+        axpy(scale, g, v)
+        axpy(-lr, v, p)
     elif cfg.name == "nag":
         v = slots["v"]
-        v *= cfg.momentum
-        v += g
-        g *= cfg.lr
-        p -= g
-        g[...] = v
-        g *= cfg.lr * cfg.momentum
-        p -= g
+        scal(cfg.momentum, v)
+        axpy(scale, g, v)
+        axpy(-lr * scale, g, p)
+        axpy(-lr * cfg.momentum, v, p)
     else:
-        _adam(cfg, p, g, slots, xp, rows=None)
+        tmp = slots["_tmp"]
+        tmp[...] = g
+        tmp *= scale
+        _adam(cfg, p, tmp, slots, xp, rows=None)
+
+
+def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> None:
+    """As `apply` for the gradient scale * a.T @ b (a (B, m), b (B, n)), never formed alone:
+    the GEMM accumulates it straight into the slot (or the weight, for sgd).
+
+    nag: p += lr*mu*v_old; v = mu*v_old + g; p -= lr*(1+mu)*v, which is TensorFlow's
+    p - lr*(g + mu*v) rearranged so that each weight-sized array is touched once per pass.
+    `p` (and its slots) may be the transpose of a row-major array: the product is then b.T @ a.
+    """
+    if p.flags.c_contiguous or not p.flags.f_contiguous:
+        target, x, y = (lambda arr: arr), a, b
+    else:
+        target, x, y = (lambda arr: arr.T), b, a
+    if cfg.name == "sgd":
+        gemm_tn(-cfg.lr * scale, x, y, 1.0, target(p))
+    elif cfg.name == "momentum":
+        v = slots["v"]
+        gemm_tn(scale, x, y, cfg.momentum, target(v))
+        axpy(-cfg.lr, v, p)
+    elif cfg.name == "nag":
+        v, mu = slots["v"], cfg.momentum
+        axpy(cfg.lr * mu, v, p)
+        gemm_tn(scale, x, y, mu, target(v))
+        axpy(-cfg.lr * (1.0 + mu), v, p)
+    else:
+        tmp = slots["_tmp"]
+        gemm_tn(scale, x, y, 0.0, target(tmp))
+        _adam(cfg, p, tmp, slots, xp, rows=None)
 
 
 def apply_rows(cfg: OptimConfig, p, rows, g_rows, slots: dict, xp) -> None:
@@ -71,29 +100,35 @@ def apply_rows(cfg: OptimConfig, p, rows, g_rows, slots: dict, xp) -> None:
         p[rows] -= cfg.lr * g_rows
     elif cfg.name == "momentum":
         v = slots["v"]
-        v *= cfg.momentum
+        scal(cfg.momentum, v)
         v[rows] += g_rows
-        p -= cfg.lr * v
+        axpy(-cfg.lr, v, p)
     elif cfg.name == "nag":
         v = slots["v"]
-        v *= cfg.momentum
+        scal(cfg.momentum, v)
         v[rows] += g_rows
-        p -= (cfg.lr * cfg.momentum) * v
+        axpy(-cfg.lr * cfg.momentum, v, p)
         p[rows] -= cfg.lr * g_rows
     else:
         _adam(cfg, p, g_rows, slots, xp, rows=rows)
 
 
 def _adam(cfg, p, g, slots, xp, rows):
+    """Adam (Kingma & Ba, bias-corrected step size); `g` is scratch and is overwritten."""
     slots["t"] = t = slots["t"] + 1
     m, v = slots["m"], slots["v"]
     m *= cfg.beta1
     v *= cfg.beta2
     if rows is None:
-        m += (1.0 - cfg.beta1) * g
-        v += (1.0 - cfg.beta2) * (g * g)
+        axpy(1.0 - cfg.beta1, g, m)
+        g *= g
+        axpy(1.0 - cfg.beta2, g, v)
+        upd = slots["_tmp"]
+        xp.sqrt(v, out=upd)
+        upd += cfg.eps
+        xp.divide(m, upd, out=upd)
     else:
         m[rows] += (1.0 - cfg.beta1) * g
         v[rows] += (1.0 - cfg.beta2) * (g * g)
-    step = cfg.lr * math.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
-    p -= step * m / (xp.sqrt(v) + cfg.eps)
+        upd = m / (xp.sqrt(v) + cfg.eps)
+    axpy(-cfg.lr * math.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t), upd, p)

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .. import metrics
+from .. import checkpoint, metrics
 
 
 def step_loss_sums(xp, xhat, x, m) -> dict:
@@ -19,6 +19,10 @@ def step_loss_sums(xp, xhat, x, m) -> dict:
 def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Token ids with padded positions set to -1 (a zero input row, no target)."""
     return np.where(mask > 0, x, -1).astype(np.int64)
+
+
+def shard_name(layer: int) -> str:
+    return f"layer-{layer}.msgpack"
 
 
 class Engine(ABC):
@@ -40,6 +44,15 @@ class Engine(ABC):
     @abstractmethod
     def load_layer_states(self, states: list[dict]) -> None:
         """Put every layer back into a state `layer_states` returned."""
+
+    def save_shards(self, ckpt_dir: str) -> list[dict]:
+        """Write one shard per layer into `ckpt_dir`; returns the manifest records."""
+        return [checkpoint.write_shard(ckpt_dir, shard_name(l), st)
+                for l, st in enumerate(self.layer_states(), start=1)]
+
+    def load_shards(self, loaded: "checkpoint.Loaded") -> None:
+        """Restore every layer from a verified checkpoint."""
+        self.load_layer_states([loaded.shards[rec["name"]] for rec in loaded.manifest["shards"]])
 
     def weights(self) -> dict[str, np.ndarray]:
         return {f"{k}{l}": v for l, s in enumerate(self.layer_states(), start=1)

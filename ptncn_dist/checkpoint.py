@@ -1,0 +1,165 @@
+"""Checkpoints on disk: one msgpack shard per layer plus a manifest written last.
+
+Layout: ROOT/ckpt-<step>/layer-<l>.msgpack ... and manifest.msgpack. Each file is written to a
+temporary name, flushed, fsynced and renamed, so a reader never sees half a file; a checkpoint
+exists only once its manifest does. The manifest records the step, the data position, the config
+hash and every shard's name, size and sha256. Loading verifies all of them and never runs code
+from a file (msgpack, no pickle); a damaged newest checkpoint falls back to the previous one.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+
+from .codec import packb, unpackb
+from .errors import CheckpointError
+
+FORMAT = 1
+MANIFEST = "manifest.msgpack"
+_DIR = re.compile(r"^ckpt-(\d+)$")
+
+
+def checkpoint_dir(root: str, step: int) -> str:
+    return os.path.join(root, f"ckpt-{step:010d}")
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(ckpt_dir: str, name: str, payload: dict) -> dict:
+    """Write one shard; returns its manifest record {name, bytes, sha256}."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    data = packb({"format": FORMAT, "name": name, "payload": payload})
+    atomic_write(os.path.join(ckpt_dir, name), data)
+    return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def read_shard(ckpt_dir: str, record: dict) -> dict:
+    """Read and verify one shard against its manifest record; CheckpointError names the file."""
+    path = os.path.join(ckpt_dir, record["name"])
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read shard: {exc.strerror}") from None
+    if len(data) != record["bytes"]:
+        raise CheckpointError(f"{path}: {len(data)} bytes, the manifest says {record['bytes']} (truncated?)")
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CheckpointError(f"{path}: checksum does not match the manifest (file altered)")
+    obj = unpackb(data)
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "payload" not in obj:
+        raise CheckpointError(f"{path}: not a format-{FORMAT} shard")
+    return obj["payload"]
+
+
+def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str,
+                   shards: list[dict], extra: dict | None = None) -> str:
+    manifest = {"format": FORMAT, "step": int(step), "position": position,
+                "config_hash": config_hash, "shards": shards, "created": time.time(),
+                "extra": extra or {}}
+    path = os.path.join(ckpt_dir, MANIFEST)
+    atomic_write(path, packb(manifest))
+    return path
+
+
+def read_manifest(ckpt_dir: str, config_hash: str | None = None) -> dict:
+    path = os.path.join(ckpt_dir, MANIFEST)
+    try:
+        with open(path, "rb") as fh:
+            manifest = unpackb(fh.read())
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read manifest: {exc.strerror}") from None
+    except CheckpointError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a format-{FORMAT} manifest")
+    if config_hash is not None and manifest["config_hash"] != config_hash:
+        raise CheckpointError(f"{path}: written by a run with config hash {manifest['config_hash']}, "
+                              f"this run's is {config_hash} (model, optimizer, data or seed differ)")
+    return manifest
+
+
+def list_checkpoints(root: str) -> list[str]:
+    """Checkpoint directories under `root` that have a manifest, oldest first."""
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for name in os.listdir(root):
+        match = _DIR.match(name)
+        if match and os.path.exists(os.path.join(root, name, MANIFEST)):
+            found.append((int(match.group(1)), os.path.join(root, name)))
+    return [p for _, p in sorted(found)]
+
+
+@dataclass
+class Loaded:
+    path: str
+    manifest: dict
+    shards: dict
+
+
+def load(ckpt_dir: str, config_hash: str | None = None) -> Loaded:
+    """One checkpoint, every shard verified."""
+    manifest = read_manifest(ckpt_dir, config_hash)
+    shards = {rec["name"]: read_shard(ckpt_dir, rec) for rec in manifest["shards"]}
+    return Loaded(ckpt_dir, manifest, shards)
+
+
+def verify(ckpt_dir: str, config_hash: str | None = None) -> dict:
+    """Check a checkpoint's manifest and shard checksums without decoding the shards."""
+    manifest = read_manifest(ckpt_dir, config_hash)
+    for rec in manifest["shards"]:
+        path = os.path.join(ckpt_dir, rec["name"])
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            raise CheckpointError(f"{path}: cannot read shard: {exc.strerror}") from None
+        if len(data) != rec["bytes"] or hashlib.sha256(data).hexdigest() != rec["sha256"]:
+            raise CheckpointError(f"{path}: size or checksum does not match the manifest")
+    return manifest
+
+
+def latest_valid(root: str, config_hash: str | None = None, *, decode: bool = True):
+    """The newest checkpoint under `root` that verifies, warning about each damaged one skipped.
+
+    Returns None when there is none at all; raises CheckpointError naming the bad files when
+    checkpoints exist but none verifies.
+    """
+    errors = []
+    for path in reversed(list_checkpoints(root)):
+        try:
+            if decode:
+                return load(path, config_hash)
+            return Loaded(path, verify(path, config_hash), {})
+        except CheckpointError as exc:
+            warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
+            errors.append(str(exc))
+    if errors:
+        raise CheckpointError("no usable checkpoint under " + root + ": " + "; ".join(errors))
+    return None
+
+
+def prune(root: str, keep: int) -> None:
+    """Delete all but the newest `keep` complete checkpoints (and leftovers without a manifest
+    that are older than the newest complete one)."""
+    complete = list_checkpoints(root)
+    for path in complete[:-keep] if keep > 0 else []:
+        shutil.rmtree(path, ignore_errors=True)
+    if complete:
+        newest = complete[-1]
+        for name in os.listdir(root):
+            path = os.path.join(root, name)
+            if _DIR.match(name) and path < newest and not os.path.exists(os.path.join(path, MANIFEST)):
+                shutil.rmtree(path, ignore_errors=True)

