@@ -23,7 +23,8 @@ def _default(obj):
         arr = np.ascontiguousarray(obj)
         if arr.dtype.str not in _ALLOWED:
             raise TypeError(f"arrays of dtype {arr.dtype} are not encoded")
-        return {"__nd__": arr.dtype.str, "shape": list(arr.shape), "data": memoryview(arr).cast("B")}
+        data = memoryview(arr.reshape(-1)).cast("B") if arr.size else b""
+        return {"__nd__": arr.dtype.str, "shape": list(arr.shape), "data": data}
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, tuple):

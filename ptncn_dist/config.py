@@ -24,7 +24,7 @@ MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn")
 @dataclass
 class ModelConfig:
     type: str = "ptncn"
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    hidden: list[int] = field(default_factory=lambda: [512, 512])
     activation: str = "tanh"
     output: str = "sigmoid"
     alpha: float = 0.001

@@ -55,7 +55,8 @@ def _identity(xp, h):
 
 
 def _sigmoid(xp, h):
-    return 1.0 / (1.0 + xp.exp(-h))
+    """1 / (1 + exp(-h)), written with tanh so that it never overflows."""
+    return 0.5 * (xp.tanh(0.5 * h) + 1.0)
 
 
 def _lrelu(xp, h):

@@ -7,7 +7,6 @@ position), so a resumed run continues at exactly the step where it stopped.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 from . import checkpoint, metrics
 from .config import Config, to_toml
 from .data import open_streams
+from .engines.base import StepDiverged
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
 
@@ -121,20 +121,20 @@ class Trainer:
         b = self.streams.train.batch(self.position)
         T = b.x.shape[0]
         end = self._segment_end(T)
-        sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
-                                          t_prime=self.cfg.model.t_prime)
+        try:
+            sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
+                                              t_prime=self.cfg.model.t_prime)
+        except StepDiverged as exc:
+            self._diverged(self.step + exc.t - self.t)
         self.step += end - self.t
         self.t = end
         if self.t >= T:
             self.position, self.t = self.position + 1, 0
-        self._guard(sums)
         return sums
 
-    def _guard(self, sums: dict) -> None:
-        """Stop on a NaN or Inf, naming the layer that holds it and the step."""
-        if all(math.isfinite(v) for v in sums.values()):
-            return
-        bad = "unknown"
+    def _diverged(self, step: int) -> None:
+        """Stop on a NaN or Inf, naming the step and the layer that holds it."""
+        bad = "the forecast (every layer's state is finite)"
         for l, st in enumerate(self.engine.layer_states(), start=1):
             arrays = list(st["params"].items()) + [(k, v) for k, v in (st.get("carry") or {}).items()
                                                    if v is not None and v.dtype.kind == "f"]
@@ -143,7 +143,7 @@ class Trainer:
                 bad = f"layer {l} ({', '.join(names)})"
                 break
         kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
-        raise DivergenceError(f"non-finite values at step {self.step} in {bad}; the last good "
+        raise DivergenceError(f"non-finite values at step {step} in {bad}; the last good "
                               f"checkpoint is {kept[0] if kept else 'none (no run dir or none written yet)'}")
 
     def _eval(self) -> dict:

@@ -31,36 +31,49 @@ def init_tilde(params, batch: int, xp):
     return s, theta
 
 
-def direct_vjp(da, u, h_prev, x_dim: int, xp) -> dict:
-    """Per-row da^T da_t/dtheta|direct for Wx, Wh, b: outer products (B,) + theta.shape."""
-    B, H = da.shape
-    if u is None:
-        g_wx = xp.zeros((B, x_dim, H), dtype=da.dtype)
-    elif elman.is_tokens(u):
-        g_wx = xp.zeros((B, x_dim, H), dtype=da.dtype)
-        g_wx[xp.arange(B), u] = da
-    else:
-        g_wx = u[:, :, None] * da[:, None, :]
-    return {"Wx": g_wx, "Wh": h_prev[:, :, None] * da[:, None, :], "b": da.copy()}
+def add_direct_vjp(theta, da, u, h_prev, xp) -> None:
+    """theta += da^T da_t/dtheta|direct per row: outer products u (x) da, h_prev (x) da and da."""
+    if u is not None:
+        if elman.is_tokens(u):
+            theta["Wx"][xp.arange(da.shape[0]), u] += da
+        else:
+            theta["Wx"] += u[:, :, None] * da[:, None, :]
+    theta["Wh"] += h_prev[:, :, None] * da[:, None, :]
+    theta["b"] += da
+
+
+def direct_vjp_norm(da, u, h_prev, xp):
+    """Per-row norm of the direct vjp without forming it: |a (x) da| = |a| |da|."""
+    sq = 1.0 + (h_prev * h_prev).sum(axis=1)
+    if u is not None:
+        sq = sq + (1.0 if elman.is_tokens(u) else (u * u).sum(axis=1))
+    return xp.sqrt((da * da).sum(axis=1) * sq)
 
 
 def _row_norm(parts, xp):
-    return xp.sqrt(sum((p.reshape(p.shape[0], -1) ** 2).sum(axis=1) for p in parts))
+    """Per-row L2 norm over several (B, ...) arrays taken together."""
+    total = 0.0
+    for p in parts:
+        f = p.reshape(p.shape[0], -1)
+        total = total + xp.einsum("ij,ij->i", f, f)
+    return xp.sqrt(total)
 
 
 def uoro_step(s, theta, params, u, h_prev, h, nu, xp):
-    """(s~, theta~) at t-1 -> at t for the step h_prev -> h with input u and signs nu."""
+    """(s~, theta~) at t-1 -> at t for the step h_prev -> h with input u and signs nu.
+
+    Returns the new s~; theta~ (one (B,) + shape array per parameter, B*P numbers in all) is
+    updated in place to avoid copying it every step.
+    """
     d = 1.0 - h * h
+    da = nu * d
     ds = d * (s @ params["Wh"])
-    dtheta = direct_vjp(nu * d, u, h_prev, params["Wx"].shape[0], xp)
     rho0 = xp.sqrt(_row_norm(list(theta.values()), xp) / (_row_norm([s], xp) + EPS)) + EPS
-    rho1 = xp.sqrt(_row_norm(list(dtheta.values()), xp) / (_row_norm([nu], xp) + EPS)) + EPS
-    s_new = rho0[:, None] * ds + rho1[:, None] * nu
-    theta_new = {}
-    for n, th in theta.items():
-        shape = (-1,) + (1,) * (th.ndim - 1)
-        theta_new[n] = th / rho0.reshape(shape) + dtheta[n] / rho1.reshape(shape)
-    return s_new, theta_new
+    rho1 = xp.sqrt(direct_vjp_norm(da, u, h_prev, xp) / (_row_norm([nu], xp) + EPS)) + EPS
+    for th in theta.values():
+        th *= (1.0 / rho0).reshape((-1,) + (1,) * (th.ndim - 1))
+    add_direct_vjp(theta, da / rho1[:, None], u, h_prev, xp)
+    return rho0[:, None] * ds + rho1[:, None] * nu
 
 
 def random_signs(rng, shape, xp, dtype):
@@ -89,7 +102,7 @@ def uoro_sequence(params, x, weight, output, rng, xp, update=None, need_grad=Tru
         if not need_grad:
             continue
         nu = random_signs(rng, h.shape, xp, dtype)
-        s, theta = uoro_step(s, theta, params, u, h_prev, h, nu, xp)
+        s = uoro_step(s, theta, params, u, h_prev, h, nu, xp)
         if not active[t]:
             continue
         dz = elman.out_delta(xhat, x[t], weight[t] / B, xp)

@@ -2,6 +2,7 @@
 its state (weights, optimizer slots, carried state) as host arrays for checkpoints."""
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -14,6 +15,19 @@ def step_loss_sums(xp, xhat, x, m) -> dict:
     if x.dtype.kind in "iu":
         return metrics.token_loss_sums(xhat, xp.where(x >= 0, x, 0), m, xp)
     return metrics.frame_loss_sums(xhat, x, m, xp)
+
+
+class StepDiverged(Exception):
+    """Raised by an engine at the first step whose loss is not finite (`t`: step in sequence)."""
+
+    def __init__(self, t: int):
+        super().__init__(f"non-finite loss at sequence step {t}")
+        self.t = t
+
+
+def check_finite(sums: dict, t: int) -> None:
+    if not all(math.isfinite(v) for v in sums.values()):
+        raise StepDiverged(t)
 
 
 def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..backend import to_numpy, to_xp
 from ..layer import LayerCore
-from .base import Engine, step_loss_sums, token_ids
+from .base import Engine, check_finite, step_loss_sums, token_ids
 from .. import metrics
 
 
@@ -46,8 +46,10 @@ class LocalEngine(Engine):
         sums, xhats = {}, []
         for t in range(t0, t1):
             xhat = self.step(xs[t], ms[t], learn and t >= t_prime)
+            part = step_loss_sums(xp, xhat, xs[t], ms[t])
+            check_finite(part, t)
             if t >= t_prime:
-                metrics.add_sums(sums, step_loss_sums(xp, xhat, xs[t], ms[t]))
+                metrics.add_sums(sums, part)
             if keep_xhat:
                 xhats.append(np.array(to_numpy(xhat), copy=True))
         return sums, xhats

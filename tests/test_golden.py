@@ -1,0 +1,47 @@
+"""Every golden run (../shared/golden or $PTNCN_GOLDEN_DIR) reproduced step by step in float64."""
+import numpy as np
+import pytest
+
+from conftest import GOLDEN, golden_files
+from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.golden import load_golden
+
+TOL = 1e-9
+
+
+def step_arrays(engine) -> dict:
+    """The arrays a golden file records for one step, from the engine's layers."""
+    first = engine.layers[0].step_values()
+    out = {"xhat": first["xhat"], "e0": first["e_below"]}
+    for l, layer in enumerate(engine.layers, start=1):
+        v = layer.step_values()
+        out.update({f"z{l}": v["z"], f"y{l}": v["y"], f"eps{l}": v["eps"]})
+        if v["e_self"] is not None:
+            out[f"e{l}"] = v["e_self"]
+    return out
+
+
+def test_golden_dir_is_not_empty():
+    if not GOLDEN.is_dir():
+        pytest.skip(f"{GOLDEN} is not present")
+    assert golden_files(), f"no *.npz golden files in {GOLDEN}"
+
+
+@pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
+def test_golden_run(path):
+    g = load_golden(path)
+    engine = LocalEngine(g.specs, g.init, g.opt, np, np.float64)
+    T, B = g.mask.shape
+    for layer in engine.layers:
+        layer.reset(B)
+    for t in range(T):
+        engine.step(g.x[t].astype(np.float64), g.mask[t][:, None].astype(np.float64), t >= g.config["t_prime"])
+        got = step_arrays(engine)
+        assert set(g.steps[t]) <= set(got), f"step {t}: golden has {sorted(set(g.steps[t]) - set(got))} we do not form"
+        for name, want in g.steps[t].items():
+            np.testing.assert_allclose(got[name], want, rtol=0, atol=TOL, err_msg=f"{path.name} step{t}/{name}")
+        for l, layer in enumerate(engine.layers, start=1):
+            assert set(layer.p) == set(g.after[t][l - 1]), f"layer {l} weights differ in names"
+            for name, want in g.after[t][l - 1].items():
+                np.testing.assert_allclose(layer.p[name], want, rtol=0, atol=TOL,
+                                           err_msg=f"{path.name} after{t}/{name}{l}")

@@ -1,0 +1,117 @@
+"""The layer math beyond the golden runs: one-hot ids, optimizers, clipping, activations."""
+import numpy as np
+import pytest
+
+from ptncn_dist import optim
+from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.layer import ACTIVATIONS, init_params, layer_specs
+from ptncn_dist.optim import OptimConfig
+
+
+def make_engine(x_dim, hidden, sparse, opt="nag", dtype=np.float64, **hyper):
+    specs = layer_specs(x_dim, hidden, sparse_input=sparse, **hyper)
+    params = [init_params(s, 3, 0.2, 0.2, dtype) for s in specs]
+    return LocalEngine(specs, params, OptimConfig(opt, 0.05, 0.9), np, dtype)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "nag", "adam"])
+def test_token_ids_equal_dense_one_hot(opt):
+    """ids (gather + scatter-add) and dense one-hot rows give the same run, padding included."""
+    rng = np.random.default_rng(0)
+    V, T, B = 11, 7, 5
+    ids = rng.integers(0, V, (T, B))
+    mask = np.ones((T, B))
+    mask[4:, 1] = 0
+    mask[6, 3] = 0
+    onehot = np.eye(V)[ids] * mask[..., None]
+    sparse = make_engine(V, [8, 6], True, opt, output="softmax")
+    dense = make_engine(V, [8, 6], False, opt, output="softmax")
+    s1, _ = sparse.run_segment(ids, mask, 0, T, learn=True, t_prime=1)
+    s2, _ = dense.run_segment(onehot, mask, 0, T, learn=True, t_prime=1)
+    for a, b in zip(sparse.layer_states(), dense.layer_states()):
+        for k in a["params"]:
+            np.testing.assert_allclose(a["params"][k], b["params"][k], atol=1e-12, err_msg=k)
+    assert s1["count"] == mask[1:].sum()
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_outer_and_row_updates_equal_dense(name):
+    """apply_outer (low-rank, fused) and apply_rows (sparse) equal apply on the dense gradient."""
+    rng = np.random.default_rng(1)
+    cfg = OptimConfig(name, 0.1, 0.9)
+    a, b = rng.standard_normal((4, 6)), rng.standard_normal((4, 5))
+    p0 = rng.standard_normal((6, 5))
+    p1, p2 = p0.copy(), p0.copy()
+    s1, s2 = optim.init_slots(cfg, p1, np), optim.init_slots(cfg, p2, np)
+    for _ in range(3):
+        optim.apply(cfg, p1, 0.7 * (a.T @ b), s1, np)
+        optim.apply_outer(cfg, p2, a, b, 0.7, s2, np)
+    np.testing.assert_allclose(p1, p2, atol=1e-12)
+    rows, g_rows = np.array([1, 4]), rng.standard_normal((2, 5))
+    dense = np.zeros_like(p0)
+    dense[rows] = g_rows
+    optim.apply(cfg, p1, dense, s1, np)
+    optim.apply_rows(cfg, p2, rows, g_rows, s2, np)
+    np.testing.assert_allclose(p1, p2, atol=1e-12)
+
+
+def test_nag_is_tensorflow_convention():
+    cfg = OptimConfig("nag", 0.1, 0.9)
+    p, g = np.array([1.0]), np.array([2.0])
+    slots = optim.init_slots(cfg, p, np)
+    optim.apply(cfg, p, g, slots, np)
+    optim.apply(cfg, p, g, slots, np)
+    v1 = 2.0
+    p1 = 1.0 - 0.1 * (2.0 + 0.9 * v1)
+    v2 = 0.9 * v1 + 2.0
+    assert p[0] == pytest.approx(p1 - 0.1 * (2.0 + 0.9 * v2))
+
+
+def test_update_radius_clips_each_delta():
+    """With a tiny radius no weight moves further than lr * radius / B per step (sgd)."""
+    eng = make_engine(6, [5, 4], False, "sgd", update_radius=1e-3)
+    before = {k: v.copy() for k, v in eng.layers[0].p.items()}
+    x = np.random.default_rng(2).random((3, 4, 6))
+    eng.run_segment(x, np.ones((3, 4)), 0, 3, learn=True, t_prime=1)
+    for k, v in eng.layers[0].p.items():
+        assert np.linalg.norm(v - before[k]) <= 2 * 0.05 * 1e-3 / 4 + 1e-15, k
+
+
+@pytest.mark.parametrize("act", ["sign", "step", "relu", "tanh"])
+def test_non_differentiable_units_learn(act):
+    """sign and step units train: the loss on a repeating pattern falls (no derivative used)."""
+    rng = np.random.default_rng(4)
+    pattern = (rng.random((4, 16)) > 0.5).astype(float)
+    x = np.stack([np.tile(pattern, (5, 1))] * 8, axis=1)
+    eng = make_engine(16, [32], False, "nag", activation=act, output="sigmoid", update_radius=1.0)
+    first, _ = eng.run_segment(x, np.ones(x.shape[:2]), 0, x.shape[0], learn=False, t_prime=1)
+    for _ in range(30):
+        eng.run_segment(x, np.ones(x.shape[:2]), 0, x.shape[0], learn=True, t_prime=1)
+    last, _ = eng.run_segment(x, np.ones(x.shape[:2]), 0, x.shape[0], learn=False, t_prime=1)
+    assert last["bce"] < 0.8 * first["bce"], (act, first["bce"], last["bce"])
+
+
+def test_row_norm_bound_holds():
+    eng = make_engine(6, [5, 4], False, "sgd", row_norm_bound=0.3)
+    eng.run_segment(np.random.default_rng(5).random((4, 3, 6)), np.ones((4, 3)), 0, 4, learn=True, t_prime=1)
+    for layer in eng.layers:
+        for k, w in layer.p.items():
+            assert np.linalg.norm(w, axis=1).max() <= 0.3 + 1e-12, k
+
+
+def test_activations_take_no_derivative():
+    h = np.array([[-2.0, 0.0, 3.0]])
+    assert ACTIVATIONS["sign"](np, h).tolist() == [[-1.0, 0.0, 1.0]]
+    assert ACTIVATIONS["step"](np, h).tolist() == [[0.0, 1.0, 1.0]]
+
+
+def test_float32_run_stays_float32():
+    eng = make_engine(6, [5, 4], False, "nag", dtype=np.float32)
+    eng.run_segment(np.random.default_rng(6).random((4, 3, 6)).astype(np.float32), np.ones((4, 3), np.float32),
+                    0, 4, learn=True, t_prime=1)
+    for layer in eng.layers:
+        for k, w in layer.p.items():
+            assert w.dtype == np.float32, k
+        for k, sl in layer.slots.items():
+            assert all(v.dtype == np.float32 for v in sl.values() if hasattr(v, "dtype")), k
+        assert layer.carry["y"].dtype == np.float32
