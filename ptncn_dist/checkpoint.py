@@ -131,18 +131,21 @@ def verify(ckpt_dir: str, config_hash: str | None = None) -> dict:
     return manifest
 
 
-def latest_valid(root: str, config_hash: str | None = None, *, decode: bool = True):
+def latest_valid(root: str, config_hash: str | None = None, *, restore=None):
     """The newest checkpoint under `root` that verifies, warning about each damaged one skipped.
 
-    Returns None when there is none at all; raises CheckpointError naming the bad files when
-    checkpoints exist but none verifies.
+    With `restore(path, manifest)` (an engine's `load_shards`, where each layer reads and checks
+    its own shard) the shards are read by it, not here. Returns None when there is no checkpoint
+    at all; raises CheckpointError naming the bad files when some exist but none verifies.
     """
     errors = []
     for path in reversed(list_checkpoints(root)):
         try:
-            if decode:
+            if restore is None:
                 return load(path, config_hash)
-            return Loaded(path, verify(path, config_hash), {})
+            manifest = read_manifest(path, config_hash)
+            restore(path, manifest)
+            return Loaded(path, manifest, {})
         except CheckpointError as exc:
             warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
             errors.append(str(exc))

@@ -64,10 +64,10 @@ def _restored(run_dir: str):
 
 def _load_into(trainer, run_dir):
     from . import checkpoint
-    loaded = checkpoint.latest_valid(os.path.join(run_dir, "checkpoints"), trainer.config_hash)
+    loaded = checkpoint.latest_valid(os.path.join(run_dir, "checkpoints"), trainer.config_hash,
+                                     restore=trainer.engine.load_shards)
     if loaded is None:
         raise PtncnError(f"{run_dir}: no checkpoint to load")
-    trainer.engine.load_shards(loaded)
     return loaded
 
 

@@ -102,7 +102,7 @@ class EngineConfig:
     gpus_per_layer: float = 0.0
     blas_threads: int = 0
     in_flight: int = 8
-    node_ip: str = "127.0.0.1"
+    node_ip: str = "127.0.0.2"
     placement_timeout_s: float = 60.0
 
     def __post_init__(self):

@@ -90,12 +90,12 @@ class Trainer:
         return path
 
     def restore_latest(self, required: bool = False) -> bool:
-        loaded = checkpoint.latest_valid(self.ckpt_root, self.config_hash) if self.ckpt_root else None
+        loaded = checkpoint.latest_valid(self.ckpt_root, self.config_hash,
+                                         restore=self.engine.load_shards) if self.ckpt_root else None
         if loaded is None:
             if required:
                 raise CheckpointError(f"no checkpoint to resume from under {self.ckpt_root}")
             return False
-        self.engine.load_shards(loaded)
         m = loaded.manifest
         self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
         self.log(f"resumed from {loaded.path} at step {self.step}")
@@ -135,13 +135,10 @@ class Trainer:
     def _diverged(self, step: int) -> None:
         """Stop on a NaN or Inf, naming the step and the layer that holds it."""
         bad = "the forecast (every layer's state is finite)"
-        for l, st in enumerate(self.engine.layer_states(), start=1):
-            arrays = list(st["params"].items()) + [(k, v) for k, v in (st.get("carry") or {}).items()
-                                                   if v is not None and v.dtype.kind == "f"]
-            names = [k for k, v in arrays if not np.all(np.isfinite(v))]
-            if names:
-                bad = f"layer {l} ({', '.join(names)})"
-                break
+        layers = self.engine.nonfinite_layers()
+        if layers:
+            l = min(layers)
+            bad = f"layer {l} ({', '.join(layers[l])})"
         kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
         raise DivergenceError(f"non-finite values at step {step} in {bad}; the last good "
                               f"checkpoint is {kept[0] if kept else 'none (no run dir or none written yet)'}")

@@ -64,9 +64,21 @@ class Engine(ABC):
         return [checkpoint.write_shard(ckpt_dir, shard_name(l), st)
                 for l, st in enumerate(self.layer_states(), start=1)]
 
-    def load_shards(self, loaded: "checkpoint.Loaded") -> None:
-        """Restore every layer from a verified checkpoint."""
-        self.load_layer_states([loaded.shards[rec["name"]] for rec in loaded.manifest["shards"]])
+    def load_shards(self, ckpt_dir: str, manifest: dict) -> None:
+        """Restore every layer from the shards a manifest lists, each verified as it is read
+        (CheckpointError names a bad one)."""
+        self.load_layer_states([checkpoint.read_shard(ckpt_dir, rec) for rec in manifest["shards"]])
+
+    def nonfinite_layers(self) -> dict:
+        """{layer: [names of arrays holding NaN or Inf]} for every layer that has any."""
+        out = {}
+        for l, st in enumerate(self.layer_states(), start=1):
+            arrays = list(st["params"].items()) + [(k, v) for k, v in (st.get("carry") or {}).items()
+                                                   if v is not None and v.dtype.kind == "f"]
+            names = [k for k, v in arrays if not np.all(np.isfinite(v))]
+            if names:
+                out[l] = names
+        return out
 
     def weights(self) -> dict[str, np.ndarray]:
         return {f"{k}{l}": v for l, s in enumerate(self.layer_states(), start=1)

@@ -1,0 +1,88 @@
+"""Where layer actors go: pack (one node), spread (one layer per node), or explicit (per layer a
+node IP, a node id, or a custom resource). Also connecting to Ray on a loopback address."""
+from __future__ import annotations
+
+import math
+import os
+import re
+
+from ..errors import ConfigError
+
+_NODE_ID = re.compile(r"^[0-9a-f]{40,64}$")
+_IP = re.compile(r"^\d+\.\d+\.\d+\.\d+$")
+
+
+def connect(engine_cfg, n_layers: int) -> bool:
+    """Join the cluster at engine.address, or start a local Ray on engine.node_ip (a 127.0.0.x
+    address: Ray rewrites 127.0.0.1 itself to the machine's outward address, so the default is
+    127.0.0.2). Returns whether this call started Ray (and so must shut it down)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    address = engine_cfg.address
+    if address:
+        kwargs = {}
+        if engine_cfg.node_ip and (address == "auto" or address.startswith("127.")):
+            kwargs["_node_ip_address"] = engine_cfg.node_ip
+        ray.init(address=address, log_to_driver=False, **kwargs)
+        return True
+    cpus = max(os.cpu_count() or 1, math.ceil(n_layers * max(engine_cfg.cpus_per_layer, 0)))
+    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=engine_cfg.node_ip,
+             log_to_driver=False, configure_logging=False)
+    return True
+
+
+def layer_options(engine_cfg, n_layers: int):
+    """Per layer the actor options (resources, scheduling strategy), and the placement group
+    made for them (None for explicit placement). Waits for the group with a clear timeout."""
+    import ray
+    from ray.util.placement_group import placement_group
+    from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                                PlacementGroupSchedulingStrategy)
+    base = {"num_cpus": engine_cfg.cpus_per_layer, "num_gpus": engine_cfg.gpus_per_layer}
+    if engine_cfg.placement == "explicit":
+        if len(engine_cfg.nodes) != n_layers:
+            raise ConfigError(f"engine.placement = 'explicit' needs engine.nodes with one entry per layer "
+                              f"({n_layers}), got {engine_cfg.nodes!r}")
+        opts = []
+        for node in engine_cfg.nodes:
+            if _IP.match(node):
+                opts.append({**base, "resources": {f"node:{node}": 0.001}})
+            elif _NODE_ID.match(node):
+                opts.append({**base, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)})
+            else:
+                opts.append({**base, "resources": {node: 0.001}})
+        _check_exists(engine_cfg.nodes)
+        return opts, None
+    bundle = {"CPU": engine_cfg.cpus_per_layer}
+    if engine_cfg.gpus_per_layer:
+        bundle["GPU"] = engine_cfg.gpus_per_layer
+    strategy = "STRICT_PACK" if engine_cfg.placement == "pack" else "STRICT_SPREAD"
+    pg = placement_group([dict(bundle) for _ in range(n_layers)], strategy=strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=engine_cfg.placement_timeout_s)
+    if not ready:
+        ray.util.remove_placement_group(pg)
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        raise ConfigError(
+            f"{n_layers} layers with {bundle} each could not be placed ({strategy}) within "
+            f"{engine_cfg.placement_timeout_s:g} s: the cluster has {len(nodes)} live node(s) with "
+            f"{[{k: v for k, v in n['Resources'].items() if k in ('CPU', 'GPU')} for n in nodes]}")
+    return [{**base, "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
+            for i in range(n_layers)], pg
+
+
+def _check_exists(nodes) -> None:
+    """Explicit targets must name live nodes or resources: a missing one would hang for ever."""
+    import ray
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    resources = set().union(*(n["Resources"] for n in alive)) if alive else set()
+    ids = {n["NodeID"] for n in alive}
+    for node in nodes:
+        if _IP.match(node):
+            ok = f"node:{node}" in resources
+        elif _NODE_ID.match(node):
+            ok = node in ids
+        else:
+            ok = node in resources
+        if not ok:
+            raise ConfigError(f"engine.nodes names {node!r}, which no live node of the cluster offers")
