@@ -210,21 +210,28 @@ def clip_factor(norm: float, radius: float) -> float:
     return radius / norm if radius > 0 and norm > radius else 1.0
 
 
-def learn(spec: LayerSpec, xp, p, slots, opt_cfg, inp, yprev, yprev_up, z, eps, err_below) -> None:
-    """Phase 3: the local LRA updates of MODEL.md step 5, applied through the optimizer.
+def learn_generative(spec: LayerSpec, xp, p, slots, opt_cfg, z, err_below) -> None:
+    """The updates of W and E: dW = clip(z.T @ err_below), dE = clip(gamma * dW.T), each / B.
 
-    `err_below` is e0 for layer 1 and eps[l-1] (from the layer below) otherwise. Every delta is
-    an outer product a.T @ b of two (B, d) signals: its norm comes from the small Gram matrices,
-    and the clip and 1/B factors travel with it as a scale into `optim.apply_outer`, so nothing
-    weight-sized is formed or allocated. dE is the clipped dW transposed.
+    `err_below` is e0 for layer 1 and eps[l-1] (from the layer below) otherwise. The delta is an
+    outer product of two (B, d) signals: its norm comes from the small Gram matrices and the
+    clip and 1/B factors travel as a scale into `optim.apply_outer`, so nothing weight-sized is
+    formed or allocated.
     """
-    inv_b = 1.0 / eps.shape[0]
+    inv_b = 1.0 / z.shape[0]
     r = spec.update_radius
     nW = outer_norm(xp, z, err_below)
     cW = clip_factor(nW, r)
     cE = clip_factor(abs(spec.gamma) * cW * nW, r)
     optim.apply_outer(opt_cfg, p["W"], z, err_below, cW * inv_b, slots["W"], xp)
     optim.apply_outer(opt_cfg, p["E"], err_below, z, spec.gamma * cW * cE * inv_b, slots["E"], xp)
+    _bound(spec, xp, p, ("W", "E"))
+
+
+def learn_recurrent(spec: LayerSpec, xp, p, slots, opt_cfg, inp, yprev, yprev_up, eps) -> None:
+    """The updates of M, V, U: clip(in.T @ eps), clip(yprev.T @ eps), clip(yprev_up.T @ eps), / B."""
+    inv_b = 1.0 / eps.shape[0]
+    r = spec.update_radius
     pairs = [("V", yprev)] + ([("U", yprev_up)] if spec.has_U else [])
     if is_ids(inp):
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
@@ -233,9 +240,14 @@ def learn(spec: LayerSpec, xp, p, slots, opt_cfg, inp, yprev, yprev_up, z, eps, 
     for name, a in pairs:
         c = clip_factor(outer_norm(xp, a, eps), r)
         optim.apply_outer(opt_cfg, p[name], a, eps, c * inv_b, slots[name], xp)
+    _bound(spec, xp, p, ("M", "V", "U"))
+
+
+def _bound(spec, xp, p, names) -> None:
     if spec.row_norm_bound > 0:
-        for name in p:
-            bound_rows(xp, p[name], spec.row_norm_bound)
+        for name in names:
+            if name in p:
+                bound_rows(xp, p[name], spec.row_norm_bound)
 
 
 def _sparse_update(xp, p, slots, opt_cfg, ids, eps, radius, inv_b):
@@ -268,7 +280,8 @@ class LayerCore:
 
     `forward` -> (exchange 1) -> `correct` -> (exchange 2) -> `finish`.
     It holds no reference to any other layer: what it needs from a neighbour comes in as an
-    argument, so the same object serves a single process and a Ray actor.
+    argument, so the same object serves a single process and a Ray actor. The pipelined
+    schedule replaces `finish` by `finish_pipelined` and `take_neighbours` (see ray_engine).
     """
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
@@ -281,6 +294,7 @@ class LayerCore:
                 raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
         self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items()}
         self.carry = None
+        self._t, self._prev = {}, {}
 
     def reset(self, batch: int) -> None:
         """Zero carried state: the start of every sequence (step t = 0)."""
@@ -288,7 +302,7 @@ class LayerCore:
         inp = xp.full((batch,), -1, dtype=np.int64) if s.sparse_input else xp.zeros((batch, s.d_in), self.dtype)
         up = xp.zeros((batch, s.d_up), self.dtype) if s.d_up else None
         self.carry = {"inp": inp, "y": xp.zeros((batch, s.d), self.dtype), "y_up": up}
-        self._t = {}
+        self._t, self._prev = {}, {}
 
     def forward(self, x=None, m=None):
         """Phase 1. Returns (z, pred): z for the layer above, pred for the layer below (None for
@@ -314,15 +328,41 @@ class LayerCore:
         return t["y"], t["eps"]
 
     def finish(self, do_learn: bool, x=None, y_below=None, eps_below=None, y_above=None) -> None:
-        """Phase 3: the local updates (when `do_learn`), then carry step t's values forward."""
-        s, t, c = self.spec, self._t, self.carry
+        """Phase 3 of the exact schedule: the local updates (when `do_learn`), then carry step
+        t's values forward."""
+        s, t, c, xp = self.spec, self._t, self.carry, self.xp
         if do_learn:
-            err = t["e_below"] if s.is_bottom else eps_below
-            learn(s, self.xp, self.p, self.slots, self.opt_cfg,
-                  c["inp"], c["y"], c["y_up"], t["z"], t["eps"], err)
+            learn_generative(s, xp, self.p, self.slots, self.opt_cfg, t["z"],
+                             t["e_below"] if s.is_bottom else eps_below)
+            learn_recurrent(s, xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"], t["eps"])
         c["inp"] = x if s.is_bottom else y_below
         c["y"] = t["y"]
         c["y_up"] = y_above
+
+    def finish_pipelined(self, do_learn: bool, x=None, eps_below_prev=None) -> None:
+        """Phase 3 of the pipelined schedule. M, V, U learn as in the exact step. W and E of a
+        layer above the first learn one step late, from the eps[l-1] its lower neighbour sent
+        at step t-1 and this layer's own z of step t-1 (an outer product of one step's pair).
+        The neighbours' new y arrive with the next step's messages (`take_neighbours`)."""
+        s, t, c, xp = self.spec, self._t, self.carry, self.xp
+        if s.is_bottom:
+            if do_learn:
+                learn_generative(s, xp, self.p, self.slots, self.opt_cfg, t["z"], t["e_below"])
+        elif eps_below_prev is not None and self._prev.get("learn"):
+            learn_generative(s, xp, self.p, self.slots, self.opt_cfg, self._prev["z"], eps_below_prev)
+        if do_learn:
+            learn_recurrent(s, xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"], t["eps"])
+        if s.is_bottom:
+            c["inp"] = x
+        c["y"] = t["y"]
+        self._prev = {"z": t["z"], "learn": do_learn}
+
+    def take_neighbours(self, y_below=None, y_above=None) -> None:
+        """Pipelined: the neighbours' corrected states of step t-1, carried into step t."""
+        if not self.spec.is_bottom:
+            self.carry["inp"] = y_below
+        if not self.spec.is_top:
+            self.carry["y_up"] = y_above
 
     def state(self) -> dict:
         """Weights, optimizer slots and carried state as host (NumPy) copies."""

@@ -19,4 +19,4 @@ def build_engine(cfg, x_dim: int, data_kind: str):
     from .local import LocalEngine
     limit_blas_threads(cfg.engine.blas_threads if cfg.engine.blas_threads > 0 else None)
     params = initial_params(specs, cfg.model, cfg.train.seed)
-    return LocalEngine(specs, params, cfg.optim, get_xp(cfg.model.device), dtype)
+    return LocalEngine(specs, params, cfg.optim, get_xp(cfg.model.device), dtype, mode=cfg.engine.mode)

@@ -1,11 +1,17 @@
-"""One P-TNCN layer as a Ray actor: its own weights (on its own CPU or GPU), a mailbox, and
-handles to its two neighbours. Within a step it sends and receives MODEL.md's messages directly
-to and from those neighbours; the driver only starts segments and collects loss sums.
+"""One P-TNCN layer as a Ray actor: its own weights (on its own CPU or GPU) and what it needs to
+talk to its two neighbours. Within a step it sends and receives MODEL.md's messages directly to
+and from them; the driver only starts segments and collects loss sums.
 
 Exact schedule (two exchanges per step, all layers at once in each):
   forward  -> send z up, prediction down -> receive z from below, prediction from above
   correct  -> send eps and y up, y down  -> receive y, eps from below, y from above
   finish   (local updates, carry)
+Pipelined schedule (one exchange per step): at step t a layer reads what its neighbours sent at
+step t-1 (zeros at a sequence's first step), computes its whole step without waiting, and sends
+(z, eps, y) up and (pred, y) down. What that changes in the model: `LayerCore.finish_pipelined`.
+
+Two transports: `MailboxWorker` (ordinary actor calls into an asyncio mailbox) and `GraphWorker`
+(a Ray compiled graph whose nodes are the three phases; messages go through its channels).
 """
 from __future__ import annotations
 
@@ -22,28 +28,56 @@ from ..optim import OptimConfig
 from .base import step_loss_sums
 
 
-class LayerWorker:
-    """The actor class (wrapped with ray.remote by the engine)."""
+class LayerHost:
+    """What every layer actor holds and offers, whatever carries its messages: its LayerCore,
+    message counters, its place, its state and its checkpoint shard."""
 
     def __init__(self, spec, opt: dict, seed: int, dtype: str, device: str, weight_sd: float,
                  error_weight_sd: float, blas_threads: int):
         limit_blas_threads(blas_threads if blas_threads > 0 else None)
-        self.xp, self.dtype = get_xp(device), get_dtype(dtype)
-        self.device = device
+        self.xp, self.dtype, self.device = get_xp(device), get_dtype(dtype), device
         params = init_params(spec, seed, weight_sd, error_weight_sd, self.dtype)
         self.core = LayerCore(spec, params, OptimConfig(**opt), self.xp, self.dtype)
         self.spec, self.l = spec, spec.index
-        self.below = self.above = None
         self.clock = 0
-        self.box: dict = {}
         self.received: dict = {}
         self.counters = {"sent_bytes": 0, "recv_bytes": 0, "sent_msgs": 0, "recv_msgs": 0, "steps": 0}
 
-    # -- wiring and introspection ---------------------------------------------------------------
-    def connect(self, below, above) -> int:
-        self.below, self.above = below, above
-        return os.getpid()
+    # -- messages: encode and count ---------------------------------------------------------------
+    def _encode(self, kind: str, arr) -> bytes:
+        data = Message(self.clock, self.l, kind, to_numpy(arr)).encode()
+        self.counters["sent_bytes"] += len(data)
+        self.counters["sent_msgs"] += 1
+        return data
 
+    def _decode(self, data: bytes) -> Message:
+        msg = Message.decode(data)
+        self.counters["recv_bytes"] += len(data)
+        self.counters["recv_msgs"] += 1
+        self.received.setdefault(msg.kind, set()).add((msg.layer, *msg.array.shape))
+        return msg
+
+    def _device(self, arr):
+        return arr if self.xp is np else to_xp(self.xp, arr)
+
+    def _segment_inputs(self, x, mask):
+        ms = to_xp(self.xp, np.asarray(mask)[..., None], self.dtype)
+        xs = None
+        if x is not None:
+            xs = to_xp(self.xp, x) if x.dtype.kind in "iu" else to_xp(self.xp, x, self.dtype)
+        return xs, ms
+
+    def _bottom_loss(self, xt, m, t, t_prime, out) -> None:
+        """Layer 1: add step t's loss sums, note the first non-finite step, keep xhat if asked."""
+        part = step_loss_sums(self.xp, self.core.xhat, xt, m)
+        if out["diverged"] is None and not all(np.isfinite(v) for v in part.values()):
+            out["diverged"] = t
+        if t >= t_prime:
+            metrics.add_sums(out["sums"], part)
+        if out["keep"]:
+            out["xhats"].append(np.array(to_numpy(self.core.xhat), copy=True))
+
+    # -- introspection ----------------------------------------------------------------------------
     def where(self) -> dict:
         import ray
         ctx = ray.get_runtime_context()
@@ -54,7 +88,50 @@ class LayerWorker:
     def stats(self) -> dict:
         return {**self.counters, "received": {k: sorted(v) for k, v in self.received.items()}}
 
-    # -- messages --------------------------------------------------------------------------------
+    def nonfinite(self) -> list[str]:
+        st = self.core.state()
+        arrays = list(st["params"].items()) + [(k, v) for k, v in (st["carry"] or {}).items()
+                                               if v is not None and v.dtype.kind == "f"]
+        return [k for k, v in arrays if not np.all(np.isfinite(v))]
+
+    # -- state and checkpoints (a shard never travels through the driver) -------------------------
+    def state(self) -> dict:
+        return self.core.state()
+
+    def load_state(self, state: dict) -> None:
+        self.core.load_state(state)
+        self.reset_clock()
+
+    def save_shard(self, ckpt_dir: str, name: str) -> dict:
+        return checkpoint.write_shard(ckpt_dir, name, self.core.state())
+
+    def load_shard(self, ckpt_dir: str, record: dict) -> None:
+        self.core.load_state(checkpoint.read_shard(ckpt_dir, record))
+        self.reset_clock()
+
+    def reset_clock(self) -> None:
+        self.clock = 0
+
+
+class MailboxWorker(LayerHost):
+    """Messages as ordinary actor calls: a neighbour's `deliver` puts them in an asyncio mailbox
+    keyed by (clock, kind, sender), where the step awaits them. A round's messages to one
+    neighbour travel in one call."""
+
+    def __init__(self, *args, mode: str = "exact"):
+        super().__init__(*args)
+        self.mode = mode
+        self.below = self.above = None
+        self.box: dict = {}
+
+    def connect(self, below, above) -> int:
+        self.below, self.above = below, above
+        return os.getpid()
+
+    def reset_clock(self) -> None:
+        super().reset_clock()
+        self.box = {}
+
     def _slot(self, key):
         fut = self.box.get(key)
         if fut is None:
@@ -62,37 +139,28 @@ class LayerWorker:
         return fut
 
     async def deliver(self, *datas: bytes) -> None:
-        """Receive one or more encoded messages (a round's messages to one neighbour travel in
-        one call)."""
         for data in datas:
-            msg = Message.decode(data)
-            self.counters["recv_bytes"] += len(data)
-            self.counters["recv_msgs"] += 1
-            self.received.setdefault(msg.kind, set()).add((msg.layer, *msg.array.shape))
+            msg = self._decode(data)
             self._slot((msg.step, msg.kind, msg.layer)).set_result(msg.array)
 
     def _send(self, handle, *kind_arrays) -> None:
-        datas = [Message(self.clock, self.l, kind, to_numpy(arr)).encode() for kind, arr in kind_arrays]
-        self.counters["sent_bytes"] += sum(len(d) for d in datas)
-        self.counters["sent_msgs"] += len(datas)
-        handle.deliver.remote(*datas)
+        handle.deliver.remote(*[self._encode(kind, arr) for kind, arr in kind_arrays])
 
-    async def _recv(self, kind: str, sender: int, clock: int | None = None):
-        key = (self.clock if clock is None else clock, kind, sender)
+    async def _recv(self, kind: str, sender: int, clock: int):
+        key = (clock, kind, sender)
         arr = await self._slot(key)
         del self.box[key]
-        return to_xp(self.xp, arr) if self.xp is not np else arr
+        return self._device(arr)
 
-    # -- steps -----------------------------------------------------------------------------------
-    async def exact_step(self, x, m, do_learn: bool):
-        core, l = self.core, self.l
+    async def exact_step(self, x, m, do_learn: bool) -> None:
+        core, l, c = self.core, self.l, self.clock
         z, pred = core.forward(x, m) if self.below is None else core.forward()
         if self.above is not None:
             self._send(self.above, ("z", z))
         if self.below is not None:
             self._send(self.below, ("pred", pred))
-        z_below = await self._recv("z", l - 1) if self.below is not None else None
-        pred_above = await self._recv("pred", l + 1) if self.above is not None else None
+        z_below = await self._recv("z", l - 1, c) if self.below is not None else None
+        pred_above = await self._recv("pred", l + 1, c) if self.above is not None else None
         y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
         if self.above is not None:
             self._send(self.above, ("eps", eps), ("y", y))
@@ -100,59 +168,109 @@ class LayerWorker:
             self._send(self.below, ("y", y))
         y_below = eps_below = y_above = None
         if self.below is not None:
-            y_below, eps_below = await self._recv("y", l - 1), await self._recv("eps", l - 1)
+            y_below, eps_below = await self._recv("y", l - 1, c), await self._recv("eps", l - 1, c)
         if self.above is not None:
-            y_above = await self._recv("y", l + 1)
+            y_above = await self._recv("y", l + 1, c)
         core.finish(do_learn, x=x, y_below=y_below, eps_below=eps_below, y_above=y_above)
+
+    async def pipelined_step(self, x, m, do_learn: bool, first: bool, last: bool) -> None:
+        core, l, xp, c = self.core, self.l, self.xp, self.clock
+        below = above = None
+        if not first:
+            if self.below is not None:
+                below = {k: await self._recv(k, l - 1, c - 1) for k in ("z", "eps", "y")}
+            if self.above is not None:
+                above = {k: await self._recv(k, l + 1, c - 1) for k in ("pred", "y")}
+            core.take_neighbours(y_below=below["y"] if below else None, y_above=above["y"] if above else None)
+        z, pred = core.forward(x, m) if self.below is None else core.forward()
+        z_below = pred_above = None
+        if self.below is not None:
+            z_below = below["z"] if below else xp.zeros((z.shape[0], self.spec.d_in), self.dtype)
+        if self.above is not None:
+            pred_above = above["pred"] if above else xp.zeros_like(z)
+        y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
+        core.finish_pipelined(do_learn, x=x, eps_below_prev=below["eps"] if below else None)
+        if not last:
+            if self.above is not None:
+                self._send(self.above, ("z", z), ("eps", eps), ("y", y))
+            if self.below is not None:
+                self._send(self.below, ("pred", pred), ("y", y))
 
     async def run_segment(self, x, mask, t0: int, t1: int, learn: bool, t_prime: int,
                           keep_xhat: bool = False) -> dict:
         """Steps t0..t1-1; layer 1 gets the inputs `x`, every layer the mask. Layer 1 returns the
-        loss sums (and the first non-finite step, if any); the others return their counters."""
-        xp = self.xp
-        ms = to_xp(xp, np.asarray(mask)[..., None], self.dtype)
-        xs = None
-        if x is not None:
-            xs = to_xp(xp, x) if x.dtype.kind in "iu" else to_xp(xp, x, self.dtype)
+        loss sums (and the first non-finite step, if any)."""
+        xs, ms = self._segment_inputs(x, mask)
         if t0 == 0:
             self.core.reset(mask.shape[1])
-        sums, xhats, diverged = {}, [], None
+        out = {"sums": {}, "xhats": [], "diverged": None, "keep": keep_xhat}
         for t in range(t0, t1):
             xt = xs[t] if xs is not None else None
-            await self.exact_step(xt, ms[t], learn and t >= t_prime)
+            do_learn = learn and t >= t_prime
+            if self.mode == "exact":
+                await self.exact_step(xt, ms[t], do_learn)
+            else:
+                await self.pipelined_step(xt, ms[t], do_learn, t == 0, t == mask.shape[0] - 1)
             self.clock += 1
             self.counters["steps"] += 1
             if xs is not None:
-                part = step_loss_sums(xp, self.core.xhat, xt, ms[t])
-                if diverged is None and not all(np.isfinite(v) for v in part.values()):
-                    diverged = t
-                if t >= t_prime:
-                    metrics.add_sums(sums, part)
-                if keep_xhat:
-                    xhats.append(np.array(to_numpy(self.core.xhat), copy=True))
-        return {"sums": sums, "xhats": xhats, "diverged": diverged}
+                self._bottom_loss(xt, ms[t], t, t_prime, out)
+        return out
 
-    # -- state and checkpoints (a shard never travels through the driver) -------------------------
-    def state(self) -> dict:
-        return self.core.state()
 
-    def load_state(self, state: dict, clock: int = 0) -> None:
-        self.core.load_state(state)
-        self.reset_clock(clock)
+class GraphWorker(LayerHost):
+    """The exact step as three nodes of a Ray compiled graph. Each node returns the encoded
+    messages for the neighbours ((for the layer above, for the layer below)); each neighbour
+    decodes only the one meant for it. A node also takes the layer's own previous node (`own`,
+    unused: it orders the phases). The graph's input is (x_t, m_t, do_learn, reset, t, t_prime)."""
 
-    def reset_clock(self, clock: int = 0) -> None:
-        self.clock = clock
-        self.box.clear()
+    def g_forward(self, inp):
+        x, m, do_learn, reset, t, t_prime = inp
+        if reset:
+            self.core.reset(m.shape[0])
+        self._m = to_xp(self.xp, np.asarray(m)[:, None], self.dtype)
+        self._x = None
+        if self.l == 1:
+            self._x = to_xp(self.xp, x) if x.dtype.kind in "iu" else to_xp(self.xp, x, self.dtype)
+        z, pred = self.core.forward(self._x, self._m) if self.l == 1 else self.core.forward()
+        top = self.spec.is_top
+        return (None if top else self._encode("z", z), None if self.l == 1 else self._encode("pred", pred))
 
-    def save_shard(self, ckpt_dir: str, name: str) -> dict:
-        return checkpoint.write_shard(ckpt_dir, name, self.core.state())
+    def _from(self, outs):
+        """The message meant for this layer out of its neighbours' node outputs `outs`: from the
+        layer below its up-slot (0), from the layer above its down-slot (1)."""
+        below = above = None
+        k = 0
+        if self.l > 1:
+            below = self._device(self._decode(outs[k][0]).array) if outs[k][0] is not None else None
+            k += 1
+        if not self.spec.is_top:
+            above = self._device(self._decode(outs[k][1]).array) if outs[k][1] is not None else None
+        return below, above
 
-    def load_shard(self, ckpt_dir: str, record: dict) -> None:
-        self.core.load_state(checkpoint.read_shard(ckpt_dir, record))
-        self.reset_clock(0)
+    def g_correct(self, inp, own, *neighbours):
+        z_below, pred_above = self._from(neighbours)
+        y, eps = self.core.correct(self._m, z_below=z_below, pred_above=pred_above)
+        up = None if self.spec.is_top else [self._encode("eps", eps), self._encode("y", y)]
+        down = None if self.l == 1 else [self._encode("y", y)]
+        return (up, down)
 
-    def nonfinite(self) -> list[str]:
-        st = self.core.state()
-        arrays = list(st["params"].items()) + [(k, v) for k, v in (st["carry"] or {}).items()
-                                               if v is not None and v.dtype.kind == "f"]
-        return [k for k, v in arrays if not np.all(np.isfinite(v))]
+    def g_finish(self, inp, own, *neighbours):
+        x, m, do_learn, reset, t, t_prime = inp
+        y_below = eps_below = y_above = None
+        k = 0
+        if self.l > 1:
+            eps_b, y_b = neighbours[k][0]
+            eps_below, y_below = (self._device(self._decode(d).array) for d in (eps_b, y_b))
+            k += 1
+        if not self.spec.is_top:
+            y_above = self._device(self._decode(neighbours[k][1][0]).array)
+        self.core.finish(do_learn, x=self._x, y_below=y_below, eps_below=eps_below, y_above=y_above)
+        self.clock += 1
+        self.counters["steps"] += 1
+        if self.l != 1:
+            return None
+        out = {"sums": {}, "xhats": [], "diverged": None, "keep": False}
+        self._bottom_loss(self._x, self._m, t, t_prime, out)
+        return {"sums": out["sums"], "diverged": out["diverged"],
+                "xhat": np.array(to_numpy(self.core.xhat), copy=True)}

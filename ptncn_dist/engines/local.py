@@ -13,11 +13,38 @@ from .. import metrics
 class LocalEngine(Engine):
     name = "local"
 
-    def __init__(self, specs, params: list[dict], opt_cfg, xp, dtype):
-        self.xp, self.dtype = xp, dtype
+    def __init__(self, specs, params: list[dict], opt_cfg, xp, dtype, mode: str = "exact"):
+        self.xp, self.dtype, self.mode = xp, dtype, mode
         self.layers = [LayerCore(s, p, opt_cfg, xp, dtype) for s, p in zip(specs, params)]
+        self._sent = None
 
     def step(self, x, m, do_learn: bool):
+        return self.step_exact(x, m, do_learn) if self.mode == "exact" else self.step_pipelined(x, m, do_learn)
+
+    def step_pipelined(self, x, m, do_learn: bool):
+        """One pipelined step: each layer reads only what its neighbours sent at step t-1
+        (`self._sent`; nothing at a sequence's first step), then sends its own messages."""
+        layers, n, prev = self.layers, len(self.layers), self._sent
+        for i, layer in enumerate(layers):
+            if prev is not None:
+                layer.take_neighbours(y_below=prev[i - 1]["y"] if i else None,
+                                      y_above=prev[i + 1]["y"] if i + 1 < n else None)
+        sent = []
+        for i, layer in enumerate(layers):
+            z, pred = layer.forward(x, m) if i == 0 else layer.forward()
+            z_below = prev[i - 1]["z"] if prev is not None and i else None
+            pred_above = prev[i + 1]["pred"] if prev is not None and i + 1 < n else None
+            if i and z_below is None:
+                z_below = self.xp.zeros_like(layers[i - 1].carry["y"])
+            if i + 1 < n and pred_above is None:
+                pred_above = self.xp.zeros_like(z)
+            y, eps = layer.correct(m, z_below=z_below, pred_above=pred_above)
+            layer.finish_pipelined(do_learn, x=x, eps_below_prev=prev[i - 1]["eps"] if prev is not None and i else None)
+            sent.append({"z": z, "pred": pred, "y": y, "eps": eps})
+        self._sent = sent
+        return layers[0].xhat
+
+    def step_exact(self, x, m, do_learn: bool):
         """One MODEL.md step on device arrays x (B, D) or ids (B,), m (B, 1); returns xhat."""
         layers, n = self.layers, len(self.layers)
         zs, preds = [None] * n, [None] * n
@@ -43,6 +70,7 @@ class LocalEngine(Engine):
         if t0 == 0:
             for layer in self.layers:
                 layer.reset(x.shape[1])
+            self._sent = None
         sums, xhats = {}, []
         for t in range(t0, t1):
             xhat = self.step(xs[t], ms[t], learn and t >= t_prime)

@@ -8,9 +8,9 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, ConfigError
 from .base import Engine, StepDiverged, shard_name, token_ids
-from .layer_actor import LayerWorker
+from .layer_actor import GraphWorker, MailboxWorker
 from .placement import connect, layer_options
 
 
@@ -21,38 +21,92 @@ class RayEngine(Engine):
         import ray
         self.ray, self.cfg, self.specs = ray, cfg, specs
         ec = cfg.engine
+        if ec.compiled and ec.mode != "exact":
+            raise ConfigError("engine.compiled = true runs the exact schedule; set engine.mode = 'exact' "
+                              "or engine.compiled = false for the pipelined one")
+        self.compiled = ec.compiled
         self.started_ray = connect(ec, len(specs))
         self.options, self.pg = layer_options(ec, len(specs))
-        threads = ec.blas_threads or max(1, int(ec.cpus_per_layer))
-        self.actor_cls = ray.remote(LayerWorker)
+        self.threads = ec.blas_threads or max(1, int(ec.cpus_per_layer))
+        self.graph = None
         self.actors = []
-        self._make_actors(threads)
-        self._steps_done = 0
+        self._make_actors()
 
-    def _make_actors(self, threads: int) -> None:
+    def _make_actors(self) -> None:
         ray, cfg = self.ray, self.cfg
         m = cfg.model
-        self.actors = [
-            self.actor_cls.options(**opts, max_concurrency=64).remote(
-                spec, dataclasses.asdict(cfg.optim), cfg.train.seed, m.dtype, m.device, m.weight_sd,
-                m.error_weight_sd, threads)
-            for spec, opts in zip(self.specs, self.options)]
-        n = len(self.actors)
-        ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
-                 for i, a in enumerate(self.actors)])
+        args = (dataclasses.asdict(cfg.optim), cfg.train.seed, m.dtype, m.device, m.weight_sd,
+                m.error_weight_sd, self.threads)
+        if self.compiled:
+            cls = ray.remote(GraphWorker)
+            self.actors = [cls.options(**opts).remote(spec, *args) for spec, opts in zip(self.specs, self.options)]
+        else:
+            cls = ray.remote(MailboxWorker)
+            self.actors = [cls.options(**opts, max_concurrency=64).remote(spec, *args, mode=cfg.engine.mode)
+                           for spec, opts in zip(self.specs, self.options)]
+            n = len(self.actors)
+            ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
+                     for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
+
+    # -- compiled graph ---------------------------------------------------------------------------
+    def _build_graph(self, x, mask):
+        """The exact step as a compiled graph: forward, correct, finish nodes per layer, each
+        fed by its neighbours' previous nodes only."""
+        from ray.dag import InputNode, MultiOutputNode
+        n = len(self.actors)
+        with InputNode() as inp:
+            fwd = [a.g_forward.bind(inp) for a in self.actors]
+            near = lambda nodes, i: [nodes[j] for j in (i - 1, i + 1) if 0 <= j < n]
+            cor = [a.g_correct.bind(inp, fwd[i], *near(fwd, i)) for i, a in enumerate(self.actors)]
+            fin = [a.g_finish.bind(inp, cor[i], *near(cor, i)) for i, a in enumerate(self.actors)]
+            dag = MultiOutputNode(fin)
+        widest = max([x[0].nbytes, mask[0].nbytes] + [4 * mask.shape[1] * s.d * 8 for s in self.specs])
+        self.graph = dag.experimental_compile(_buffer_size_bytes=max(1 << 20, 4 * widest),
+                                              _max_inflight_executions=min(10, self.cfg.engine.in_flight))
+
+    def _teardown(self) -> None:
+        if self.graph is not None:
+            graph, self.graph = self.graph, None
+            graph.teardown()
+
+    def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat):
+        if self.graph is None:
+            self._build_graph(x, mask)
+        depth = min(10, self.cfg.engine.in_flight)
+        sums, xhats, pending, diverged = {}, [], [], None
+        from .. import metrics
+
+        def collect(ref):
+            nonlocal diverged
+            first = self.ray.get(ref)[0]
+            metrics.add_sums(sums, first["sums"])
+            if diverged is None and first["diverged"] is not None:
+                diverged = first["diverged"]
+            if keep_xhat:
+                xhats.append(np.array(first["xhat"], copy=True))
+
+        for t in range(t0, t1):
+            pending.append(self.graph.execute((x[t], mask[t], learn and t >= t_prime, t == 0, t, t_prime)))
+            if len(pending) >= depth:
+                collect(pending.pop(0))
+        for ref in pending:
+            collect(ref)
+        if diverged is not None:
+            raise StepDiverged(diverged)
+        return sums, xhats
 
     def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
         ray = self.ray
         if x.dtype.kind in "iu":
             x = token_ids(x, mask)
         mask = np.ascontiguousarray(mask)
+        if self.compiled:
+            return self._run_graph(x, mask, t0, t1, learn, t_prime, keep_xhat)
         x_ref = ray.put(x)
         refs = [a.run_segment.remote(x_ref if i == 0 else None, mask, t0, t1, learn, t_prime, keep_xhat)
                 for i, a in enumerate(self.actors)]
-        results = self._gather(refs)
-        self._steps_done += t1 - t0
-        first = results[0]
+        first = self._gather(refs)[0]
         if first["diverged"] is not None:
             raise StepDiverged(first["diverged"])
         return first["sums"], first["xhats"]
@@ -66,19 +120,29 @@ class RayEngine(Engine):
             ray.get(done[0])
         return ray.get(refs)
 
+    def _call(self, method: str, *per_actor_args):
+        """An ordinary call on every actor (after tearing a compiled graph down: its actors run
+        nothing else while it lives)."""
+        self._teardown()
+        if per_actor_args:
+            refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, zip(*per_actor_args))]
+        else:
+            refs = [getattr(a, method).remote() for a in self.actors]
+        return self.ray.get(refs)
+
     def layer_states(self):
-        return self.ray.get([a.state.remote() for a in self.actors])
+        return self._call("state")
 
     def load_layer_states(self, states):
-        self.ray.get([a.load_state.remote(st) for a, st in zip(self.actors, states)])
+        self._call("load_state", states)
 
     def save_shards(self, ckpt_dir):
-        return self.ray.get([a.save_shard.remote(ckpt_dir, shard_name(l))
-                             for l, a in enumerate(self.actors, start=1)])
+        n = len(self.actors)
+        return self._call("save_shard", [ckpt_dir] * n, [shard_name(l) for l in range(1, n + 1)])
 
     def load_shards(self, ckpt_dir, manifest):
         try:
-            self.ray.get([a.load_shard.remote(ckpt_dir, rec) for a, rec in zip(self.actors, manifest["shards"])])
+            self._call("load_shard", [ckpt_dir] * len(self.actors), manifest["shards"])
         except self.ray.exceptions.RayTaskError as exc:
             cause = exc.as_instanceof_cause()
             if isinstance(cause, CheckpointError):
@@ -86,11 +150,11 @@ class RayEngine(Engine):
             raise
 
     def nonfinite_layers(self) -> dict:
-        found = self.ray.get([a.nonfinite.remote() for a in self.actors])
+        found = self._call("nonfinite")
         return {l: names for l, names in enumerate(found, start=1) if names}
 
     def actor_stats(self) -> list[dict]:
-        return self.ray.get([a.stats.remote() for a in self.actors])
+        return self._call("stats")
 
     def stats(self):
         per = self.actor_stats()
@@ -103,6 +167,10 @@ class RayEngine(Engine):
 
     def close(self):
         ray = self.ray
+        try:
+            self._teardown()
+        except Exception:
+            pass
         for a in self.actors:
             ray.kill(a)
         self.actors = []
