@@ -364,6 +364,11 @@ class LayerCore:
         if not self.spec.is_top:
             self.carry["y_up"] = y_above
 
+    def set_params(self, params: dict) -> None:
+        """New weights (shapes checked), optimizer slots back to zero."""
+        self.load_state({"params": params, "slots": {k: optim.init_slots(self.opt_cfg, v, self.xp)
+                                                     for k, v in self.p.items()}, "carry": None})
+
     def state(self) -> dict:
         """Weights, optimizer slots and carried state as host (NumPy) copies."""
         host = lambda v: np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v

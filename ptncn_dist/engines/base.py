@@ -59,6 +59,10 @@ class Engine(ABC):
     def load_layer_states(self, states: list[dict]) -> None:
         """Put every layer back into a state `layer_states` returned."""
 
+    @abstractmethod
+    def set_params(self, per_layer: list[dict]) -> None:
+        """Give every layer new weights, optimizer slots reset (e.g. a golden run's init)."""
+
     def save_shards(self, ckpt_dir: str) -> list[dict]:
         """Write one shard per layer into `ckpt_dir`; returns the manifest records."""
         return [checkpoint.write_shard(ckpt_dir, shard_name(l), st)

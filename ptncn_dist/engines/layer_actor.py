@@ -102,6 +102,10 @@ class LayerHost:
         self.core.load_state(state)
         self.reset_clock()
 
+    def set_params(self, params: dict) -> None:
+        self.core.set_params(params)
+        self.reset_clock()
+
     def save_shard(self, ckpt_dir: str, name: str) -> dict:
         return checkpoint.write_shard(ckpt_dir, name, self.core.state())
 

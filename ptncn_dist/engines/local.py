@@ -82,6 +82,10 @@ class LocalEngine(Engine):
                 xhats.append(np.array(to_numpy(xhat), copy=True))
         return sums, xhats
 
+    def set_params(self, per_layer):
+        for layer, p in zip(self.layers, per_layer):
+            layer.set_params(p)
+
     def layer_states(self):
         return [layer.state() for layer in self.layers]
 

@@ -27,7 +27,7 @@ def connect(engine_cfg, n_layers: int) -> bool:
         ray.init(address=address, log_to_driver=False, **kwargs)
         return True
     cpus = max(os.cpu_count() or 1, math.ceil(n_layers * max(engine_cfg.cpus_per_layer, 0)))
-    ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address=engine_cfg.node_ip,
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=engine_cfg.node_ip,
              log_to_driver=False, configure_logging=False)
     return True
 

@@ -133,6 +133,9 @@ class RayEngine(Engine):
     def layer_states(self):
         return self._call("state")
 
+    def set_params(self, per_layer):
+        self._call("set_params", per_layer)
+
     def load_layer_states(self, states):
         self._call("load_state", states)
 

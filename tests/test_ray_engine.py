@@ -1,0 +1,165 @@
+"""The Ray engine (one actor per layer) against the single-process engine: golden runs, a few
+hundred steps of Bouncing MNIST for 1..4 layers, both transports, pipelined mode, locality."""
+import numpy as np
+import pytest
+import ray
+
+from conftest import golden_files
+from ptncn_dist.config import load
+from ptncn_dist.data import open_streams
+from ptncn_dist.engines.factory import build_engine
+from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.ray_engine import RayEngine
+from ptncn_dist.golden import load_golden
+from ptncn_dist.messages import KINDS
+from ptncn_dist.train import Trainer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_instance():
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False,
+             configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+def small(hidden, extra=()):
+    return ["model.hidden=" + str(list(hidden)), "data.frame=32", "data.batch=4", "data.seq_len=10",
+            'model.dtype="float64"', "engine.cpus_per_layer=0.5", "train.progress=false", "train.plots=false",
+            *extra]
+
+
+def run_both(hidden, steps, extra=(), ray_extra=()):
+    cfg_l = load(None, small(hidden, extra))
+    cfg_r = load(None, small(hidden, extra) + ['engine.name="ray"', *ray_extra])
+    streams = open_streams(cfg_l.data, 0)
+    local = build_engine(cfg_l, streams.train.dim, "frames")
+    remote = build_engine(cfg_r, streams.train.dim, "frames")
+    try:
+        pos, done, losses = 0, 0, []
+        while done < steps:
+            b = streams.train.batch(pos)
+            for t0, t1 in ((0, 4), (4, 10)):
+                a, _ = local.run_segment(b.x, b.mask, t0, t1, learn=True, t_prime=1)
+                r, _ = remote.run_segment(b.x, b.mask, t0, t1, learn=True, t_prime=1)
+                losses.append((a["bce"], r["bce"]))
+            pos, done = pos + 1, done + 10
+        return local.weights(), remote.weights(), losses, remote
+    finally:
+        remote.close()
+
+
+def test_every_node_is_on_loopback():
+    assert all(n["NodeManagerAddress"].startswith("127.0.0.") for n in ray.nodes())
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["calls", "compiled"])
+@pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
+def test_golden_on_ray(path, compiled):
+    g = load_golden(path)
+    cfg = load(None, ['engine.name="ray"', "engine.cpus_per_layer=0.5", f"engine.compiled={str(compiled).lower()}",
+                      'model.dtype="float64"', f'optim.name="{g.opt.name}"', f"optim.lr={g.opt.lr}",
+                      f"optim.momentum={g.opt.momentum}"])
+    engine = RayEngine(cfg, g.specs)
+    try:
+        engine.set_params(g.init)
+        T = g.mask.shape[0]
+        for t in range(T):
+            engine.run_segment(g.x, g.mask, t, t + 1, learn=True, t_prime=g.config["t_prime"])
+            got = engine.layer_states()
+            for l, want in enumerate(g.after[t]):
+                for name, arr in want.items():
+                    np.testing.assert_allclose(got[l]["params"][name], arr, atol=1e-9, rtol=0,
+                                               err_msg=f"{path.name} after{t}/{name}{l + 1}")
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("hidden", [[24], [24, 16], [24, 16, 12], [20, 16, 12, 8]], ids=lambda h: f"L{len(h)}")
+def test_ray_equals_local_for_hundreds_of_steps(hidden):
+    a, b, losses, _ = run_both(hidden, 200)
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
+    assert losses[-1][0] < losses[0][0]
+
+
+def test_compiled_graph_equals_local():
+    a, b, _, _ = run_both([24, 16, 12], 100, ray_extra=["engine.compiled=true"])
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
+
+
+def test_float32_within_1e5():
+    a, b, _, _ = run_both([24, 16], 200, extra=['model.dtype="float32"'])
+    for k in a:
+        assert a[k].dtype == np.float32
+        np.testing.assert_allclose(b[k], a[k], atol=1e-5, rtol=0, err_msg=k)
+
+
+def test_pipelined_equals_local_pipelined_and_differs_from_exact():
+    a, b, _, _ = run_both([24, 16, 12], 100, extra=['engine.mode="pipelined"'])
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
+    exact, _, _, _ = run_both([24, 16, 12], 100, ray_extra=[])
+    assert max(np.abs(exact[k] - a[k]).max() for k in ("W2", "W3")) > 1e-6
+    np.testing.assert_allclose(exact["W1"], a["W1"], atol=1e-2)
+
+
+def test_locality_and_bytes():
+    """Actors receive only (B, d) activations and errors of their neighbours, never a weight;
+    the bytes per step are what those messages weigh."""
+    hidden, B = [24, 16, 12], 4
+    _, _, _, engine = run_both(hidden, 20)
+    engine.close()
+    cfg = load(None, small(hidden) + ['engine.name="ray"'])
+    streams = open_streams(cfg.data, 0)
+    eng = build_engine(cfg, streams.train.dim, "frames")
+    try:
+        b = streams.train.batch(0)
+        eng.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+        stats = eng.actor_stats()
+        widths = [32 * 32] + hidden
+        weight_shapes = {tuple(w.shape) for w in eng.weights().values()}
+        for l, s in enumerate(stats, start=1):
+            assert set(s["received"]) <= set(KINDS)
+            for kind, entries in s["received"].items():
+                for sender, rows, cols in entries:
+                    width = widths[l] if kind == "pred" else widths[sender]
+                    assert abs(sender - l) == 1 and rows == B and cols == width, (l, kind, sender, rows, cols)
+                    assert (rows, cols) not in weight_shapes
+        payload_l2 = (widths[1] + 4 * widths[2]) * B * 8
+        sent_l2 = eng.stats()["layer2_sent_bytes_per_step"]
+        assert payload_l2 < sent_l2 < payload_l2 + 5 * 64
+    finally:
+        eng.close()
+
+
+def test_trainer_with_ray_engine_checkpoints_and_resumes(tmp_path):
+    """A ray run writes one shard per layer from the actors, and resuming it with the ray engine
+    ends on the weights of an uninterrupted local run."""
+    base = small([16, 12], ["train.log_every=7", "train.checkpoint_every=10", "train.eval_batches=1"])
+    straight = Trainer(load(None, base + ["train.steps=30"]), None, log=lambda *_: None)
+    straight.run()
+    first = Trainer(load(None, base + ['engine.name="ray"', "train.steps=17"]), str(tmp_path), log=lambda *_: None)
+    first.run()
+    first.close()
+    second = Trainer(load(None, base + ['engine.name="ray"', "train.steps=30"]), str(tmp_path), resume=True,
+                     log=lambda *_: None)
+    try:
+        second.run()
+        a, b = straight.engine.weights(), second.engine.weights()
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], atol=1e-12, rtol=0, err_msg=k)
+        shards = sorted(p.name for p in (tmp_path / "checkpoints").glob("ckpt-*/layer-*.msgpack"))
+        assert shards and {s.split("/")[-1] for s in shards} == {"layer-1.msgpack", "layer-2.msgpack"}
+    finally:
+        second.close()
+
+
+def test_unplaceable_spread_times_out_clearly():
+    from ptncn_dist.errors import ConfigError
+    cfg = load(None, small([8, 8]) + ['engine.name="ray"', 'engine.placement="spread"', "engine.placement_timeout_s=2.0"])
+    with pytest.raises(ConfigError, match="could not be placed"):
+        RayEngine(cfg, LocalEngine.__mro__ and __import__("ptncn_dist.model", fromlist=["x"]).specs_from_config(
+            cfg.model, 64, False))
