@@ -75,15 +75,30 @@ class LocalCluster:
         os.chmod(self.token_path, 0o600)
         self.port = free_port(self.ip(0))
         try:
-            self._start_node(0)
-            self.wait_nodes(1, timeout)
-            for i in range(1, self.n):
+            for i in range(self.n):
                 self._start_node(i)
+                self._wait_started(i, timeout)
             self.wait_nodes(self.n, timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_started(self, i: int, timeout: float) -> None:
+        """Wait for node i's `ray start` to report its runtime up (one node at a time: starting
+        several at once on a small machine can time a raylet out)."""
+        log = os.path.join(self.workdir, f"node{i}.log")
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(log, errors="replace") as fh:
+                if "Ray runtime started" in fh.read():
+                    return
+            proc = self.procs[i]
+            if proc.poll() is not None:
+                raise RuntimeError(f"ray node {i} ({self.ip(i)}) exited with {proc.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ray node {i} ({self.ip(i)}) did not start within {timeout:g} s; see {log}")
+            time.sleep(0.2)
 
     def alive_nodes(self) -> list[dict]:
         """The live nodes as the cluster's GCS reports them (asked from a short-lived driver)."""
@@ -108,7 +123,7 @@ class LocalCluster:
                 return nodes
             if time.monotonic() > deadline:
                 raise TimeoutError(f"only {len(nodes)} of {count} ray nodes came up within {timeout:g} s")
-            time.sleep(0.5)
+            time.sleep(1.0)
 
     def stop_node(self, i: int, hard: bool = False, wait: float = 30.0) -> None:
         """Stop node i: SIGTERM to its `ray start` (it stops its raylet and workers), or with
