@@ -307,14 +307,24 @@ class LayerCore:
     def forward(self, x=None, m=None):
         """Phase 1. Returns (z, pred): z for the layer above, pred for the layer below (None for
         layer 1, which needs the step's target `x` and mask `m` to form xhat and e0 itself)."""
-        c, s, xp = self.carry, self.spec, self.xp
-        h, z = forward(s, xp, self.p, c["inp"], c["y"], c["y_up"])
-        pred = predict_below(self.p, z)
-        self._t = {"h": h, "z": z, "pred": pred}
-        if s.is_bottom:
-            self._t["xhat"], self._t["e_below"] = output_error(s, xp, pred, x, m)
-            return z, None
-        return z, pred
+        z = self.forward_state()
+        return z, self.predict(x, m)
+
+    def forward_state(self):
+        """Phase 1a: h and z from step t-1's carried values (uses M, V, U only)."""
+        c = self.carry
+        h, z = forward(self.spec, self.xp, self.p, c["inp"], c["y"], c["y_up"])
+        self._t = {"h": h, "z": z}
+        return z
+
+    def predict(self, x=None, m=None):
+        """Phase 1b: the prediction of the layer below (uses W only); layer 1 forms xhat and e0."""
+        t = self._t
+        t["pred"] = pred = predict_below(self.p, t["z"])
+        if self.spec.is_bottom:
+            t["xhat"], t["e_below"] = output_error(self.spec, self.xp, pred, x, m)
+            return None
+        return pred
 
     def correct(self, m, z_below=None, pred_above=None):
         """Phase 2, given the layer below's z (l >= 2) and the layer above's prediction (l < L).
@@ -330,13 +340,32 @@ class LayerCore:
     def finish(self, do_learn: bool, x=None, y_below=None, eps_below=None, y_above=None) -> None:
         """Phase 3 of the exact schedule: the local updates (when `do_learn`), then carry step
         t's values forward."""
-        s, t, c, xp = self.spec, self._t, self.carry, self.xp
         if do_learn:
-            learn_generative(s, xp, self.p, self.slots, self.opt_cfg, t["z"],
-                             t["e_below"] if s.is_bottom else eps_below)
-            learn_recurrent(s, xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"], t["eps"])
-        c["inp"] = x if s.is_bottom else y_below
-        c["y"] = t["y"]
+            self.learn_generative(self.generative_pair(eps_below))
+            self.learn_recurrent()
+        self.carry_forward(x, y_below, y_above)
+
+    def generative_pair(self, eps_below=None):
+        """The two signals of step t whose outer product updates W and E: (z, e0) for layer 1,
+        (z, eps[l-1]) above it."""
+        t = self._t
+        return t["z"], t["e_below"] if self.spec.is_bottom else eps_below
+
+    def learn_generative(self, pair) -> None:
+        """W and E from a `generative_pair` (possibly kept from the previous step: W and E are
+        not used between the end of step t and the prediction / correction of step t+1)."""
+        learn_generative(self.spec, self.xp, self.p, self.slots, self.opt_cfg, *pair)
+
+    def learn_recurrent(self) -> None:
+        """M, V, U from the layer's own eps and what it carried into step t."""
+        c = self.carry
+        learn_recurrent(self.spec, self.xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"],
+                        self._t["eps"])
+
+    def carry_forward(self, x=None, y_below=None, y_above=None) -> None:
+        c = self.carry
+        c["inp"] = x if self.spec.is_bottom else y_below
+        c["y"] = self._t["y"]
         c["y_up"] = y_above
 
     def finish_pipelined(self, do_learn: bool, x=None, eps_below_prev=None) -> None:

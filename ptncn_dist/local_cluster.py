@@ -60,7 +60,9 @@ class LocalCluster:
                 f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
                 f"--memory={self.memory_mb * 1024 * 1024}"]
         if i == 0:
-            args += ["--head", f"--port={self.port}", "--include-dashboard=false"]
+            from .engines.placement import SYSTEM_CONFIG
+            args += ["--head", f"--port={self.port}", "--include-dashboard=false",
+                     f"--system-config={json.dumps(SYSTEM_CONFIG)}"]
         else:
             args += [f"--address={self.address}"]
         log = open(os.path.join(self.workdir, f"node{i}.log"), "w")

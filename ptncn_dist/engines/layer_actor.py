@@ -127,6 +127,7 @@ class MailboxWorker(LayerHost):
         self.mode = mode
         self.below = self.above = None
         self.box: dict = {}
+        self.pending = None
 
     def connect(self, below, above) -> int:
         self.below, self.above = below, above
@@ -157,10 +158,17 @@ class MailboxWorker(LayerHost):
         return self._device(arr)
 
     async def exact_step(self, x, m, do_learn: bool) -> None:
+        """The exact step, ordered so that each wait overlaps work that does not need what is
+        awaited: M, V, U learn while the second round's messages travel, and the W, E update of
+        step t is applied at step t+1 just before W (prediction) and E (correction) are used."""
         core, l, c = self.core, self.l, self.clock
-        z, pred = core.forward(x, m) if self.below is None else core.forward()
+        z = core.forward_state()
         if self.above is not None:
             self._send(self.above, ("z", z))
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            core.learn_generative(pending)
+        pred = core.predict(x, m)
         if self.below is not None:
             self._send(self.below, ("pred", pred))
         z_below = await self._recv("z", l - 1, c) if self.below is not None else None
@@ -170,12 +178,22 @@ class MailboxWorker(LayerHost):
             self._send(self.above, ("eps", eps), ("y", y))
         if self.below is not None:
             self._send(self.below, ("y", y))
+        if do_learn:
+            core.learn_recurrent()
         y_below = eps_below = y_above = None
         if self.below is not None:
             y_below, eps_below = await self._recv("y", l - 1, c), await self._recv("eps", l - 1, c)
         if self.above is not None:
             y_above = await self._recv("y", l + 1, c)
-        core.finish(do_learn, x=x, y_below=y_below, eps_below=eps_below, y_above=y_above)
+        if do_learn:
+            self.pending = core.generative_pair(eps_below)
+        core.carry_forward(x, y_below, y_above)
+
+    def flush(self) -> None:
+        """Apply a W, E update still held from the last step (end of a segment)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.core.learn_generative(pending)
 
     async def pipelined_step(self, x, m, do_learn: bool, first: bool, last: bool) -> None:
         core, l, xp, c = self.core, self.l, self.xp, self.clock
@@ -219,6 +237,7 @@ class MailboxWorker(LayerHost):
             self.counters["steps"] += 1
             if xs is not None:
                 self._bottom_loss(xt, ms[t], t, t_prime, out)
+        self.flush()
         return out
 
 

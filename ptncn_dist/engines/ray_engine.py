@@ -176,6 +176,11 @@ class RayEngine(Engine):
             pass
         for a in self.actors:
             ray.kill(a)
+        for a in self.actors:
+            try:
+                ray.get(a.where.remote(), timeout=10)
+            except Exception:
+                pass
         self.actors = []
         if self.pg is not None:
             ray.util.remove_placement_group(self.pg)

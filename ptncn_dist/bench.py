@@ -1,0 +1,172 @@
+"""`ptncn bench`: speed measured side by side in one run, printed as ratios.
+
+    ptncn bench ptb        the single-process engine at the authors' PTB settings, against the
+                           GEMM roof measured on the same shapes in the same run
+    ptncn bench engines    local (1 and all threads) vs ray exact / pipelined / compiled, for
+                           several widths and layer counts; per-step overhead on tiny layers;
+                           bytes per step
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import sys
+import time
+
+import numpy as np
+
+from .config import load
+from .engines.factory import build_engine
+
+
+def _threads(n):
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n, user_api="blas") if n else contextlib.nullcontext()
+
+
+def _time(fn, reps: int) -> float:
+    fn()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - t0) / reps
+
+
+# -- PTB at the authors' settings ----------------------------------------------------------------
+def ptb_gemm_shapes(V: int, d1: int, d2: int, B: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of every matrix product in one P-TNCN step at those sizes, 2 layers, one-hot
+    input (x @ M1 is a gather; its update a scatter-add, not counted)."""
+    return [(B, d1, d1), (B, d2, d1),                 # layer 1: yprev @ V1, yprev_up @ U1
+            (B, d1, d2), (B, d2, d2),                 # layer 2: in @ M2, yprev @ V2
+            (B, d1, V), (B, d2, d1),                  # predictions z1 @ W1, z2 @ W2
+            (B, V, d1), (B, d1, d2),                  # corrections e0 @ E1, e1 @ E2
+            (d1, B, V), (V, B, d1), (d1, B, d1), (d2, B, d1),   # dW1, dE1, dV1, dU1
+            (d2, B, d1), (d1, B, d2), (d1, B, d2), (d2, B, d2)]  # dW2, dE2, dM2, dV2
+
+
+def gemm_roof(shapes, dtype=np.float32, reps: int = 30) -> tuple[float, float]:
+    """Seconds for one pass over `shapes` with NumPy's matmul (into preallocated outputs), and
+    the GFLOP they hold."""
+    rng = np.random.default_rng(0)
+    ops = []
+    for m, k, n in shapes:
+        a, b = rng.random((m, k), dtype=dtype), rng.random((k, n), dtype=dtype)
+        ops.append((a, b, np.empty((m, n), dtype)))
+    sec = _time(lambda: [np.matmul(a, b, out=c) for a, b, c in ops], reps)
+    return sec, sum(2.0 * m * k * n for m, k, n in shapes) / 1e9
+
+
+def bench_ptb(steps: int = 200, threads: int | None = None) -> dict:
+    V, d, B, T = 49, 1000, 50, 50
+    cfg = load(None, ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'optim.name="nag"',
+                      "optim.lr=0.075", "optim.momentum=0.95", 'data.source="ptb_char"'])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, V, (T, B)).astype(np.int32)
+    mask = np.ones((T, B), np.float32)
+    with _threads(threads):
+        engine = build_engine(cfg, V, "tokens")
+        engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+        done, t0 = 0, time.perf_counter()
+        while done < steps:
+            engine.run_segment(x, mask, 0, T, learn=True, t_prime=1)
+            done += T
+        rate = done / (time.perf_counter() - t0)
+        roof_s, gflop = gemm_roof(ptb_gemm_shapes(V, d, d, B))
+    return {"steps_per_s": rate, "tokens_per_s": rate * B, "gemm_roof_steps_per_s": 1 / roof_s,
+            "share_of_roof": rate * roof_s, "gflop_per_step": gflop, "achieved_gflops": rate * gflop,
+            "gemm_gflops": gflop / roof_s, "authors_steps_per_s": 55.0, "vs_authors": rate / 55.0}
+
+
+# -- engines side by side -------------------------------------------------------------------------
+def _engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
+    cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', *sets])
+    rng = np.random.default_rng(0)
+    T = 50
+    x = (rng.random((T, batch, x_dim)) > 0.8).astype(np.float32)
+    mask = np.ones((T, batch), np.float32)
+    with _threads(threads):
+        engine = build_engine(cfg, x_dim, "frames")
+        try:
+            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+            done, t0 = 0, time.perf_counter()
+            while done < steps:
+                n = min(T, steps - done)
+                engine.run_segment(x, mask, 0, n, learn=True, t_prime=1)
+                done += n
+            rate = done / (time.perf_counter() - t0)
+            return rate, engine.stats()
+        finally:
+            engine.close()
+
+
+ENGINES = {
+    "local_1thread": (["engine.blas_threads=0"], 1),
+    "local_all_threads": (["engine.blas_threads=0"], None),
+    "ray_exact": (['engine.name="ray"', "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
+    "ray_pipelined": (['engine.name="ray"', 'engine.mode="pipelined"', "engine.cpus_per_layer=1",
+                       "engine.blas_threads=1"], None),
+    "ray_compiled": (['engine.name="ray"', "engine.compiled=true", "engine.cpus_per_layer=1",
+                      "engine.blas_threads=1"], None),
+}
+
+
+def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | None = None) -> list[dict]:
+    import ray
+    rows = []
+    from .engines.placement import SYSTEM_CONFIG
+    ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
+             _node_ip_address="127.0.0.2", log_to_driver=False, configure_logging=False,
+             _system_config=SYSTEM_CONFIG)
+    try:
+        for hidden, batch, x_dim in configs:
+            base = None
+            for name in engines:
+                sets, threads = ENGINES[name]
+                rate, stats = _engine_rate(hidden, batch, x_dim, steps, sets, threads)
+                base = base or rate
+                sent = sum(v for k, v in stats.items() if k.endswith("_sent_bytes_per_step"))
+                row = {"hidden": "x".join(map(str, hidden)), "layers": len(hidden), "batch": batch, "x_dim": x_dim,
+                       "engine": name, "steps_per_s": round(rate, 2), "ms_per_step": round(1000 / rate, 3),
+                       "vs_local_1thread": round(rate / base, 3), "bytes_sent_per_step": int(sent)}
+                rows.append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    finally:
+        ray.shutdown()
+    if out_csv:
+        os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
+        with open(out_csv, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="ptncn bench", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("ptb", help="single-process engine at the authors' PTB settings vs the GEMM roof")
+    a.add_argument("--steps", type=int, default=300)
+    a.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    e = sub.add_parser("engines", help="engines side by side")
+    e.add_argument("--steps", type=int, default=200)
+    e.add_argument("--quick", action="store_true", help="two configurations only")
+    e.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
+    e.add_argument("--csv", help="also write the rows to this CSV file")
+    args = p.parse_args(argv)
+    if args.what == "ptb":
+        res = bench_ptb(args.steps, args.threads)
+        print("P-TNCN, 2 x 1000 tanh, batch 50, 49 symbols, softmax, nag (the authors' PTB settings)")
+        for k, v in res.items():
+            print(f"  {k:24s} {v:10.3f}")
+        return 0
+    configs = [((8,), 4, 16), ((8, 8), 4, 16), ((8, 8, 8), 4, 16), ((1024, 1024), 64, 1024)]
+    if not args.quick:
+        configs += [((512, 512), 64, 1024), ((512, 512, 512), 64, 1024), ((256,) * 4, 32, 256)]
+    bench_engines(configs, args.steps, tuple(args.engines.split(",")), args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
