@@ -48,8 +48,24 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     print(f"run directory: {run_dir}")
-    train(cfg, run_dir)
+    train(cfg, run_dir, resume=_resumable(cfg, run_dir))
     return 0
+
+
+def _resumable(cfg, run_dir: str) -> bool:
+    """Whether `run_dir` already holds this run (same config hash, a checkpoint): then the same
+    command continues it, as a re-submitted job should. A different run there is an error."""
+    from . import checkpoint
+    from .config import load
+    path = os.path.join(run_dir, "config.toml")
+    root = cfg.train.checkpoint_dir or os.path.join(run_dir, "checkpoints")
+    if not os.path.exists(path) or not checkpoint.list_checkpoints(root):
+        return False
+    if load(path).hash() != cfg.hash():
+        raise PtncnError(f"{run_dir} holds checkpoints of a different run (model, optimizer, data or seed differ); "
+                         f"choose another --run-dir")
+    print(f"{run_dir} holds this run: continuing from its last good checkpoint")
+    return True
 
 
 def _restored(run_dir: str):
@@ -90,16 +106,6 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
-    from .bench import main as bench_main
-    return bench_main(args.bench_args)
-
-
-def cmd_chaos(args) -> int:
-    from .chaos import main as chaos_main
-    return chaos_main(args.chaos_args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ptncn", description="P-TNCN across a Ray cluster, one actor per layer.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -116,16 +122,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--npz", required=True)
     p.set_defaults(func=cmd_export)
-    p = sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)", add_help=False)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_bench)
-    p = sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)", add_help=False)
-    p.add_argument("chaos_args", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_chaos)
+    sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)")
+    sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("bench", "chaos"):
+        from importlib import import_module
+        try:
+            return import_module(f"ptncn_dist.{argv[0]}").main(argv[1:])
+        except PtncnError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -77,6 +77,7 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 0
     checkpoint_minutes: float = 0.0
+    checkpoint_dir: str = ""
     keep_checkpoints: int = 3
     max_failures: int = 3
     plots: bool = True
@@ -104,6 +105,7 @@ class EngineConfig:
     in_flight: int = 8
     node_ip: str = "127.0.0.2"
     placement_timeout_s: float = 60.0
+    segment_timeout_s: float = 300.0
 
     def __post_init__(self):
         if self.name not in ("local", "ray"):

@@ -31,6 +31,7 @@ class RunResult:
     data: str
     history: list = field(default_factory=list)
     recoveries: int = 0
+    recovery_log: list = field(default_factory=list)
 
 
 def evaluate(engine, stream, n_batches: int, t_prime: int) -> dict:
@@ -64,10 +65,11 @@ class Trainer:
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
-        self.ckpt_root = os.path.join(run_dir, "checkpoints") if run_dir else None
+        self.ckpt_root = cfg.train.checkpoint_dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
         self.config_hash = cfg.hash()
         self._last_ckpt_time = time.monotonic()
         self.recoveries = 0
+        self.recovery_log: list[dict] = []
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
@@ -101,6 +103,46 @@ class Trainer:
         self.log(f"resumed from {loaded.path} at step {self.step}")
         return True
 
+    # -- recovery -------------------------------------------------------------------------------
+    def _recover(self, exc: BaseException) -> None:
+        """A worker or node was lost: new workers on live nodes, every layer rolled back to the
+        last complete checkpoint together, and the run goes on from there (the data stream
+        replays the same batches, so the result equals a run that never failed)."""
+        limit = self.cfg.train.max_failures
+        if not self.ckpt_root:
+            raise exc
+        if 0 <= limit <= self.recoveries:
+            raise RuntimeError(f"giving up after {self.recoveries} recoveries (train.max_failures = {limit}): "
+                               f"{type(exc).__name__}: {exc}") from exc
+        t0, failed_at = time.monotonic(), self.step + getattr(self, "_in_flight", 0)
+        self.log(f"lost a worker at step {failed_at} ({type(exc).__name__}); rebuilding the layers")
+        for attempt in range(3):
+            try:
+                self.engine.rebuild()
+                break
+            except Exception as again:
+                if attempt == 2:
+                    raise
+                self.log(f"re-placement attempt {attempt + 1} failed ({type(again).__name__}); retrying")
+                time.sleep(5.0)
+        self.restore_latest(required=True)
+        self.recoveries += 1
+        rec = {"recovery": self.recoveries, "cause": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+               "failed_by_step": failed_at, "resumed_from_step": self.step,
+               "steps_replayed": failed_at - self.step, "seconds": round(time.monotonic() - t0, 3)}
+        self.recovery_log.append(rec)
+        self.log(f"recovered in {rec['seconds']:.1f} s: replaying {rec['steps_replayed']} steps from step {self.step}")
+        if self.writer:
+            self.writer.write({"step": self.step, **rec, "placement": self.engine.stats().get("placement")})
+
+    def _guarded(self, fn):
+        """fn(), recovering from lost workers until it succeeds or max_failures is reached."""
+        while True:
+            try:
+                return fn()
+            except self.engine.failure_types() as exc:
+                self._recover(exc)
+
     def _checkpoint_due(self) -> bool:
         tc = self.cfg.train
         if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
@@ -121,6 +163,7 @@ class Trainer:
         b = self.streams.train.batch(self.position)
         T = b.x.shape[0]
         end = self._segment_end(T)
+        self._in_flight = end - self.t
         try:
             sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
                                               t_prime=self.cfg.model.t_prime)
@@ -149,6 +192,7 @@ class Trainer:
 
     def _record(self, rec: dict) -> None:
         rec.update({k: v for k, v in self.engine.stats().items() if k not in rec})
+        rec["recoveries"] = self.recoveries
         if self.writer:
             self.writer.write(rec)
 
@@ -156,9 +200,11 @@ class Trainer:
         tc = self.cfg.train
         self.log(f"data: {self.streams.description}")
         self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
-        initial = self._eval() if self.t == 0 else {}
+        initial = self._guarded(self._eval) if self.t == 0 else {}
         if initial and self.step == 0:
             self._record({"step": 0, **initial})
+        if self.ckpt_root and not checkpoint.list_checkpoints(self.ckpt_root):
+            self.save_checkpoint()
         history, window, t_window = [], {}, time.perf_counter()
         t_start, steps_at_start = time.perf_counter(), self.step
         last_logged = self.step
@@ -167,7 +213,9 @@ class Trainer:
         try:
             while self.step < tc.steps:
                 before = self.step
-                metrics.add_sums(window, self._train_segment())
+                metrics.add_sums(window, self._guarded(self._train_segment))
+                if self.step < before:
+                    window = {}
                 if bar is not None:
                     bar.update(self.step - before)
                 if self.step % tc.log_every == 0 or self.step >= tc.steps:
@@ -178,7 +226,7 @@ class Trainer:
                            **metrics.summarize(window, prefix="train_"), "steps_per_s": rate}
                     window, t_window = {}, now
                     if next_eval is not None and self.step >= next_eval and self.t == 0:
-                        rec.update(self._eval())
+                        rec.update(self._guarded(self._eval))
                         next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
                         t_window = time.perf_counter()
                     history.append(rec)
@@ -187,17 +235,17 @@ class Trainer:
                         bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
                                         steps_s=f"{rate:.1f}")
                 if self._checkpoint_due():
-                    self.save_checkpoint()
+                    self._guarded(self.save_checkpoint)
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t_start
-        self.save_checkpoint()
-        final = self._eval()
+        self._guarded(self.save_checkpoint)
+        final = self._guarded(self._eval)
         self._record({"step": self.step, "final": True, **final})
         rate = (self.step - steps_at_start) / max(elapsed, 1e-9)
         result = RunResult(self.run_dir, self.step, initial, final, rate, self.streams.description,
-                           history, self.recoveries)
+                           history, self.recoveries, self.recovery_log)
         self._finish(result)
         return result
 
@@ -206,6 +254,7 @@ class Trainer:
             summary = {"steps": result.steps, "initial_test": result.initial_test,
                        "final_test": result.final_test, "steps_per_s": result.steps_per_s,
                        "data": result.data, "engine": self.engine.name, "recoveries": result.recoveries,
+                       "recovery_log": self.recovery_log,
                        "config_hash": self.config_hash}
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)

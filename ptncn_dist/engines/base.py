@@ -92,5 +92,13 @@ class Engine(ABC):
         """Engine counters for metrics (bytes moved, placement, ...)."""
         return {}
 
+    def failure_types(self) -> tuple:
+        """Exceptions that mean a worker was lost (recoverable by `rebuild` and a rollback)."""
+        return ()
+
+    def rebuild(self) -> None:
+        """Replace lost workers; only engines with workers to lose implement it."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Release workers and devices."""

@@ -38,9 +38,13 @@ def connect(engine_cfg, n_layers: int) -> bool:
     return True
 
 
-def layer_options(engine_cfg, n_layers: int):
+def layer_options(engine_cfg, n_layers: int, degrade: bool = False):
     """Per layer the actor options (resources, scheduling strategy), and the placement group
-    made for them (None for explicit placement). Waits for the group with a clear timeout."""
+    made for them (None for explicit placement). Waits for the group with a clear timeout.
+
+    With `degrade` (re-placing layers after a node was lost) a layer pinned to a node that is
+    gone runs wherever it fits, and a spread over more layers than live nodes becomes a
+    best-effort spread."""
     import ray
     from ray.util.placement_group import placement_group
     from ray.util.scheduling_strategies import (NodeAffinitySchedulingStrategy,
@@ -51,19 +55,25 @@ def layer_options(engine_cfg, n_layers: int):
             raise ConfigError(f"engine.placement = 'explicit' needs engine.nodes with one entry per layer "
                               f"({n_layers}), got {engine_cfg.nodes!r}")
         opts = []
+        live = _live_targets() if degrade else None
         for node in engine_cfg.nodes:
-            if _IP.match(node):
+            if live is not None and node not in live:
+                opts.append(dict(base))
+            elif _IP.match(node):
                 opts.append({**base, "resources": {f"node:{node}": 0.001}})
             elif _NODE_ID.match(node):
                 opts.append({**base, "scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)})
             else:
                 opts.append({**base, "resources": {node: 0.001}})
-        _check_exists(engine_cfg.nodes)
+        if not degrade:
+            _check_exists(engine_cfg.nodes)
         return opts, None
     bundle = {"CPU": engine_cfg.cpus_per_layer}
     if engine_cfg.gpus_per_layer:
         bundle["GPU"] = engine_cfg.gpus_per_layer
     strategy = "STRICT_PACK" if engine_cfg.placement == "pack" else "STRICT_SPREAD"
+    if degrade and strategy == "STRICT_SPREAD" and len([n for n in ray.nodes() if n["Alive"]]) < n_layers:
+        strategy = "SPREAD"
     pg = placement_group([dict(bundle) for _ in range(n_layers)], strategy=strategy)
     ready, _ = ray.wait([pg.ready()], timeout=engine_cfg.placement_timeout_s)
     if not ready:
@@ -75,6 +85,16 @@ def layer_options(engine_cfg, n_layers: int):
             f"{[{k: v for k, v in n['Resources'].items() if k in ('CPU', 'GPU')} for n in nodes]}")
     return [{**base, "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
             for i in range(n_layers)], pg
+
+
+def _live_targets() -> set:
+    """Every IP, node id and custom resource that a live node offers."""
+    import ray
+    out = set()
+    for n in ray.nodes():
+        if n["Alive"]:
+            out |= {n["NodeManagerAddress"], n["NodeID"], *n["Resources"]}
+    return out
 
 
 def _check_exists(nodes) -> None:

@@ -113,12 +113,47 @@ class RayEngine(Engine):
 
     def _gather(self, refs):
         """All results, surfacing the first failure at once (a dead actor would otherwise leave
-        its neighbours waiting on messages that never come)."""
+        its neighbours waiting on messages that never come), or a timeout when no layer
+        finishes within engine.segment_timeout_s."""
         ray, pending = self.ray, list(refs)
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+            done, pending = ray.wait(pending, num_returns=1, timeout=self.cfg.engine.segment_timeout_s)
+            if not done:
+                raise ray.exceptions.GetTimeoutError(
+                    f"no layer finished its segment within {self.cfg.engine.segment_timeout_s:g} s")
             ray.get(done[0])
         return ray.get(refs)
+
+    def failure_types(self) -> tuple:
+        """Exceptions that mean a worker, node or channel was lost: the trainer recovers from them."""
+        ex = self.ray.exceptions
+        names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "ObjectLostError",
+                 "GetTimeoutError", "RayChannelError", "NodeDiedError", "OwnerDiedError")
+        return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+
+    def rebuild(self) -> None:
+        """Replace every layer actor (dead or alive) with a fresh one on a live node; the caller
+        then restores all layers from a checkpoint together."""
+        ray = self.ray
+        graph, self.graph = self.graph, None
+        if graph is not None:
+            try:
+                graph.teardown(kill_actors=True)
+            except Exception:
+                pass
+        for a in self.actors:
+            try:
+                ray.kill(a)
+            except Exception:
+                pass
+        if self.pg is not None:
+            try:
+                ray.util.remove_placement_group(self.pg)
+            except Exception:
+                pass
+        quick = dataclasses.replace(self.cfg.engine, placement_timeout_s=min(self.cfg.engine.placement_timeout_s, 20.0))
+        self.options, self.pg = layer_options(quick, len(self.specs), degrade=True)
+        self._make_actors()
 
     def _call(self, method: str, *per_actor_args):
         """An ordinary call on every actor (after tearing a compiled graph down: its actors run

@@ -1,0 +1,158 @@
+"""`ptncn chaos`: the fault-injection drill. A run on the Ray engine has layer-actor processes
+killed (SIGKILL, by pid, on whatever node they run) or whole worker nodes stopped while it
+trains; it must recover every time and end on exactly the weights of an uninterrupted run.
+
+    ptncn chaos --faults 3                       kill random layer actors on a local Ray
+    ptncn chaos --kill node --nodes 3            stop worker nodes of a local 3-node cluster
+    ptncn chaos --config FILE --set ... --steps N --faults K   at any scale
+
+Prints: faults injected, recoveries, steps replayed, seconds to recover, and the largest
+difference between the final weights and the uninterrupted run's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from .config import load
+
+
+def kill_actor_process(node_id: str, pid: int) -> None:
+    """SIGKILL process `pid` on node `node_id`, from a zero-CPU task placed on that node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, max_retries=0)
+    def _kill(p):
+        import signal
+        try:
+            os.kill(p, signal.SIGKILL)
+            return True
+        except ProcessLookupError:
+            return False
+
+    return ray.get(_kill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(pid))
+
+
+class FaultInjector(threading.Thread):
+    """Injects `faults` faults into a running Trainer, one at a time: each waits until the run
+    has passed a random step beyond the last recovery, then kills a random layer's process (or,
+    with `kill_node`, stops the node a random layer runs on, never the head)."""
+
+    def __init__(self, trainer, faults: int, seed: int, kill_node=None, head_ip: str | None = None):
+        super().__init__(daemon=True)
+        self.trainer, self.faults, self.rng = trainer, faults, random.Random(seed)
+        self.kill_node, self.head_ip = kill_node, head_ip
+        self.injected: list[dict] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        steps = self.trainer.cfg.train.steps
+        marks = sorted(self.rng.uniform(0.15, 0.85) * steps for _ in range(self.faults))
+        for mark in marks:
+            while not self.stop.is_set() and (self.trainer.step < mark or self.trainer.recoveries < len(self.injected)):
+                time.sleep(0.005)
+            if self.stop.is_set() or self.trainer.step >= steps:
+                return
+            placement = self.trainer.engine.placement
+            if self.kill_node is not None:
+                targets = [p for p in placement if p["ip"] != self.head_ip]
+                if not targets:
+                    return
+                victim = self.rng.choice(targets)
+                self.kill_node(victim["ip"])
+            else:
+                victim = self.rng.choice(placement)
+                kill_actor_process(victim["node_id"], victim["pid"])
+            self.injected.append({"at_step": self.trainer.step, "layer": victim["layer"], "ip": victim["ip"],
+                                  "pid": victim["pid"], "what": "node" if self.kill_node else "actor process"})
+
+
+def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir: str | None = None,
+          log=print) -> dict:
+    """One uninterrupted reference run (single-process engine) and one run on `cfg`'s Ray engine
+    with faults; returns the figures."""
+    from .train import Trainer
+    quiet = lambda *_: None
+    ref = Trainer(_with_engine(cfg, "local"), None, log=quiet)
+    ref.run()
+    run_dir = run_dir or tempfile.mkdtemp(prefix="ptncn-chaos-")
+    trainer = Trainer(cfg, run_dir, log=log)
+    injector = FaultInjector(trainer, faults, seed, kill_node, head_ip)
+    t0 = time.monotonic()
+    injector.start()
+    try:
+        trainer.run()
+    finally:
+        injector.stop.set()
+        injector.join(5)
+        elapsed = time.monotonic() - t0
+        a, b = ref.engine.weights(), trainer.engine.weights()
+        trainer.close()
+        ref.close()
+    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    recs = trainer.recovery_log
+    return {"faults_injected": len(injector.injected), "recoveries": len(recs),
+            "steps_replayed": sum(r["steps_replayed"] for r in recs),
+            "seconds_to_recover": [r["seconds"] for r in recs],
+            "max_final_weight_difference": diff, "steps": trainer.step, "seconds": round(elapsed, 2),
+            "faults": injector.injected, "recovery_log": recs, "run_dir": run_dir}
+
+
+def _with_engine(cfg, name: str):
+    from dataclasses import replace
+    return replace(cfg, engine=replace(cfg.engine, name=name), train=replace(cfg.train, progress=False,
+                                                                                plots=False))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="ptncn chaos", description=__doc__.split("\n\n")[0])
+    p.add_argument("--config")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--faults", type=int, default=3)
+    p.add_argument("--kill", choices=["actor", "node"], default="actor")
+    p.add_argument("--nodes", type=int, default=3, help="with --kill node: nodes of the local cluster")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    args = p.parse_args(argv)
+    defaults = ["model.hidden=[64,48,32]", "data.frame=32", "data.batch=8", "data.seq_len=10",
+                'model.dtype="float64"', "train.eval_batches=1", "train.eval_every=0", "train.log_every=20",
+                "train.checkpoint_every=20", "train.plots=false", "train.progress=false", "train.max_failures=-1",
+                "engine.cpus_per_layer=0.5"]
+    overrides = ([] if args.config else defaults) + args.overrides + ['engine.name="ray"', f"train.steps={args.steps}"]
+    cluster = None
+    kill_node = head_ip = None
+    if args.kill == "node":
+        from .local_cluster import LocalCluster
+        cluster = LocalCluster(nodes=args.nodes, cpus_per_node=1).start()
+        os.environ.update(cluster.env())
+        head_ip = cluster.ip(0)
+        overrides += [f'engine.address="{cluster.address}"', f'engine.node_ip="{head_ip}"',
+                      'engine.placement="spread"']
+        by_ip = {cluster.ip(i): i for i in range(cluster.n)}
+        kill_node = lambda ip: cluster.stop_node(by_ip[ip], hard=True)
+    try:
+        cfg = load(args.config, overrides)
+        res = drill(cfg, args.faults, args.seed, kill_node, head_ip, args.run_dir,
+                    log=(lambda *_: None) if args.json else print)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    if args.json:
+        print(json.dumps(res))
+    else:
+        for k in ("faults_injected", "recoveries", "steps_replayed", "seconds_to_recover",
+                  "max_final_weight_difference", "steps", "seconds"):
+            print(f"{k:28s} {res[k]}")
+        for f in res["faults"]:
+            print(f"  fault at step {f['at_step']}: {f['what']} of layer {f['layer']} on {f['ip']} (pid {f['pid']})")
+    return 0 if res["recoveries"] == res["faults_injected"] and res["max_final_weight_difference"] < 1e-9 else 1
