@@ -5,6 +5,7 @@
     ptncn bench engines    local (1 and all threads) vs ray exact / pipelined / compiled, for
                            several widths and layer counts; per-step overhead on tiny layers;
                            bytes per step
+    ptncn bench scaling    the scaling study: sweep, cost model, projection, BPTT comparison
 """
 from __future__ import annotations
 
@@ -144,6 +145,10 @@ def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | No
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "scaling":
+        from .scaling import main as scaling_main
+        return scaling_main(argv[1:])
     p = argparse.ArgumentParser(prog="ptncn bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     a = sub.add_parser("ptb", help="single-process engine at the authors' PTB settings vs the GEMM roof")

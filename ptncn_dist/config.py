@@ -58,7 +58,8 @@ class BaselineSection:
     """Settings only the baselines read (model.type other than 'ptncn')."""
 
     hidden: int = 256
-    truncation: int = 0
+    truncation: int = 20
+    weight_sd: float = 0.1
     clip_norm: float = 0.0
     esn_spectral_radius: float = 0.9
     esn_density: float = 0.1
@@ -66,6 +67,8 @@ class BaselineSection:
     esn_leak: float = 1.0
     esn_ridge: float = 1e-4
     esn_online: bool = False
+    rtrl_online: bool = True
+    rtrl_force: bool = False
 
 
 @dataclass
@@ -106,6 +109,7 @@ class EngineConfig:
     node_ip: str = "127.0.0.2"
     placement_timeout_s: float = 60.0
     segment_timeout_s: float = 300.0
+    trace_steps: int = 0
 
     def __post_init__(self):
         if self.name not in ("local", "ray"):

@@ -51,6 +51,8 @@ def forecast_strip(engine, stream, t_prime: int, n_seq: int = 3):
     b = stream.batch(0)
     _, xhats = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime,
                                   keep_xhat=True)
+    if not xhats:
+        return None
     n = min(n_seq, b.x.shape[1])
     return b.x[:, :n], np.stack(xhats)[:, :n]
 
@@ -143,9 +145,11 @@ class Trainer:
             except self.engine.failure_types() as exc:
                 self._recover(exc)
 
-    def _checkpoint_due(self) -> bool:
+    def _checkpoint_due(self, before: int) -> bool:
+        """A checkpoint is due when the last segment crossed a multiple of checkpoint_every (or
+        checkpoint_minutes passed)."""
         tc = self.cfg.train
-        if tc.checkpoint_every and self.step % tc.checkpoint_every == 0:
+        if tc.checkpoint_every and self.step // tc.checkpoint_every > before // tc.checkpoint_every:
             return True
         return tc.checkpoint_minutes > 0 and time.monotonic() - self._last_ckpt_time >= 60 * tc.checkpoint_minutes
 
@@ -153,6 +157,8 @@ class Trainer:
     def _segment_end(self, T: int) -> int:
         """Where the current segment stops: the sequence end, or the next log / checkpoint /
         final step, whichever comes first."""
+        if getattr(self.engine, "whole_sequences", False):
+            return T
         tc = self.cfg.train
         stops = [tc.steps, (self.step // tc.log_every + 1) * tc.log_every]
         if tc.checkpoint_every:
@@ -218,7 +224,7 @@ class Trainer:
                     window = {}
                 if bar is not None:
                     bar.update(self.step - before)
-                if self.step % tc.log_every == 0 or self.step >= tc.steps:
+                if self.step // tc.log_every > before // tc.log_every or self.step >= tc.steps:
                     now = time.perf_counter()
                     rate = (self.step - last_logged) / max(now - t_window, 1e-9)
                     last_logged = self.step
@@ -234,7 +240,7 @@ class Trainer:
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
                                         steps_s=f"{rate:.1f}")
-                if self._checkpoint_due():
+                if self.step >= before and self._checkpoint_due(before):
                     self._guarded(self.save_checkpoint)
         finally:
             if bar is not None:
@@ -258,6 +264,10 @@ class Trainer:
                        "config_hash": self.config_hash}
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)
+            if self.cfg.engine.trace_steps and hasattr(self.engine, "write_trace"):
+                n = self.engine.write_trace(os.path.join(self.run_dir, "trace.json"))
+                self.log(f"trace of the first {self.cfg.engine.trace_steps} steps ({n} events): "
+                         f"{os.path.join(self.run_dir, 'trace.json')} (chrome://tracing or ui.perfetto.dev)")
             if self.cfg.train.plots:
                 from .plots import plot_run
                 strip = forecast_strip(self.engine, self.streams.test, self.cfg.model.t_prime) \

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import numpy as np
 
@@ -28,13 +29,43 @@ from ..optim import OptimConfig
 from .base import step_loss_sums
 
 
+class PhaseClock:
+    """Where a layer's time goes: compute, message encode/send/decode ("comm") and waiting for
+    neighbours ("wait"); totals for metrics, and per-phase events of the first `trace_steps`
+    steps for a Chrome trace (chrome://tracing, Perfetto)."""
+
+    KINDS = ("compute", "comm", "wait")
+
+    def __init__(self, layer: int, trace_steps: int = 0):
+        self.layer, self.trace_steps = layer, trace_steps
+        self.totals = dict.fromkeys(self.KINDS, 0.0)
+        self.events: list = []
+        self.step = 0
+        self._start = None
+
+    def begin(self) -> None:
+        self._start = time.perf_counter()
+
+    def end(self, kind: str, name: str) -> None:
+        now = time.perf_counter()
+        dt = now - self._start
+        self.totals[kind] += dt
+        if self.step < self.trace_steps:
+            self.events.append({"name": name, "cat": kind, "ph": "X", "pid": f"layer {self.layer}", "tid": kind,
+                                "ts": (time.time() - (now - self._start)) * 1e6, "dur": dt * 1e6,
+                                "args": {"step": self.step}})
+        self._start = now
+
+
 class LayerHost:
     """What every layer actor holds and offers, whatever carries its messages: its LayerCore,
     message counters, its place, its state and its checkpoint shard."""
 
     def __init__(self, spec, opt: dict, seed: int, dtype: str, device: str, weight_sd: float,
-                 error_weight_sd: float, blas_threads: int):
+                 error_weight_sd: float, blas_threads: int, trace_steps: int = 0):
         limit_blas_threads(blas_threads if blas_threads > 0 else None)
+        self.clock_t = PhaseClock(spec.index, trace_steps)
+        self._gauges = _ray_gauges()
         self.xp, self.dtype, self.device = get_xp(device), get_dtype(dtype), device
         params = init_params(spec, seed, weight_sd, error_weight_sd, self.dtype)
         self.core = LayerCore(spec, params, OptimConfig(**opt), self.xp, self.dtype)
@@ -86,7 +117,21 @@ class LayerHost:
                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()] if self.device == "gpu" else []}
 
     def stats(self) -> dict:
-        return {**self.counters, "received": {k: sorted(v) for k, v in self.received.items()}}
+        return {**self.counters, **{f"{k}_s": v for k, v in self.clock_t.totals.items()},
+                "received": {k: sorted(v) for k, v in self.received.items()}}
+
+    def trace_events(self) -> list:
+        return list(self.clock_t.events)
+
+    def _publish(self) -> None:
+        """Per-layer totals through Ray's metrics API (a Prometheus scrape of the cluster sees
+        them as ptncn_layer_*), once per segment."""
+        if self._gauges:
+            tags = {"layer": str(self.l)}
+            for k, v in self.clock_t.totals.items():
+                self._gauges[k].set(v, tags=tags)
+            self._gauges["bytes"].set(self.counters["sent_bytes"], tags=tags)
+            self._gauges["steps"].set(self.counters["steps"], tags=tags)
 
     def nonfinite(self) -> list[str]:
         st = self.core.state()
@@ -117,13 +162,26 @@ class LayerHost:
         self.clock = 0
 
 
+def _ray_gauges() -> dict:
+    try:
+        from ray.util.metrics import Gauge
+        keys = ("layer",)
+        g = {k: Gauge(f"ptncn_layer_{k}_seconds_total", f"seconds a layer spent in {k}", tag_keys=keys)
+             for k in PhaseClock.KINDS}
+        g["bytes"] = Gauge("ptncn_layer_bytes_sent_total", "message bytes a layer sent", tag_keys=keys)
+        g["steps"] = Gauge("ptncn_layer_steps_total", "steps a layer ran", tag_keys=keys)
+        return g
+    except Exception:
+        return {}
+
+
 class MailboxWorker(LayerHost):
     """Messages as ordinary actor calls: a neighbour's `deliver` puts them in an asyncio mailbox
     keyed by (clock, kind, sender), where the step awaits them. A round's messages to one
     neighbour travel in one call."""
 
-    def __init__(self, *args, mode: str = "exact"):
-        super().__init__(*args)
+    def __init__(self, *args, mode: str = "exact", trace_steps: int = 0):
+        super().__init__(*args, trace_steps=trace_steps)
         self.mode = mode
         self.below = self.above = None
         self.box: dict = {}
@@ -161,30 +219,40 @@ class MailboxWorker(LayerHost):
         """The exact step, ordered so that each wait overlaps work that does not need what is
         awaited: M, V, U learn while the second round's messages travel, and the W, E update of
         step t is applied at step t+1 just before W (prediction) and E (correction) are used."""
-        core, l, c = self.core, self.l, self.clock
+        core, l, c, clk = self.core, self.l, self.clock, self.clock_t
+        clk.begin()
         z = core.forward_state()
+        clk.end("compute", "forward")
         if self.above is not None:
             self._send(self.above, ("z", z))
+            clk.end("comm", "send z")
         pending, self.pending = self.pending, None
         if pending is not None:
             core.learn_generative(pending)
         pred = core.predict(x, m)
+        clk.end("compute", "learn W,E (t-1); predict")
         if self.below is not None:
             self._send(self.below, ("pred", pred))
+            clk.end("comm", "send pred")
         z_below = await self._recv("z", l - 1, c) if self.below is not None else None
         pred_above = await self._recv("pred", l + 1, c) if self.above is not None else None
+        clk.end("wait", "wait z, pred")
         y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
+        clk.end("compute", "correct")
         if self.above is not None:
             self._send(self.above, ("eps", eps), ("y", y))
         if self.below is not None:
             self._send(self.below, ("y", y))
+        clk.end("comm", "send eps, y")
         if do_learn:
             core.learn_recurrent()
+        clk.end("compute", "learn M,V,U")
         y_below = eps_below = y_above = None
         if self.below is not None:
             y_below, eps_below = await self._recv("y", l - 1, c), await self._recv("eps", l - 1, c)
         if self.above is not None:
             y_above = await self._recv("y", l + 1, c)
+        clk.end("wait", "wait y, eps")
         if do_learn:
             self.pending = core.generative_pair(eps_below)
         core.carry_forward(x, y_below, y_above)
@@ -196,14 +264,16 @@ class MailboxWorker(LayerHost):
             self.core.learn_generative(pending)
 
     async def pipelined_step(self, x, m, do_learn: bool, first: bool, last: bool) -> None:
-        core, l, xp, c = self.core, self.l, self.xp, self.clock
+        core, l, xp, c, clk = self.core, self.l, self.xp, self.clock, self.clock_t
         below = above = None
+        clk.begin()
         if not first:
             if self.below is not None:
                 below = {k: await self._recv(k, l - 1, c - 1) for k in ("z", "eps", "y")}
             if self.above is not None:
                 above = {k: await self._recv(k, l + 1, c - 1) for k in ("pred", "y")}
             core.take_neighbours(y_below=below["y"] if below else None, y_above=above["y"] if above else None)
+        clk.end("wait", "wait for step t-1 messages")
         z, pred = core.forward(x, m) if self.below is None else core.forward()
         z_below = pred_above = None
         if self.below is not None:
@@ -212,11 +282,13 @@ class MailboxWorker(LayerHost):
             pred_above = above["pred"] if above else xp.zeros_like(z)
         y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
         core.finish_pipelined(do_learn, x=x, eps_below_prev=below["eps"] if below else None)
+        clk.end("compute", "step")
         if not last:
             if self.above is not None:
                 self._send(self.above, ("z", z), ("eps", eps), ("y", y))
             if self.below is not None:
                 self._send(self.below, ("pred", pred), ("y", y))
+        clk.end("comm", "send")
 
     async def run_segment(self, x, mask, t0: int, t1: int, learn: bool, t_prime: int,
                           keep_xhat: bool = False) -> dict:
@@ -234,10 +306,12 @@ class MailboxWorker(LayerHost):
             else:
                 await self.pipelined_step(xt, ms[t], do_learn, t == 0, t == mask.shape[0] - 1)
             self.clock += 1
+            self.clock_t.step += 1
             self.counters["steps"] += 1
             if xs is not None:
                 self._bottom_loss(xt, ms[t], t, t_prime, out)
         self.flush()
+        self._publish()
         return out
 
 
@@ -290,6 +364,7 @@ class GraphWorker(LayerHost):
             y_above = self._device(self._decode(neighbours[k][1][0]).array)
         self.core.finish(do_learn, x=self._x, y_below=y_below, eps_below=eps_below, y_above=y_above)
         self.clock += 1
+        self.clock_t.step += 1
         self.counters["steps"] += 1
         if self.l != 1:
             return None

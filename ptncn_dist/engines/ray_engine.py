@@ -42,7 +42,8 @@ class RayEngine(Engine):
             self.actors = [cls.options(**opts).remote(spec, *args) for spec, opts in zip(self.specs, self.options)]
         else:
             cls = ray.remote(MailboxWorker)
-            self.actors = [cls.options(**opts, max_concurrency=64).remote(spec, *args, mode=cfg.engine.mode)
+            self.actors = [cls.options(**opts, max_concurrency=64).remote(spec, *args, mode=cfg.engine.mode,
+                                                                          trace_steps=cfg.engine.trace_steps)
                            for spec, opts in zip(self.specs, self.options)]
             n = len(self.actors)
             ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
@@ -79,7 +80,7 @@ class RayEngine(Engine):
 
         def collect(ref):
             nonlocal diverged
-            first = self.ray.get(ref)[0]
+            first = self.ray.get(ref, timeout=self.cfg.engine.segment_timeout_s)[0]
             metrics.add_sums(sums, first["sums"])
             if diverged is None and first["diverged"] is not None:
                 diverged = first["diverged"]
@@ -201,7 +202,18 @@ class RayEngine(Engine):
         for l, s in enumerate(per, start=1):
             out[f"layer{l}_sent_bytes_per_step"] = s["sent_bytes"] / steps
             out[f"layer{l}_recv_bytes_per_step"] = s["recv_bytes"] / steps
+            for k in ("compute", "comm", "wait"):
+                out[f"layer{l}_{k}_ms_per_step"] = 1e3 * s[f"{k}_s"] / steps
         return out
+
+    def write_trace(self, path: str) -> int:
+        """The recorded phases of every layer's first engine.trace_steps steps as a Chrome trace
+        file (open in chrome://tracing or ui.perfetto.dev); returns the number of events."""
+        import json
+        events = [e for evs in self._call("trace_events") for e in evs]
+        with open(path, "w") as fh:
+            json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, fh)
+        return len(events)
 
     def close(self):
         ray = self.ray

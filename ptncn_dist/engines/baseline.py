@@ -1,0 +1,65 @@
+"""The paper's baselines (BPTT, truncated BPTT, RTRL, UORO, ESN) behind the engine interface,
+so that `ptncn train` runs them on the same data, metrics and checkpoints as P-TNCN. They learn
+from whole sequences (the trainer never splits one) and keep one checkpoint shard."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import checkpoint
+from ..backend import get_dtype, get_xp
+from ..baselines import BaselineConfig, build_baseline
+from ..errors import ConfigError
+from .base import Engine, StepDiverged
+
+SHARD = "model.msgpack"
+
+
+class BaselineEngine(Engine):
+    whole_sequences = True
+
+    def __init__(self, cfg, x_dim: int, data_kind: str):
+        b, m = cfg.baseline, cfg.model
+        truncation = b.truncation if m.type == "tbptt" else 0
+        bc = BaselineConfig(hidden=b.hidden, output=m.output, truncation=truncation, t_prime=m.t_prime,
+                            weight_sd=b.weight_sd, clip_norm=b.clip_norm,
+                            esn_spectral_radius=b.esn_spectral_radius, esn_density=b.esn_density,
+                            esn_input_scale=b.esn_input_scale, esn_leak=b.esn_leak, esn_ridge=b.esn_ridge,
+                            esn_online=b.esn_online, rtrl_online=b.rtrl_online, rtrl_force=b.rtrl_force,
+                            optim=cfg.optim)
+        self.name = m.type
+        self.model = build_baseline(m.type, bc, x_dim, data_kind, get_xp(m.device), get_dtype(m.dtype),
+                                    cfg.train.seed)
+
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
+        if t0 != 0 or t1 != x.shape[0]:
+            raise ConfigError(f"{self.name} learns from whole sequences; it cannot run steps {t0}..{t1} "
+                              f"of a {x.shape[0]}-step sequence")
+        sums = self.model.run_sequence(x, mask, learn)
+        if not all(np.isfinite(v) for v in sums.values()):
+            raise StepDiverged(0)
+        return sums, []
+
+    def layer_states(self):
+        return [{"params": {k: v for k, v in self.model.state_dict().items() if isinstance(v, np.ndarray)}}]
+
+    def load_layer_states(self, states):
+        raise ConfigError("baselines restore from their checkpoint shard only")
+
+    def set_params(self, per_layer):
+        raise ConfigError("baselines have no MODEL.md weights to set")
+
+    def save_shards(self, ckpt_dir):
+        return [checkpoint.write_shard(ckpt_dir, SHARD, self.model.state_dict())]
+
+    def load_shards(self, ckpt_dir, manifest):
+        self.model.load_state_dict(checkpoint.read_shard(ckpt_dir, manifest["shards"][0]))
+
+    def weights(self):
+        return self.layer_states()[0]["params"]
+
+    def nonfinite_layers(self):
+        bad = [k for k, v in self.weights().items() if v.dtype.kind == "f" and not np.all(np.isfinite(v))]
+        return {1: bad} if bad else {}
+
+    def stats(self):
+        return {"num_params": self.model.num_params()}

@@ -1,0 +1,451 @@
+"""`ptncn bench scaling`: the layer-parallel scaling study.
+
+1. sweep: layers x width x engine (single process on 1 thread and on all, ray exact, ray
+   pipelined, compiled graph; pack on one node, spread on a local multi-node cluster): steps/s,
+   speed-up and parallel efficiency against the single-process engine, per-layer compute /
+   message / wait time, bytes per step, and achieved GFLOP/s against the GEMM rate NumPy reaches
+   on the same shapes, measured in the same run.
+2. seqlen: P-TNCN against BPTT as a user would run it (NumPy BPTT here; PyTorch RNN and LSTM
+   when torch is installed): tokens/s and peak memory as the sequence grows from 10 to 1,000.
+3. model: a cost model calibrated on the sweep, validated against every measured configuration,
+   and projected to 8, 16, 64 layers on GPU nodes with 10 and 100 Gbit/s networks.
+
+Writes CSV files, PNG plots and results.md into --out (default experiments/results/scaling).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from .bench import ENGINES, _threads
+
+DEFAULT_OUT = os.path.join("experiments", "results", "scaling")
+
+
+# -- the arithmetic of one layer ------------------------------------------------------------------
+def layer_gemms(d_in: int, d: int, d_up: int, B: int) -> list[tuple[int, int, int]]:
+    """(m, k, n) of each matrix product one layer computes in a step (dense input)."""
+    g = [(B, d_in, d), (B, d, d), (B, d, d_in), (B, d_in, d),      # in@M, y@V, z@W, e@E
+         (d, B, d_in), (d_in, B, d), (d, B, d), (d_in, B, d)]      # dW, dE, dV, dM
+    if d_up:
+        g += [(B, d_up, d), (d_up, B, d)]                            # y_up@U, dU
+    return g
+
+
+def flops(gemms) -> float:
+    return sum(2.0 * m * k * n for m, k, n in gemms)
+
+
+def gemm_seconds(gemms, reps: int = 5) -> float:
+    """Single-threaded time of one pass over `gemms` (float32, preallocated outputs)."""
+    rng = np.random.default_rng(0)
+    ops = [(rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32),
+            np.empty((m, n), np.float32)) for m, k, n in gemms]
+    with _threads(1):
+        for a, b, c in ops:
+            np.matmul(a, b, out=c)
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            for a, b, c in ops:
+                np.matmul(a, b, out=c)
+    return (time.perf_counter() - t0) / reps
+
+
+def model_layers(x_dim: int, hidden, B: int):
+    dims = [x_dim, *hidden]
+    return [layer_gemms(dims[l - 1], dims[l], dims[l + 1] if l + 1 < len(dims) else 0, B)
+            for l in range(1, len(dims))]
+
+
+# -- 1. the sweep ---------------------------------------------------------------------------------
+def measure(hidden, B: int, x_dim: int, engine: str, seconds: float, extra=()) -> dict:
+    from .bench import _engine_rate
+    sets, threads = ENGINES[engine]
+    probe_steps = 10
+    rate, _ = _engine_rate(hidden, B, x_dim, probe_steps, [*sets, *extra], threads)
+    steps = int(min(400, max(20, rate * seconds)))
+    rate, stats = _engine_rate(hidden, B, x_dim, steps, [*sets, *extra], threads)
+    row = {"steps_per_s": rate, "steps": steps}
+    for k in ("compute", "comm", "wait"):
+        vals = [v for key, v in stats.items() if key.endswith(f"_{k}_ms_per_step")]
+        row[f"max_layer_{k}_ms"] = max(vals) if vals else 0.0
+    row["bytes_per_step"] = sum(v for key, v in stats.items() if key.endswith("_sent_bytes_per_step"))
+    row["max_layer_bytes"] = max([v for key, v in stats.items() if key.endswith("_sent_bytes_per_step")] or [0])
+    return row
+
+
+def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=print) -> list[dict]:
+    import ray
+    from .engines.placement import SYSTEM_CONFIG
+    rows = []
+    ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.2",
+             log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
+    try:
+        for hidden, B, x_dim in configs:
+            layers = model_layers(x_dim, hidden, B)
+            fl = [flops(g) for g in layers]
+            roof = [gemm_seconds(g) for g in layers]
+            base = None
+            for engine in engines:
+                if engine == "ray_compiled" and len(hidden) > 2:
+                    continue
+                r = measure(hidden, B, x_dim, engine, seconds)
+                base = base or r["steps_per_s"]
+                rows.append(_row(hidden, B, x_dim, engine, "pack" if engine.startswith("ray") else "-", r, fl, roof, base))
+                log(_fmt(rows[-1]))
+    finally:
+        ray.shutdown()
+    if spread_nodes > 1:
+        rows += sweep_spread(configs, spread_nodes, seconds, rows, log)
+    write_csv(os.path.join(out, "sweep.csv"), rows)
+    return rows
+
+
+def sweep_spread(configs, nodes: int, seconds: float, rows, log) -> list[dict]:
+    """ray exact with one layer per node of a real local cluster (STRICT_SPREAD), measured by a
+    driver process that joins the cluster with its token (a process that already ran another
+    Ray session cannot switch to token authentication)."""
+    from .local_cluster import LocalCluster
+    todo = [c for c in configs if len(c[0]) <= nodes]
+    bases = [next(r["steps_per_s"] for r in rows if r["hidden"] == _h(h) and r["batch"] == B
+                  and r["engine"] == "local_1thread") for h, B, _ in todo]
+    with LocalCluster(nodes=nodes, cpus_per_node=1) as cluster:
+        code = ("import json, sys; from ptncn_dist.scaling import spread_child; "
+                f"print(json.dumps(spread_child({cluster.address!r}, {cluster.ip(0)!r}, {json.dumps(todo)}, "
+                f"{seconds}, {bases})))")
+        res = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.env()},
+                             capture_output=True, text=True, timeout=3600)
+    if res.returncode != 0:
+        log("spread sweep failed: " + res.stderr.strip()[-500:])
+        return []
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    for row in out:
+        log(_fmt(row))
+    return out
+
+
+def spread_child(address: str, node_ip: str, configs, seconds: float, bases) -> list[dict]:
+    import ray
+    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+    out = []
+    try:
+        for (hidden, B, x_dim), base in zip(configs, bases):
+            layers = model_layers(x_dim, hidden, B)
+            r = measure(hidden, B, x_dim, "ray_exact", seconds,
+                        extra=['engine.placement="spread"', "engine.cpus_per_layer=0.5"])
+            out.append(_row(hidden, B, x_dim, "ray_exact", "spread", r, [flops(g) for g in layers],
+                            [gemm_seconds(g) for g in layers], base))
+    finally:
+        ray.shutdown()
+    return out
+
+
+def _h(hidden) -> str:
+    return "x".join(map(str, hidden))
+
+
+def _row(hidden, B, x_dim, engine, placement, r, fl, roof, base) -> dict:
+    L = len(hidden)
+    parallel = engine.startswith("ray")
+    gflop = sum(fl) / 1e9
+    roof_rate = 1.0 / (max(roof) if parallel else sum(roof))
+    workers = L if parallel else (1 if engine == "local_1thread" else os.cpu_count())
+    return {"hidden": _h(hidden), "layers": L, "batch": B, "x_dim": x_dim, "engine": engine,
+            "placement": placement, "workers": workers, "steps_per_s": round(r["steps_per_s"], 3),
+            "speedup_vs_1thread": round(r["steps_per_s"] / base, 3),
+            "efficiency": round(r["steps_per_s"] / base / workers, 3),
+            "gflop_per_step": round(gflop, 4), "achieved_gflops": round(r["steps_per_s"] * gflop, 2),
+            "gemm_roof_steps_per_s": round(roof_rate, 3), "share_of_gemm_roof": round(r["steps_per_s"] / roof_rate, 3),
+            "max_layer_gflop": round(max(fl) / 1e9, 4),
+            "max_layer_compute_ms": round(r["max_layer_compute_ms"], 3),
+            "max_layer_comm_ms": round(r["max_layer_comm_ms"], 3), "max_layer_wait_ms": round(r["max_layer_wait_ms"], 3),
+            "bytes_per_step": int(r["bytes_per_step"]), "max_layer_bytes": int(r["max_layer_bytes"])}
+
+
+def _fmt(row) -> str:
+    return (f"{row['hidden']:>14s} B={row['batch']:<3d} {row['engine']:17s} {row['placement']:6s} "
+            f"{row['steps_per_s']:9.2f} steps/s  x{row['speedup_vs_1thread']:.2f}  roof {row['share_of_gemm_roof']:.2f}")
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+# -- 2. P-TNCN against BPTT as the sequence grows -------------------------------------------------
+SEQ_METHODS = ("ptncn", "bptt_numpy", "torch_rnn", "torch_lstm")
+
+
+def seqlen_one(method: str, T: int, B: int = 16, V: int = 50, H: int = 256, reps: int = 2) -> dict:
+    """One measurement (run in a fresh process): tokens/s of training on sequences of length T,
+    and the process's peak memory above what it held before the first sequence."""
+    import resource
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, V, (T, B)).astype(np.int32)
+    mask = np.ones((T, B), np.float32)
+    if method == "ptncn":
+        from .config import load
+        from .engines.factory import build_engine
+        eng = build_engine(load(None, [f"model.hidden=[{H}, {H}]", 'model.output="softmax"']), V, "tokens")
+        run = lambda: eng.run_segment(x, mask, 0, T, learn=True, t_prime=1)
+    elif method == "bptt_numpy":
+        from .baselines import BaselineConfig, build_baseline
+        m = build_baseline("bptt", BaselineConfig(hidden=H, output="softmax"), V, "tokens", np, np.float32, 0)
+        run = lambda: m.run_sequence(x, mask, True)
+    else:
+        import torch
+        torch.set_num_threads(os.cpu_count() or 1)
+        cell = torch.nn.RNN if method == "torch_rnn" else torch.nn.LSTM
+        net, head = cell(V, H), torch.nn.Linear(H, V)
+        opt = torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=0.01)
+        xt = torch.nn.functional.one_hot(torch.as_tensor(x[:-1], dtype=torch.long), V).float()
+        yt = torch.as_tensor(x[1:], dtype=torch.long)
+
+        def run():
+            opt.zero_grad()
+            out, _ = net(xt)
+            loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), yt.reshape(-1))
+            loss.backward()
+            opt.step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        run()
+    dt = (time.perf_counter() - t0) / reps
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"method": method, "T": T, "batch": B, "hidden": H, "tokens_per_s": T * B / dt,
+            "peak_extra_mb": max(0, peak - before) / 1024.0}
+
+
+def seqlen_study(lengths, out: str, log=print) -> list[dict]:
+    rows = []
+    try:
+        import torch  # noqa: F401
+        methods = SEQ_METHODS
+    except ImportError:
+        methods = SEQ_METHODS[:2]
+        log("torch is not installed (pip install 'ptncn_dist[torch]'): PyTorch BPTT rows skipped")
+    for method in methods:
+        for T in lengths:
+            code = f"import json; from ptncn_dist.scaling import seqlen_one; print(json.dumps(seqlen_one({method!r}, {T})))"
+            res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
+            if res.returncode != 0:
+                log(f"{method} T={T} failed: {res.stderr.strip().splitlines()[-1:]}")
+                continue
+            rows.append({k: (round(v, 3) if isinstance(v, float) else v)
+                         for k, v in json.loads(res.stdout.strip().splitlines()[-1]).items()})
+            log(f"{method:11s} T={T:5d} {rows[-1]['tokens_per_s']:10.0f} tokens/s  {rows[-1]['peak_extra_mb']:8.1f} MB")
+    write_csv(os.path.join(out, "seqlen.csv"), rows)
+    return rows
+
+
+# -- 3. the cost model ----------------------------------------------------------------------------
+def fit_cost_model(rows: list[dict]) -> dict:
+    """Calibrate on the sweep. Compute: a layer's step time = its GFLOP / R + c (R, c fitted to
+    the per-layer compute times the ray runs report). Messages: a step costs rounds * alpha +
+    (bytes a layer sends) / beta on top of the slowest layer's compute (alpha, beta fitted)."""
+    ray_rows = [r for r in rows if r["engine"] in ("ray_exact", "ray_pipelined")]
+    X = np.array([[r["max_layer_gflop"], 1.0] for r in ray_rows])
+    y = np.array([r["max_layer_compute_ms"] / 1e3 for r in ray_rows])
+    inv_r, c = np.linalg.lstsq(X, y, rcond=None)[0]
+    rounds = np.array([2.0 if r["engine"] == "ray_exact" else 1.0 for r in ray_rows])
+    resid = np.array([1.0 / r["steps_per_s"] for r in ray_rows]) - (X @ np.array([inv_r, c]))
+    A = np.stack([rounds, np.array([r["max_layer_bytes"] for r in ray_rows])], axis=1)
+    alpha, inv_beta = np.linalg.lstsq(A, resid, rcond=None)[0]
+    return {"gflops_per_worker": 1.0 / max(inv_r, 1e-12), "compute_overhead_s": float(c),
+            "alpha_s_per_round": float(max(alpha, 0.0)), "beta_bytes_per_s": float(1.0 / max(inv_beta, 1e-15))}
+
+
+def predict(m: dict, gflop_max_layer: float, rounds: int, bytes_max_layer: float) -> float:
+    t = gflop_max_layer / m["gflops_per_worker"] + m["compute_overhead_s"] + rounds * m["alpha_s_per_round"] \
+        + bytes_max_layer / m["beta_bytes_per_s"]
+    return 1.0 / t
+
+
+def validate(m: dict, rows: list[dict]) -> list[dict]:
+    out = []
+    for r in rows:
+        if r["engine"] not in ("ray_exact", "ray_pipelined"):
+            continue
+        p = predict(m, r["max_layer_gflop"], 2 if r["engine"] == "ray_exact" else 1, r["max_layer_bytes"])
+        out.append({"hidden": r["hidden"], "batch": r["batch"], "engine": r["engine"], "placement": r["placement"],
+                    "measured_steps_per_s": r["steps_per_s"], "predicted_steps_per_s": round(p, 3),
+                    "error_pct": round(100 * (p - r["steps_per_s"]) / r["steps_per_s"], 1)})
+    return out
+
+
+PROJECTION = {"width": 4096, "batch": 256, "gpu_tflops": 30.0, "software_overhead_s_per_round": None,
+              "network_latency_s": {"10 Gbit/s": 50e-6, "100 Gbit/s": 10e-6}}
+
+
+def project(m: dict, layers=(8, 16, 64)) -> list[dict]:
+    """Steps/s of L layers of width 4096, batch 256, one GPU per layer (exact schedule, 2 rounds),
+    against the same L layers on one GPU. Assumptions in PROJECTION and results.md."""
+    d, B = PROJECTION["width"], PROJECTION["batch"]
+    per_layer = flops(layer_gemms(d, d, d, B)) / 1e12
+    compute = per_layer / PROJECTION["gpu_tflops"]
+    msg = 5 * B * d * 4
+    out = []
+    for net, lat in PROJECTION["network_latency_s"].items():
+        bw = (10e9 if net.startswith("10 ") else 100e9) / 8
+        step = compute + 2 * (m["alpha_s_per_round"] + lat) + msg / bw
+        for L in layers:
+            single = 1.0 / (L * compute)
+            out.append({"network": net, "layers": L, "layer_parallel_steps_per_s": round(1.0 / step, 1),
+                        "one_gpu_steps_per_s": round(single, 1), "speedup": round(single and (1.0 / step) / single, 2),
+                        "compute_ms_per_layer": round(compute * 1e3, 3), "message_ms": round((msg / bw) * 1e3, 3)})
+    return out
+
+
+# -- plots and report -----------------------------------------------------------------------------
+def plots(out: str, sweep_rows, seq_rows, proj_rows) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    written = []
+    if sweep_rows:
+        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+        for engine in sorted({r["engine"] for r in sweep_rows}):
+            for placement in sorted({r["placement"] for r in sweep_rows if r["engine"] == engine}):
+                rs = [r for r in sweep_rows if r["engine"] == engine and r["placement"] == placement]
+                label = engine + ("" if placement in ("-", "pack") else f" ({placement})")
+                xs = [f"{r['hidden']}\nB{r['batch']}" for r in rs]
+                axes[0].plot(xs, [r["steps_per_s"] for r in rs], "o-", label=label)
+                axes[1].plot(xs, [r["speedup_vs_1thread"] for r in rs], "o-", label=label)
+                axes[2].plot(xs, [r["share_of_gemm_roof"] for r in rs], "o-", label=label)
+        for ax, t in zip(axes, ("steps/s", "speed-up vs 1 thread", "share of GEMM roof")):
+            ax.set_title(t)
+            ax.set_yscale("log" if t == "steps/s" else "linear")
+            ax.tick_params(axis="x", labelsize=6)
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        written.append(os.path.join(out, "sweep.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if seq_rows:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for method in sorted({r["method"] for r in seq_rows}):
+            rs = [r for r in seq_rows if r["method"] == method]
+            axes[0].plot([r["T"] for r in rs], [r["tokens_per_s"] for r in rs], "o-", label=method)
+            axes[1].plot([r["T"] for r in rs], [r["peak_extra_mb"] for r in rs], "o-", label=method)
+        for ax, t in zip(axes, ("tokens/s", "peak memory above start (MB)")):
+            ax.set_xscale("log")
+            ax.set_xlabel("sequence length")
+            ax.set_title(t)
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.tight_layout()
+        written.append(os.path.join(out, "seqlen.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    if proj_rows:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for net in sorted({r["network"] for r in proj_rows}):
+            rs = [r for r in proj_rows if r["network"] == net]
+            ax.plot([r["layers"] for r in rs], [r["layer_parallel_steps_per_s"] for r in rs], "o-", label=f"one GPU per layer, {net}")
+        rs = [r for r in proj_rows if r["network"] == proj_rows[0]["network"]]
+        ax.plot([r["layers"] for r in rs], [r["one_gpu_steps_per_s"] for r in rs], "k--", label="all layers on one GPU")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("layers")
+        ax.set_ylabel("steps/s (projected)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(os.path.join(out, "projection.png"))
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def table(rows, keys) -> str:
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows) -> str:
+    import ray
+    meta = {"command": "ptncn bench scaling " + " ".join(argv), "python": platform.python_version(),
+            "numpy": np.__version__, "ray": ray.__version__, "machine": platform.platform(),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
+    with open(os.path.join(out, "meta.json"), "w") as fh:
+        json.dump({**meta, "cost_model": model}, fh, indent=2)
+    parts = [f"# Layer-parallel scaling study\n\nCommand: `{meta['command']}` on {meta['cpus']} CPU cores "
+             f"({meta['machine']}), Python {meta['python']}, NumPy {meta['numpy']}, Ray {meta['ray']}, {meta['date']}.\n"]
+    if sweep_rows:
+        parts.append("## Sweep (steps/s side by side in one run)\n\n" + table(sweep_rows, [
+            "hidden", "batch", "engine", "placement", "workers", "steps_per_s", "speedup_vs_1thread", "efficiency",
+            "achieved_gflops", "share_of_gemm_roof", "max_layer_compute_ms", "max_layer_comm_ms",
+            "max_layer_wait_ms", "bytes_per_step"]) + "\n\n![sweep](sweep.png)\n")
+    if model:
+        mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
+        parts.append("## Cost model\n\n"
+                     f"Calibrated on the ray rows above: per-worker rate {model['gflops_per_worker']:.1f} GFLOP/s "
+                     f"plus {1e3 * model['compute_overhead_s']:.2f} ms per step, {1e3 * model['alpha_s_per_round']:.2f} ms per "
+                     f"exchange round, {model['beta_bytes_per_s'] / 1e9:.2f} GB/s for the bytes a layer sends.\n"
+                     f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
+                     + table(checks, list(checks[0])) + "\n")
+    if proj_rows:
+        parts.append("## Projection to GPU nodes\n\nAssumptions, each a number a user can change in "
+                     "`ptncn_dist/scaling.py:PROJECTION`:\n"
+                     f"- width {PROJECTION['width']}, batch {PROJECTION['batch']}, every layer on its own GPU;\n"
+                     f"- a GPU sustains {PROJECTION['gpu_tflops']:.0f} TFLOP/s on these fp32 products;\n"
+                     "- a step has 2 exchange rounds (exact schedule). Each round costs the software overhead "
+                     "per round fitted above, plus the network latency (50 us at 10 Gbit/s, 10 us at 100 Gbit/s);\n"
+                     "- a layer's 5 messages of B x d float32 go at the full line rate;\n"
+                     "- the one-GPU line runs all L layers' products back to back at the same rate.\n\n"
+                     + table(proj_rows, list(proj_rows[0])) + "\n\n![projection](projection.png)\n")
+    if seq_rows:
+        parts.append("## P-TNCN against BPTT as the sequence grows\n\nBatch 16, 256 hidden units, 50-symbol "
+                     "one-hot input. Peak memory is measured above what the process held before its first "
+                     "sequence, in a fresh process per point.\n\n"
+                     + table(seq_rows, ["method", "T", "tokens_per_s", "peak_extra_mb"]) + "\n\n![seqlen](seqlen.png)\n")
+    text = "\n".join(parts)
+    with open(os.path.join(out, "results.md"), "w") as fh:
+        fh.write(text)
+    return text
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="ptncn bench scaling", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default=DEFAULT_OUT)
+    p.add_argument("--quick", action="store_true", help="a few configurations (minutes)")
+    p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
+    p.add_argument("--spread-nodes", type=int, default=4, help="nodes of the local cluster for spread rows (0: none)")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, seqlen")
+    args = p.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    configs = [((64,), 16, 64), ((64, 64), 16, 64), ((64,) * 4, 16, 64), ((512, 512), 64, 512),
+               ((1024, 1024), 64, 1024), ((512,) * 4, 64, 512)]
+    if not args.quick:
+        configs += [((64,) * 8, 16, 64), ((256,) * 8, 32, 256), ((1024,) * 3, 64, 1024)]
+    engines = ("local_1thread", "local_all_threads", "ray_exact", "ray_pipelined", "ray_compiled")
+    sweep_rows = [] if "sweep" in skip else sweep(configs, engines, args.seconds, args.spread_nodes, args.out)
+    model = fit_cost_model(sweep_rows) if sweep_rows else None
+    checks = validate(model, sweep_rows) if model else []
+    proj = project(model) if model else []
+    if proj:
+        write_csv(os.path.join(args.out, "projection.csv"), proj)
+    if checks:
+        write_csv(os.path.join(args.out, "model_validation.csv"), checks)
+    lengths = (10, 30, 100, 300, 1000)
+    seq_rows = [] if "seqlen" in skip else seqlen_study(lengths, args.out)
+    plots(args.out, sweep_rows, seq_rows, proj)
+    print(report(args.out, argv, sweep_rows, seq_rows, model, checks, proj))
+    return 0
