@@ -110,6 +110,10 @@ ENGINES = {
                        "engine.blas_threads=1"], None),
     "ray_compiled": (['engine.name="ray"', "engine.compiled=true", "engine.cpus_per_layer=1",
                       "engine.blas_threads=1"], None),
+    "ray_exact_tcp": (['engine.name="ray"', 'engine.transport="tcp"', "engine.cpus_per_layer=1",
+                       "engine.blas_threads=1"], None),
+    "ray_pipelined_tcp": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="tcp"',
+                           "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
 }
 
 

@@ -163,3 +163,34 @@ def test_unplaceable_spread_times_out_clearly():
     with pytest.raises(ConfigError, match="could not be placed"):
         RayEngine(cfg, LocalEngine.__mro__ and __import__("ptncn_dist.model", fromlist=["x"]).specs_from_config(
             cfg.model, 64, False))
+
+
+@pytest.mark.parametrize("mode", ["exact", "pipelined"])
+def test_tcp_transport_equals_local(mode):
+    a, b, _, _ = run_both([24, 16, 12], 100, extra=[f'engine.mode="{mode}"'], ray_extra=['engine.transport="tcp"'])
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
+
+
+def test_tcp_link_refuses_a_wrong_token():
+    """A connection that does not present the run's token is closed before any message is read."""
+    import asyncio
+    from ptncn_dist.engines.tcp_links import TcpLinks, frame
+    from ptncn_dist.messages import Message
+
+    async def scenario():
+        got = []
+        server = TcpLinks(b"t" * 32, got.append)
+        host, port = await server.listen("127.0.0.2")
+        msg = Message(0, 1, "z", np.ones((2, 3))).encode()
+        for token in (b"x" * 32, b"t" * 32):
+            _, w = await asyncio.open_connection(host, port)
+            w.write(frame(token) + frame(msg))
+            await w.drain()
+            await asyncio.sleep(0.2)
+            w.close()
+        server.close()
+        return got
+
+    got = asyncio.run(scenario())
+    assert len(got) == 1 and Message.decode(got[0]).kind == "z"

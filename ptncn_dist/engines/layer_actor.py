@@ -186,10 +186,24 @@ class MailboxWorker(LayerHost):
         self.below = self.above = None
         self.box: dict = {}
         self.pending = None
+        self.links = None
 
     def connect(self, below, above) -> int:
         self.below, self.above = below, above
         return os.getpid()
+
+    async def open_link(self, token: bytes) -> tuple[str, int]:
+        """Listen for the neighbours' TCP links on this node's address (transport "tcp")."""
+        import ray
+        from .tcp_links import TcpLinks
+        self.links = TcpLinks(token, self._deliver_one)
+        return await self.links.listen(ray.util.get_node_ip_address())
+
+    async def link_to(self, below_addr, above_addr) -> None:
+        if below_addr is not None:
+            await self.links.connect(self.l - 1, *below_addr)
+        if above_addr is not None:
+            await self.links.connect(self.l + 1, *above_addr)
 
     def reset_clock(self) -> None:
         super().reset_clock()
@@ -203,11 +217,18 @@ class MailboxWorker(LayerHost):
 
     async def deliver(self, *datas: bytes) -> None:
         for data in datas:
-            msg = self._decode(data)
-            self._slot((msg.step, msg.kind, msg.layer)).set_result(msg.array)
+            self._deliver_one(data)
+
+    def _deliver_one(self, data: bytes) -> None:
+        msg = self._decode(data)
+        self._slot((msg.step, msg.kind, msg.layer)).set_result(msg.array)
 
     def _send(self, handle, *kind_arrays) -> None:
-        handle.deliver.remote(*[self._encode(kind, arr) for kind, arr in kind_arrays])
+        datas = [self._encode(kind, arr) for kind, arr in kind_arrays]
+        if self.links is not None:
+            self.links.send(self.l - 1 if handle is self.below else self.l + 1, datas)
+        else:
+            handle.deliver.remote(*datas)
 
     async def _recv(self, kind: str, sender: int, clock: int):
         key = (clock, kind, sender)

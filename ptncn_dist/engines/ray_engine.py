@@ -48,6 +48,12 @@ class RayEngine(Engine):
             n = len(self.actors)
             ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
                      for i, a in enumerate(self.actors)])
+            if cfg.engine.transport == "tcp":
+                import secrets
+                token = secrets.token_bytes(32)
+                addrs = ray.get([a.open_link.remote(token) for a in self.actors])
+                ray.get([a.link_to.remote(addrs[i - 1] if i else None, addrs[i + 1] if i + 1 < n else None)
+                         for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
 
     # -- compiled graph ---------------------------------------------------------------------------
