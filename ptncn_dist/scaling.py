@@ -110,7 +110,7 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
 
 
 def sweep_spread(configs, nodes: int, seconds: float, rows, log) -> list[dict]:
-    """ray exact with one layer per node of a real local cluster (STRICT_SPREAD), measured by a
+    """ray exact (tcp links) with one layer per node of a real local cluster (STRICT_SPREAD), measured by a
     driver process that joins the cluster with its token (a process that already ran another
     Ray session cannot switch to token authentication)."""
     from .local_cluster import LocalCluster
@@ -139,9 +139,9 @@ def spread_child(address: str, node_ip: str, configs, seconds: float, bases) -> 
     try:
         for (hidden, B, x_dim), base in zip(configs, bases):
             layers = model_layers(x_dim, hidden, B)
-            r = measure(hidden, B, x_dim, "ray_exact", seconds,
+            r = measure(hidden, B, x_dim, "ray_exact_tcp", seconds,
                         extra=['engine.placement="spread"', "engine.cpus_per_layer=0.5"])
-            out.append(_row(hidden, B, x_dim, "ray_exact", "spread", r, [flops(g) for g in layers],
+            out.append(_row(hidden, B, x_dim, "ray_exact_tcp", "spread", r, [flops(g) for g in layers],
                             [gemm_seconds(g) for g in layers], base))
     finally:
         ray.shutdown()
@@ -251,16 +251,39 @@ def seqlen_study(lengths, out: str, log=print) -> list[dict]:
     return rows
 
 
+# -- the pipelined mode's loss against the exact mode's --------------------------------------------
+def mode_losses(steps: int = 1500, seeds=(0, 1), log=print) -> list[dict]:
+    """Test BCE per frame after training the same 3-layer model with the exact and the pipelined
+    schedule (single-process engine; the ray engine gives the same numbers)."""
+    from .config import load
+    from .train import train
+    rows = []
+    for mode in ("exact", "pipelined"):
+        for seed in seeds:
+            cfg = load(None, ["model.hidden=[256, 256, 256]", "data.frame=32", "data.batch=16", f"train.seed={seed}",
+                              f'engine.mode="{mode}"', f"train.steps={steps}", "train.progress=false",
+                              "train.plots=false", "train.eval_every=0", "train.eval_batches=4"])
+            res = train(cfg, None, log=lambda *_: None)
+            rows.append({"mode": mode, "seed": seed, "steps": steps,
+                         "test_bce_untrained": round(res.initial_test["test_bce"], 2),
+                         "test_bce": round(res.final_test["test_bce"], 2), "test_se": round(res.final_test["test_se"], 2)})
+            log(f"{mode:9s} seed {seed}: test BCE {rows[-1]['test_bce']}")
+    return rows
+
+
 # -- 3. the cost model ----------------------------------------------------------------------------
+RAY_MODELLED = ("ray_exact_tcp", "ray_pipelined_tcp")
+
+
 def fit_cost_model(rows: list[dict]) -> dict:
     """Calibrate on the sweep. Compute: a layer's step time = its GFLOP / R + c (R, c fitted to
     the per-layer compute times the ray runs report). Messages: a step costs rounds * alpha +
     (bytes a layer sends) / beta on top of the slowest layer's compute (alpha, beta fitted)."""
-    ray_rows = [r for r in rows if r["engine"] in ("ray_exact", "ray_pipelined")]
+    ray_rows = [r for r in rows if r["engine"] in RAY_MODELLED]
     X = np.array([[r["max_layer_gflop"], 1.0] for r in ray_rows])
     y = np.array([r["max_layer_compute_ms"] / 1e3 for r in ray_rows])
     inv_r, c = np.linalg.lstsq(X, y, rcond=None)[0]
-    rounds = np.array([2.0 if r["engine"] == "ray_exact" else 1.0 for r in ray_rows])
+    rounds = np.array([2.0 if "exact" in r["engine"] else 1.0 for r in ray_rows])
     resid = np.array([1.0 / r["steps_per_s"] for r in ray_rows]) - (X @ np.array([inv_r, c]))
     A = np.stack([rounds, np.array([r["max_layer_bytes"] for r in ray_rows])], axis=1)
     alpha, inv_beta = np.linalg.lstsq(A, resid, rcond=None)[0]
@@ -277,9 +300,9 @@ def predict(m: dict, gflop_max_layer: float, rounds: int, bytes_max_layer: float
 def validate(m: dict, rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
-        if r["engine"] not in ("ray_exact", "ray_pipelined"):
+        if r["engine"] not in RAY_MODELLED:
             continue
-        p = predict(m, r["max_layer_gflop"], 2 if r["engine"] == "ray_exact" else 1, r["max_layer_bytes"])
+        p = predict(m, r["max_layer_gflop"], 2 if "exact" in r["engine"] else 1, r["max_layer_bytes"])
         out.append({"hidden": r["hidden"], "batch": r["batch"], "engine": r["engine"], "placement": r["placement"],
                     "measured_steps_per_s": r["steps_per_s"], "predicted_steps_per_s": round(p, 3),
                     "error_pct": round(100 * (p - r["steps_per_s"]) / r["steps_per_s"], 1)})
@@ -377,7 +400,7 @@ def table(rows, keys) -> str:
     return "\n".join(lines)
 
 
-def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows) -> str:
+def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=()) -> str:
     import ray
     meta = {"command": "ptncn bench scaling " + " ".join(argv), "python": platform.python_version(),
             "numpy": np.__version__, "ray": ray.__version__, "machine": platform.platform(),
@@ -394,7 +417,7 @@ def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows) -> str:
     if model:
         mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
         parts.append("## Cost model\n\n"
-                     f"Calibrated on the ray rows above: per-worker rate {model['gflops_per_worker']:.1f} GFLOP/s "
+                     f"Calibrated on the ray rows with TCP links above: per-worker rate {model['gflops_per_worker']:.1f} GFLOP/s "
                      f"plus {1e3 * model['compute_overhead_s']:.2f} ms per step, {1e3 * model['alpha_s_per_round']:.2f} ms per "
                      f"exchange round, {model['beta_bytes_per_s'] / 1e9:.2f} GB/s for the bytes a layer sends.\n"
                      f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
@@ -409,6 +432,10 @@ def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows) -> str:
                      "- a layer's 5 messages of B x d float32 go at the full line rate;\n"
                      "- the one-GPU line runs all L layers' products back to back at the same rate.\n\n"
                      + table(proj_rows, list(proj_rows[0])) + "\n\n![projection](projection.png)\n")
+    if mode_rows:
+        parts.append("## Pipelined against exact: the loss\n\nThe same 3 x 256 tanh model on Bouncing MNIST "
+                     "(32 x 32 frames, batch 16, offline digits), trained with each schedule:\n\n"
+                     + table(mode_rows, list(mode_rows[0])) + "\n")
     if seq_rows:
         parts.append("## P-TNCN against BPTT as the sequence grows\n\nBatch 16, 256 hidden units, 50-symbol "
                      "one-hot input. Peak memory is measured above what the process held before its first "
@@ -427,7 +454,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few configurations (minutes)")
     p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
     p.add_argument("--spread-nodes", type=int, default=4, help="nodes of the local cluster for spread rows (0: none)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, seqlen")
+    p.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, seqlen, modes")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -435,7 +462,8 @@ def main(argv=None) -> int:
                ((1024, 1024), 64, 1024), ((512,) * 4, 64, 512)]
     if not args.quick:
         configs += [((64,) * 8, 16, 64), ((256,) * 8, 32, 256), ((1024,) * 3, 64, 1024)]
-    engines = ("local_1thread", "local_all_threads", "ray_exact", "ray_pipelined", "ray_compiled")
+    engines = ("local_1thread", "local_all_threads", "ray_exact", "ray_pipelined", "ray_exact_tcp",
+               "ray_pipelined_tcp", "ray_compiled")
     sweep_rows = [] if "sweep" in skip else sweep(configs, engines, args.seconds, args.spread_nodes, args.out)
     model = fit_cost_model(sweep_rows) if sweep_rows else None
     checks = validate(model, sweep_rows) if model else []
@@ -446,6 +474,9 @@ def main(argv=None) -> int:
         write_csv(os.path.join(args.out, "model_validation.csv"), checks)
     lengths = (10, 30, 100, 300, 1000)
     seq_rows = [] if "seqlen" in skip else seqlen_study(lengths, args.out)
+    mode_rows = [] if "modes" in skip else mode_losses()
+    if mode_rows:
+        write_csv(os.path.join(args.out, "modes.csv"), mode_rows)
     plots(args.out, sweep_rows, seq_rows, proj)
-    print(report(args.out, argv, sweep_rows, seq_rows, model, checks, proj))
+    print(report(args.out, argv, sweep_rows, seq_rows, model, checks, proj, mode_rows))
     return 0
