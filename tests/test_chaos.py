@@ -46,6 +46,20 @@ def test_killed_layer_actors_recover_exactly(tmp_path):
     assert json.load(open(tmp_path / "summary.json"))["recoveries"] == 3
 
 
+def test_compiled_graph_run_recovers_exactly(tmp_path):
+    """A killed actor closes the compiled graph: it is torn down and rebuilt with the layers."""
+    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
+             log_to_driver=False, configure_logging=False)
+    try:
+        cfg = load(None, SETS + ['engine.name="ray"', "engine.compiled=true", "train.steps=200",
+                                 "model.hidden=[32,24]"])
+        res = chaos.drill(cfg, faults=1, seed=2, run_dir=str(tmp_path), log=lambda *_: None)
+    finally:
+        ray.shutdown()
+    assert res["faults_injected"] == 1 and res["recoveries"] == 1
+    assert res["max_final_weight_difference"] == 0.0
+
+
 def ptncn(*args, env=None, **kw):
     return subprocess.Popen([sys.executable, "-m", "ptncn_dist.cli", *args], cwd=REPO,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
