@@ -58,7 +58,7 @@ class BaselineSection:
     """Settings only the baselines read (model.type other than 'ptncn')."""
 
     hidden: int = 256
-    truncation: int = 20
+    truncation: int = 5
     weight_sd: float = 0.1
     clip_norm: float = 0.0
     esn_spectral_radius: float = 0.9
