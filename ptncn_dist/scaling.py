@@ -175,6 +175,23 @@ def _fmt(row) -> str:
             f"{row['steps_per_s']:9.2f} steps/s  x{row['speedup_vs_1thread']:.2f}  roof {row['share_of_gemm_roof']:.2f}")
 
 
+def read_csv(path: str) -> list[dict]:
+    """Rows an earlier run wrote (numbers back as numbers); [] when there is no such file."""
+    if not os.path.exists(path):
+        return []
+
+    def num(v):
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as fh:
+        return [{k: num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
 def write_csv(path: str, rows: list[dict]) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as fh:
@@ -189,7 +206,7 @@ SEQ_METHODS = ("ptncn", "bptt_numpy", "torch_rnn", "torch_lstm")
 
 def seqlen_one(method: str, T: int, B: int = 16, V: int = 50, H: int = 256, reps: int = 2) -> dict:
     """One measurement (run in a fresh process): tokens/s of training on sequences of length T,
-    and the process's peak memory above what it held before the first sequence."""
+    and the process's peak resident memory while training, above what it held just before."""
     import resource
     rng = np.random.default_rng(0)
     x = rng.integers(0, V, (T, B)).astype(np.int32)
@@ -218,15 +235,34 @@ def seqlen_one(method: str, T: int, B: int = 16, V: int = 50, H: int = 256, reps
             loss = torch.nn.functional.cross_entropy(head(out).reshape(-1, V), yt.reshape(-1))
             loss.backward()
             opt.step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _reset_peak_rss()
     run()
     t0 = time.perf_counter()
     for _ in range(reps):
         run()
     dt = (time.perf_counter() - t0) / reps
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _proc_status_kb("VmHWM") if before is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"method": method, "T": T, "batch": B, "hidden": H, "tokens_per_s": T * B / dt,
-            "peak_extra_mb": max(0, peak - before) / 1024.0}
+            "peak_extra_mb": max(0, peak - (before or 0)) / 1024.0}
+
+
+def _proc_status_kb(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss():
+    """Reset the kernel's peak-RSS mark to the current RSS (Linux: clear_refs 5); returns the
+    current RSS in kB, or None where that is not possible (then ru_maxrss is used)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _proc_status_kb("VmRSS")
+    except OSError:
+        return None
 
 
 def seqlen_study(lengths, out: str, log=print) -> list[dict]:
@@ -275,26 +311,36 @@ def mode_losses(steps: int = 1500, seeds=(0, 1), log=print) -> list[dict]:
 RAY_MODELLED = ("ray_exact_tcp", "ray_pipelined_tcp")
 
 
+def _compute_s(m: dict, r: dict) -> float:
+    """The compute part of a step: the slowest layer, or all layers shared over the cores when
+    there are more layer workers than cores (as on this machine)."""
+    per_layer = r["max_layer_gflop"] / m["gflops_per_worker"] + m["compute_overhead_s"]
+    total = r["gflop_per_step"] / m["gflops_per_worker"] + r["layers"] * m["compute_overhead_s"]
+    return max(per_layer, total / max(1, min(r["layers"], m["cores"])))
+
+
 def fit_cost_model(rows: list[dict]) -> dict:
     """Calibrate on the sweep. Compute: a layer's step time = its GFLOP / R + c (R, c fitted to
-    the per-layer compute times the ray runs report). Messages: a step costs rounds * alpha +
-    (bytes a layer sends) / beta on top of the slowest layer's compute (alpha, beta fitted)."""
-    ray_rows = [r for r in rows if r["engine"] in RAY_MODELLED]
+    the per-layer compute times the runs with TCP links report); with more layers than cores the
+    layers share them. Messages: each step adds rounds * alpha + (bytes a layer sends) / beta
+    (alpha, beta fitted to what is left of the measured step times)."""
+    ray_rows = [r for r in rows if r["engine"] in RAY_MODELLED and r["placement"] == "pack"]
     X = np.array([[r["max_layer_gflop"], 1.0] for r in ray_rows])
     y = np.array([r["max_layer_compute_ms"] / 1e3 for r in ray_rows])
     inv_r, c = np.linalg.lstsq(X, y, rcond=None)[0]
+    m = {"gflops_per_worker": 1.0 / max(inv_r, 1e-12), "compute_overhead_s": float(max(c, 0.0)),
+         "cores": os.cpu_count() or 1}
     rounds = np.array([2.0 if "exact" in r["engine"] else 1.0 for r in ray_rows])
-    resid = np.array([1.0 / r["steps_per_s"] for r in ray_rows]) - (X @ np.array([inv_r, c]))
-    A = np.stack([rounds, np.array([r["max_layer_bytes"] for r in ray_rows])], axis=1)
+    resid = np.array([1.0 / r["steps_per_s"] - _compute_s(m, r) for r in ray_rows])
+    A = np.stack([rounds, np.array([r["max_layer_bytes"] for r in ray_rows], dtype=float)], axis=1)
     alpha, inv_beta = np.linalg.lstsq(A, resid, rcond=None)[0]
-    return {"gflops_per_worker": 1.0 / max(inv_r, 1e-12), "compute_overhead_s": float(c),
-            "alpha_s_per_round": float(max(alpha, 0.0)), "beta_bytes_per_s": float(1.0 / max(inv_beta, 1e-15))}
+    m.update(alpha_s_per_round=float(max(alpha, 0.0)), beta_bytes_per_s=float(1.0 / max(inv_beta, 1e-15)))
+    return m
 
 
-def predict(m: dict, gflop_max_layer: float, rounds: int, bytes_max_layer: float) -> float:
-    t = gflop_max_layer / m["gflops_per_worker"] + m["compute_overhead_s"] + rounds * m["alpha_s_per_round"] \
-        + bytes_max_layer / m["beta_bytes_per_s"]
-    return 1.0 / t
+def predict(m: dict, r: dict) -> float:
+    rounds = 2 if "exact" in r["engine"] else 1
+    return 1.0 / (_compute_s(m, r) + rounds * m["alpha_s_per_round"] + r["max_layer_bytes"] / m["beta_bytes_per_s"])
 
 
 def validate(m: dict, rows: list[dict]) -> list[dict]:
@@ -302,7 +348,7 @@ def validate(m: dict, rows: list[dict]) -> list[dict]:
     for r in rows:
         if r["engine"] not in RAY_MODELLED:
             continue
-        p = predict(m, r["max_layer_gflop"], 2 if "exact" in r["engine"] else 1, r["max_layer_bytes"])
+        p = predict(m, r)
         out.append({"hidden": r["hidden"], "batch": r["batch"], "engine": r["engine"], "placement": r["placement"],
                     "measured_steps_per_s": r["steps_per_s"], "predicted_steps_per_s": round(p, 3),
                     "error_pct": round(100 * (p - r["steps_per_s"]) / r["steps_per_s"], 1)})
@@ -417,9 +463,11 @@ def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=
     if model:
         mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
         parts.append("## Cost model\n\n"
-                     f"Calibrated on the ray rows with TCP links above: per-worker rate {model['gflops_per_worker']:.1f} GFLOP/s "
-                     f"plus {1e3 * model['compute_overhead_s']:.2f} ms per step, {1e3 * model['alpha_s_per_round']:.2f} ms per "
-                     f"exchange round, {model['beta_bytes_per_s'] / 1e9:.2f} GB/s for the bytes a layer sends.\n"
+                     f"Calibrated on the ray rows with TCP links above (pack placement): per-worker rate "
+                     f"{model['gflops_per_worker']:.1f} GFLOP/s plus {1e3 * model['compute_overhead_s']:.2f} ms per layer "
+                     f"and step; with more layers than the {model['cores']} cores, the layers share them; "
+                     f"{1e3 * model['alpha_s_per_round']:.2f} ms per exchange round; {model['beta_bytes_per_s'] / 1e9:.2f} GB/s "
+                     f"for the bytes a layer sends.\n"
                      f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
                      + table(checks, list(checks[0])) + "\n")
     if proj_rows:
@@ -454,7 +502,8 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="a few configurations (minutes)")
     p.add_argument("--seconds", type=float, default=2.0, help="measuring time per configuration")
     p.add_argument("--spread-nodes", type=int, default=4, help="nodes of the local cluster for spread rows (0: none)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: sweep, seqlen, modes")
+    p.add_argument("--skip", default="", help="comma-separated parts not to measure again: sweep, seqlen, "
+                   "modes (their CSV from an earlier run in --out is reported, if there)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     skip = set(filter(None, args.skip.split(",")))
@@ -464,7 +513,8 @@ def main(argv=None) -> int:
         configs += [((64,) * 8, 16, 64), ((256,) * 8, 32, 256), ((1024,) * 3, 64, 1024)]
     engines = ("local_1thread", "local_all_threads", "ray_exact", "ray_pipelined", "ray_exact_tcp",
                "ray_pipelined_tcp", "ray_compiled")
-    sweep_rows = [] if "sweep" in skip else sweep(configs, engines, args.seconds, args.spread_nodes, args.out)
+    sweep_rows = read_csv(os.path.join(args.out, "sweep.csv")) if "sweep" in skip else \
+        sweep(configs, engines, args.seconds, args.spread_nodes, args.out)
     model = fit_cost_model(sweep_rows) if sweep_rows else None
     checks = validate(model, sweep_rows) if model else []
     proj = project(model) if model else []
@@ -473,8 +523,8 @@ def main(argv=None) -> int:
     if checks:
         write_csv(os.path.join(args.out, "model_validation.csv"), checks)
     lengths = (10, 30, 100, 300, 1000)
-    seq_rows = [] if "seqlen" in skip else seqlen_study(lengths, args.out)
-    mode_rows = [] if "modes" in skip else mode_losses()
+    seq_rows = read_csv(os.path.join(args.out, "seqlen.csv")) if "seqlen" in skip else seqlen_study(lengths, args.out)
+    mode_rows = read_csv(os.path.join(args.out, "modes.csv")) if "modes" in skip else mode_losses()
     if mode_rows:
         write_csv(os.path.join(args.out, "modes.csv"), mode_rows)
     plots(args.out, sweep_rows, seq_rows, proj)
