@@ -77,9 +77,26 @@ class RayEngine(Engine):
             graph, self.graph = self.graph, None
             graph.teardown()
 
+    def _fall_back_to_calls(self, exc: Exception) -> None:
+        """Compiled graphs do not work here: the same layers (state carried over) as actors that
+        exchange messages by ordinary calls."""
+        import warnings
+        warnings.warn(f"Ray compiled graph unavailable ({type(exc).__name__}: {exc}); "
+                      f"falling back to ordinary actor calls", stacklevel=3)
+        states = self.ray.get([a.state.remote() for a in self.actors])
+        for a in self.actors:
+            self.ray.kill(a)
+        self.compiled = False
+        self._make_actors()
+        self.load_layer_states(states)
+
     def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat):
         if self.graph is None:
-            self._build_graph(x, mask)
+            try:
+                self._build_graph(x, mask)
+            except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
+                self._fall_back_to_calls(exc)
+                return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat)
         depth = min(10, self.cfg.engine.in_flight)
         sums, xhats, pending, diverged = {}, [], [], None
         from .. import metrics
