@@ -36,15 +36,6 @@ def get_dtype(name: str):
         raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, not {name!r}") from None
 
 
-def xp_of(array):
-    """The array module an array belongs to."""
-    mod = type(array).__module__
-    if mod.startswith("cupy"):
-        import cupy
-        return cupy
-    return np
-
-
 def to_numpy(array) -> np.ndarray:
     """A host (NumPy) copy or view of a NumPy or CuPy array."""
     if isinstance(array, np.ndarray):
