@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from ptncn_dist.local_cluster import LocalCluster
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PTNCN_SHARED_DIR", REPO.parent / "shared"))
 DATA = Path(os.environ.get("PTNCN_DATA_DIR", SHARED / "data"))
@@ -22,3 +24,15 @@ def need_data(*parts):
     if not path.exists():
         pytest.skip(f"{path} is not present")
     return path
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real 3-node Ray cluster on 127.0.0.2-4 for one test module, stopped by pid even when a
+    test fails."""
+    c = LocalCluster(nodes=3, cpus_per_node=1)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()

@@ -15,7 +15,6 @@ import ray
 from conftest import REPO
 from ptncn_dist import chaos
 from ptncn_dist.config import load
-from ptncn_dist.local_cluster import LocalCluster
 from ptncn_dist.train import Trainer
 
 SETS = ["model.hidden=[48,32,24]", "data.frame=32", "data.batch=8", "data.seq_len=10", 'model.dtype="float64"',
@@ -77,16 +76,6 @@ def wait_for_step(run_dir, step, proc, timeout=300):
         assert proc.poll() is None, proc.stdout.read()[-3000:]
         time.sleep(0.1)
     raise TimeoutError(f"run did not reach step {step}")
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    c = LocalCluster(nodes=3, cpus_per_node=1)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
 
 
 def cluster_args(c, steps, run_dir, placement="spread"):

@@ -35,16 +35,6 @@ def train_export(tmp_path, name, extra=(), env=None):
     return dict(np.load(tmp_path / f"{name}.npz")), next((r["placement"] for r in recs if "placement" in r), None)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    c = LocalCluster(nodes=3, cpus_per_node=1)
-    try:
-        c.start()
-        yield c
-    finally:
-        c.stop()
-
-
 def test_nodes_are_loopback(cluster):
     nodes = cluster.alive_nodes()
     assert sorted(n["ip"] for n in nodes) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]

@@ -62,13 +62,7 @@ def bptt_sequence(params, x, weight, output, xp, truncation=0, update=None, need
         xhats.append(xhat)
         if grads is None:
             continue
-        if update is not None:
-            update(grads)
-        elif total is None:
-            total = grads
-        else:
-            for n in total:
-                total[n] += grads[n]
+        total = elman.route_grads(grads, update, total)
     return total, xp.concatenate(xhats)
 
 

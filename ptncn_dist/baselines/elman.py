@@ -142,6 +142,19 @@ def readout_grads(h, dz) -> dict:
     return {"Wo": hf.T @ dzf, "bo": dzf.sum(axis=0)}
 
 
+def route_grads(grads: dict, update, total):
+    """Hand a step's or window's gradients to `update` (online learning), or, with no update,
+    add them into the running `total` (the gradient of the whole sequence); returns the total."""
+    if update is not None:
+        update(grads)
+        return total
+    if total is None:
+        return grads
+    for n in total:
+        total[n] += grads[n]
+    return total
+
+
 def zero_grads(params, xp) -> dict:
     return {name: xp.zeros_like(p) for name, p in params.items()}
 

@@ -77,13 +77,7 @@ def rtrl_sequence(params, x, weight, output, xp, update=None, need_grad=True):
         dh = dz @ params["Wo"].T
         for n, Jn in J.items():
             grads[n] = xp.tensordot(dh, Jn, axes=([0, 1], [0, 1]))
-        if update is not None:
-            update(grads)
-        elif total is None:
-            total = grads
-        else:
-            for n in total:
-                total[n] += grads[n]
+        total = elman.route_grads(grads, update, total)
     if need_grad and total is None and update is None:
         total = elman.zero_grads(params, xp)
     return total, xp.stack(xhats)

@@ -110,13 +110,7 @@ def uoro_sequence(params, x, weight, output, rng, xp, update=None, need_grad=Tru
         c = ((dz @ params["Wo"].T) * s).sum(axis=1)
         for n, th in theta.items():
             grads[n] = xp.tensordot(c, th, axes=(0, 0))
-        if update is not None:
-            update(grads)
-        elif total is None:
-            total = grads
-        else:
-            for n in total:
-                total[n] += grads[n]
+        total = elman.route_grads(grads, update, total)
     if need_grad and total is None and update is None:
         total = elman.zero_grads(params, xp)
     return total, xp.stack(xhats)

@@ -3,6 +3,8 @@ so that `ptncn train` runs them on the same data, metrics and checkpoints as P-T
 from whole sequences (the trainer never splits one) and keep one checkpoint shard."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .. import checkpoint
@@ -18,14 +20,10 @@ class BaselineEngine(Engine):
     whole_sequences = True
 
     def __init__(self, cfg, x_dim: int, data_kind: str):
-        b, m = cfg.baseline, cfg.model
-        truncation = b.truncation if m.type == "tbptt" else 0
-        bc = BaselineConfig(hidden=b.hidden, output=m.output, truncation=truncation, t_prime=m.t_prime,
-                            weight_sd=b.weight_sd, clip_norm=b.clip_norm,
-                            esn_spectral_radius=b.esn_spectral_radius, esn_density=b.esn_density,
-                            esn_input_scale=b.esn_input_scale, esn_leak=b.esn_leak, esn_ridge=b.esn_ridge,
-                            esn_online=b.esn_online, rtrl_online=b.rtrl_online, rtrl_force=b.rtrl_force,
-                            optim=cfg.optim)
+        m = cfg.model
+        section = dataclasses.asdict(cfg.baseline)
+        section["truncation"] = section["truncation"] if m.type == "tbptt" else 0
+        bc = BaselineConfig(**section, output=m.output, t_prime=m.t_prime, optim=cfg.optim)
         self.name = m.type
         self.model = build_baseline(m.type, bc, x_dim, data_kind, get_xp(m.device), get_dtype(m.dtype),
                                     cfg.train.seed)
