@@ -148,7 +148,14 @@ def gemm_tn(alpha: float, a, b, beta: float, c) -> None:
     c += alpha * (a.T @ b)
 
 
-def outer_norm(xp, a, b) -> float:
-    """Frobenius norm of a.T @ b from the two small Gram matrices: sum((a a.T) * (b b.T))."""
-    s = float(((a @ a.T) * (b @ b.T)).sum())
+def gram(a):
+    """a @ a.T, the (B, B) Gram matrix of a batch of rows."""
+    return a @ a.T
+
+
+def outer_norm(xp, a, b, gram_b=None) -> float:
+    """Frobenius norm of a.T @ b from the two small Gram matrices: sum((a a.T) * (b b.T)).
+    `gram_b`, when given, is b's Gram matrix (shared by several products with the same b)."""
+    gb = gram(b) if gram_b is None else gram_b
+    s = float((gram(a) * gb).sum())
     return math.sqrt(max(s, 0.0))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import optim
-from .backend import outer_norm, to_numpy
+from .backend import gram, outer_norm, to_numpy
 from .errors import ConfigError
 
 PARAM_NAMES = ("M", "V", "U", "W", "E")
@@ -164,12 +164,31 @@ def input_matmul(xp, inp, M):
     return out
 
 
-def forward(spec: LayerSpec, xp, p, inp, yprev, yprev_up):
-    """Phase 1: h and z = phi(h) from step t-1's carried values only."""
-    h = input_matmul(xp, inp, p["M"])
-    h += yprev @ p["V"]
-    if spec.has_U:
-        h += yprev_up @ p["U"]
+def stacked_names(spec: LayerSpec) -> tuple[str, ...]:
+    """The weights that multiply carried rows into h, in stack order: M (dense input only), V, U.
+
+    All have d columns, so a layer keeps them as row blocks of one array, the stack: h is one
+    GEMM over the carried rows side by side, and their updates are one GEMM into the stack.
+    """
+    first = () if spec.sparse_input else ("M",)
+    return first + ("V",) + (("U",) if spec.has_U else ())
+
+
+def stacked_rows(spec: LayerSpec, xp, inp, yprev, yprev_up, scales=None):
+    """The carried rows the stack multiplies, side by side: (B, rows of the stack); block i is
+    multiplied by scales[i] when `scales` is given."""
+    parts = ([] if spec.sparse_input else [inp]) + [yprev] + ([yprev_up] if spec.has_U else [])
+    if scales is not None:
+        parts = [a * c for a, c in zip(parts, scales)]
+    return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
+
+
+def forward(spec: LayerSpec, xp, p, stack, inp, yprev, yprev_up):
+    """Phase 1: h = in @ M + yprev @ V (+ yprev_up @ U) and z = phi(h), from step t-1's
+    carried values only; `stack` holds the `stacked_names` weights as row blocks."""
+    h = stacked_rows(spec, xp, inp, yprev, yprev_up) @ stack
+    if spec.sparse_input:
+        h += input_matmul(xp, inp, p["M"])
     return h, ACTIVATIONS[spec.activation](xp, h)
 
 
@@ -220,7 +239,7 @@ def learn_generative(spec: LayerSpec, xp, p, slots, opt_cfg, z, err_below) -> No
     """
     inv_b = 1.0 / z.shape[0]
     r = spec.update_radius
-    nW = outer_norm(xp, z, err_below)
+    nW = outer_norm(xp, z, err_below) if r > 0 else 0.0
     cW = clip_factor(nW, r)
     cE = clip_factor(abs(spec.gamma) * cW * nW, r)
     optim.apply_outer(opt_cfg, p["W"], z, err_below, cW * inv_b, slots["W"], xp)
@@ -228,26 +247,36 @@ def learn_generative(spec: LayerSpec, xp, p, slots, opt_cfg, z, err_below) -> No
     _bound(spec, xp, p, ("W", "E"))
 
 
-def learn_recurrent(spec: LayerSpec, xp, p, slots, opt_cfg, inp, yprev, yprev_up, eps) -> None:
-    """The updates of M, V, U: clip(in.T @ eps), clip(yprev.T @ eps), clip(yprev_up.T @ eps), / B."""
+def learn_recurrent(spec: LayerSpec, xp, p, slots, stack, stack_slots, opt_cfg, inp, yprev, yprev_up,
+                    eps) -> None:
+    """The updates of M, V, U: clip(in.T @ eps), clip(yprev.T @ eps), clip(yprev_up.T @ eps), / B.
+
+    Each block of the stack is clipped on its own (its factor scales its rows of the left
+    operand), then one GEMM lands all of them; a token-id input updates M by rows.
+    """
     inv_b = 1.0 / eps.shape[0]
     r = spec.update_radius
-    pairs = [("V", yprev)] + ([("U", yprev_up)] if spec.has_U else [])
-    if is_ids(inp):
+    if spec.sparse_input:
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
-    else:
-        pairs.append(("M", inp))
-    for name, a in pairs:
-        c = clip_factor(outer_norm(xp, a, eps), r)
-        optim.apply_outer(opt_cfg, p[name], a, eps, c * inv_b, slots[name], xp)
-    _bound(spec, xp, p, ("M", "V", "U"))
+    scales = None
+    if r > 0:
+        gram_eps = gram(eps)
+        parts = ([] if spec.sparse_input else [inp]) + [yprev] + ([yprev_up] if spec.has_U else [])
+        scales = [clip_factor(outer_norm(xp, a, eps, gram_eps), r) for a in parts]
+        if all(c == 1.0 for c in scales):
+            scales = None
+    rows = stacked_rows(spec, xp, inp, yprev, yprev_up, scales)
+    optim.apply_outer(opt_cfg, stack, rows, eps, inv_b, stack_slots, xp)
+    if spec.row_norm_bound > 0:
+        bound_rows(xp, stack, spec.row_norm_bound)
+        if spec.sparse_input:
+            bound_rows(xp, p["M"], spec.row_norm_bound)
 
 
 def _bound(spec, xp, p, names) -> None:
     if spec.row_norm_bound > 0:
         for name in names:
-            if name in p:
-                bound_rows(xp, p[name], spec.row_norm_bound)
+            bound_rows(xp, p[name], spec.row_norm_bound)
 
 
 def _sparse_update(xp, p, slots, opt_cfg, ids, eps, radius, inv_b):
@@ -270,11 +299,6 @@ def bound_rows(xp, w, bound: float) -> None:
     w *= xp.minimum(1.0, bound / xp.maximum(norms, 1e-30))
 
 
-def _layout(xp, name, w):
-    """Weights are row-major (every update then lands in one GEMM pass)."""
-    return xp.ascontiguousarray(w)
-
-
 class LayerCore:
     """One layer's state and its step, phase by phase. Engines call these methods in order:
 
@@ -286,13 +310,27 @@ class LayerCore:
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
         self.spec, self.opt_cfg, self.xp, self.dtype = spec, opt_cfg, xp, dtype
-        self.p = {k: _layout(xp, k, xp.asarray(v, dtype=dtype)) for k, v in params.items()}
+        given = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
         expected = spec.shapes()
         for name, shape in expected.items():
-            if name not in self.p or tuple(self.p[name].shape) != shape:
-                got = None if name not in self.p else tuple(self.p[name].shape)
+            if name not in given or tuple(given[name].shape) != shape:
+                got = None if name not in given else tuple(given[name].shape)
                 raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
-        self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items()}
+        names = stacked_names(spec)
+        self.rows, start = {}, 0
+        for name in names:
+            self.rows[name] = slice(start, start + expected[name][0])
+            start += expected[name][0]
+        self.stack = xp.empty((start, spec.d), dtype)
+        self.p = {}
+        for name in expected:
+            if name in self.rows:
+                self.stack[self.rows[name]] = given[name]
+                self.p[name] = self.stack[self.rows[name]]
+            else:
+                self.p[name] = xp.ascontiguousarray(given[name])
+        self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items() if k not in self.rows}
+        self.stack_slots = optim.init_slots(opt_cfg, self.stack, xp)
         self.carry = None
         self._t, self._prev = {}, {}
 
@@ -313,7 +351,7 @@ class LayerCore:
     def forward_state(self):
         """Phase 1a: h and z from step t-1's carried values (uses M, V, U only)."""
         c = self.carry
-        h, z = forward(self.spec, self.xp, self.p, c["inp"], c["y"], c["y_up"])
+        h, z = forward(self.spec, self.xp, self.p, self.stack, c["inp"], c["y"], c["y_up"])
         self._t = {"h": h, "z": z}
         return z
 
@@ -359,8 +397,8 @@ class LayerCore:
     def learn_recurrent(self) -> None:
         """M, V, U from the layer's own eps and what it carried into step t."""
         c = self.carry
-        learn_recurrent(self.spec, self.xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"],
-                        self._t["eps"])
+        learn_recurrent(self.spec, self.xp, self.p, self.slots, self.stack, self.stack_slots, self.opt_cfg,
+                        c["inp"], c["y"], c["y_up"], self._t["eps"])
 
     def carry_forward(self, x=None, y_below=None, y_above=None) -> None:
         c = self.carry
@@ -380,7 +418,7 @@ class LayerCore:
         elif eps_below_prev is not None and self._prev.get("learn"):
             learn_generative(s, xp, self.p, self.slots, self.opt_cfg, self._prev["z"], eps_below_prev)
         if do_learn:
-            learn_recurrent(s, xp, self.p, self.slots, self.opt_cfg, c["inp"], c["y"], c["y_up"], t["eps"])
+            self.learn_recurrent()
         if s.is_bottom:
             c["inp"] = x
         c["y"] = t["y"]
@@ -395,15 +433,23 @@ class LayerCore:
 
     def set_params(self, params: dict) -> None:
         """New weights (shapes checked), optimizer slots back to zero."""
-        self.load_state({"params": params, "slots": {k: optim.init_slots(self.opt_cfg, v, self.xp)
-                                                     for k, v in self.p.items()}, "carry": None})
+        fresh = {k: optim.init_slots(self.opt_cfg, v, self.xp) for k, v in self.p.items()}
+        self.load_state({"params": params, "slots": fresh, "carry": None})
+
+    def slot_views(self) -> dict:
+        """Each weight's optimizer slots by weight name (views into the stack's slots for the
+        stacked weights; scalars such as a step count are shared by the stack)."""
+        out = dict(self.slots)
+        for name, rows in self.rows.items():
+            out[name] = {n: v[rows] if hasattr(v, "shape") else v for n, v in self.stack_slots.items()}
+        return out
 
     def state(self) -> dict:
-        """Weights, optimizer slots and carried state as host (NumPy) copies."""
+        """Weights, optimizer slots and carried state as host (NumPy) copies, by weight name."""
         host = lambda v: np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v
         return {"params": {k: host(v) for k, v in self.p.items()},
                 "slots": {k: {n: host(v) for n, v in sl.items() if not n.startswith("_")}
-                          for k, sl in self.slots.items()},
+                          for k, sl in self.slot_views().items()},
                 "carry": None if self.carry is None else {k: host(v) for k, v in self.carry.items()}}
 
     def load_state(self, state: dict) -> None:
@@ -414,14 +460,17 @@ class LayerCore:
                 raise ConfigError(f"layer {self.spec.index}: saved weight {k} has shape {tuple(v.shape)}, "
                                   f"the model needs {None if k not in self.p else tuple(self.p[k].shape)}")
             self.p[k][...] = xp.asarray(v)
+        views = self.slot_views()
         for k, sl in state["slots"].items():
+            if k not in views:
+                raise ConfigError(f"layer {self.spec.index}: saved optimizer slots for unknown weight {k!r}")
             for n, v in sl.items():
                 if n.startswith("_"):
                     continue
                 if hasattr(v, "shape"):
-                    self.slots[k][n][...] = xp.asarray(v)
+                    views[k][n][...] = xp.asarray(v)
                 else:
-                    self.slots[k][n] = v
+                    (self.stack_slots if k in self.rows else self.slots[k])[n] = v
         carry = state.get("carry")
         self.carry = None if carry is None else {
             k: None if v is None else xp.asarray(v) for k, v in carry.items()}

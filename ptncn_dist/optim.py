@@ -33,31 +33,58 @@ class OptimConfig:
             raise ConfigError(f"optim.lr must be > 0, not {self.lr!r}")
 
 
+_MIN_SCALE = 1e-4
+
+
 def init_slots(cfg: OptimConfig, p, xp) -> dict:
-    """The optimizer slots for one parameter, zeros shaped (and laid out) like it."""
+    """The optimizer slots for one parameter, zeros shaped (and laid out) like it.
+
+    momentum and nag keep the velocity as `v_scale * v`: the decay `v <- mu * v` then only
+    changes the scalar, and the low-rank gradient lands in `v` in a GEMM with beta = 1, which
+    skips the extra pass over a weight-sized array that any other beta costs.
+    """
     if cfg.name == "sgd":
         return {}
     if cfg.name in ("momentum", "nag"):
-        return {"v": xp.zeros_like(p)}
+        return {"v": xp.zeros_like(p), "v_scale": 1.0}
     return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0, "_tmp": xp.zeros_like(p)}
+
+
+def velocity(slots: dict):
+    """The true momentum / nag velocity (a new array)."""
+    return slots["v"] * slots["v_scale"]
+
+
+def _decay(slots: dict, mu: float):
+    """Fold v <- mu * v into the scale; returns (v, s_old, s_new) where the velocity before is
+    s_old * v and after the decay s_new * v. When the scale gets small it is multiplied back
+    into v (one pass every few hundred steps), so v stays in range."""
+    v, s = slots["v"], float(slots["v_scale"])
+    if s < _MIN_SCALE:
+        scal(s, v)
+        s = 1.0
+    s_new = mu * s
+    if s_new == 0.0:
+        v.fill(0)
+        s, s_new = 0.0, 1.0
+    slots["v_scale"] = s_new
+    return v, s, s_new
 
 
 def apply(cfg: OptimConfig, p, g, slots: dict, xp, scale: float = 1.0) -> None:
     """p <- p - step(scale * g), in place. `g` is read, never written."""
-    lr = cfg.lr
+    lr, mu = cfg.lr, cfg.momentum
     if cfg.name == "sgd":
         axpy(-lr * scale, g, p)
     elif cfg.name == "momentum":
-        v = slots["v"]
-        scal(cfg.momentum, v)
-        axpy(scale, g, v)
-        axpy(-lr, v, p)
+        v, _, s = _decay(slots, mu)
+        axpy(scale / s, g, v)
+        axpy(-lr * s, v, p)
     elif cfg.name == "nag":
-        v = slots["v"]
-        scal(cfg.momentum, v)
-        axpy(scale, g, v)
+        v, _, s = _decay(slots, mu)
+        axpy(scale / s, g, v)
         axpy(-lr * scale, g, p)
-        axpy(-lr * cfg.momentum, v, p)
+        axpy(-lr * mu * s, v, p)
     else:
         tmp = slots["_tmp"]
         tmp[...] = g
@@ -77,17 +104,19 @@ def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> Non
         target, x, y = (lambda arr: arr), a, b
     else:
         target, x, y = (lambda arr: arr.T), b, a
+    lr, mu = cfg.lr, cfg.momentum
     if cfg.name == "sgd":
-        gemm_tn(-cfg.lr * scale, x, y, 1.0, target(p))
+        gemm_tn(-lr * scale, x, y, 1.0, target(p))
     elif cfg.name == "momentum":
-        v = slots["v"]
-        gemm_tn(scale, x, y, cfg.momentum, target(v))
-        axpy(-cfg.lr, v, p)
+        v, _, s = _decay(slots, mu)
+        gemm_tn(scale / s, x, y, 1.0, target(v))
+        axpy(-lr * s, v, p)
     elif cfg.name == "nag":
-        v, mu = slots["v"], cfg.momentum
-        axpy(cfg.lr * mu, v, p)
-        gemm_tn(scale, x, y, mu, target(v))
-        axpy(-cfg.lr * (1.0 + mu), v, p)
+        v, s_old, s = _decay(slots, mu)
+        if s_old:
+            axpy(lr * mu * s_old, v, p)
+        gemm_tn(scale / s, x, y, 1.0, target(v))
+        axpy(-lr * (1.0 + mu) * s, v, p)
     else:
         tmp = slots["_tmp"]
         gemm_tn(scale, x, y, 0.0, target(tmp))
@@ -96,19 +125,18 @@ def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> Non
 
 def apply_rows(cfg: OptimConfig, p, rows, g_rows, slots: dict, xp) -> None:
     """As `apply` for a gradient that is `g_rows` on the unique `rows` and zero elsewhere."""
+    lr, mu = cfg.lr, cfg.momentum
     if cfg.name == "sgd":
-        p[rows] -= cfg.lr * g_rows
+        p[rows] -= lr * g_rows
     elif cfg.name == "momentum":
-        v = slots["v"]
-        scal(cfg.momentum, v)
-        v[rows] += g_rows
-        axpy(-cfg.lr, v, p)
+        v, _, s = _decay(slots, mu)
+        v[rows] += g_rows / s
+        axpy(-lr * s, v, p)
     elif cfg.name == "nag":
-        v = slots["v"]
-        scal(cfg.momentum, v)
-        v[rows] += g_rows
-        axpy(-cfg.lr * cfg.momentum, v, p)
-        p[rows] -= cfg.lr * g_rows
+        v, _, s = _decay(slots, mu)
+        v[rows] += g_rows / s
+        axpy(-lr * mu * s, v, p)
+        p[rows] -= lr * g_rows
     else:
         _adam(cfg, p, g_rows, slots, xp, rows=rows)
 

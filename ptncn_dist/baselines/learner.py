@@ -69,7 +69,7 @@ class GradientLearner:
         d = {f"param.{n}": to_numpy(p).copy() for n, p in self.params.items()}
         for n, slots in self.slots.items():
             for k, v in slots.items():
-                d[f"slot.{n}.{k}"] = v if isinstance(v, int) else to_numpy(v).copy()
+                d[f"slot.{n}.{k}"] = v if isinstance(v, (int, float)) else to_numpy(v).copy()
         d.update(self._extra_state())
         return d
 
@@ -87,8 +87,8 @@ class GradientLearner:
         for n, slots in self.slots.items():
             for k, v in slots.items():
                 val = d[f"slot.{n}.{k}"]
-                if isinstance(v, int):
-                    slots[k] = int(val)
+                if isinstance(v, (int, float)):
+                    slots[k] = type(v)(val)
                 else:
                     v[...] = self.xp.asarray(val)
         self._load_extra_state(d)
