@@ -93,11 +93,22 @@ def _numpy_cblas():
                 else:
                     fn.argtypes = [enum, enum, enum, int_t, int_t, int_t, real, ptr, int_t, ptr, int_t,
                                    real, ptr, int_t]
+            for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads"):
+                if hasattr(lib, name):
+                    fns["threads"] = getattr(lib, name)
+                    fns["threads"].restype, fns["threads"].argtypes = ctypes.c_int, []
+                    break
             return fns
     return None
 
 
 _CBLAS = _numpy_cblas()
+
+
+def blas_threads() -> int:
+    """Threads NumPy's OpenBLAS uses now (0 where it cannot be asked)."""
+    fn = _CBLAS.get("threads") if _CBLAS else None
+    return int(fn()) if fn is not None else 0
 
 
 def _blas_ok(*arrays) -> bool:

@@ -22,9 +22,13 @@ def frame_loss_sums(xhat, x, mask, xp) -> dict:
     """
     m = mask.reshape(-1)
     p = xp.clip(xhat, _EPS, 1.0 - _EPS)
-    bce = -(x * xp.log(p) + (1.0 - x) * xp.log(1.0 - p)).sum(axis=1)
-    se = ((xhat - x) ** 2).sum(axis=1)
-    return {"bce": float((bce * m).sum()), "se": float((se * m).sum()), "count": float(m.sum())}
+    log_q = xp.log1p(-p)
+    log_p = xp.log(p, out=p)
+    log_p -= log_q
+    bce = -(xp.einsum("ij,ij->i", x, log_p) + log_q.sum(axis=1))
+    diff = xhat - x
+    se = xp.einsum("ij,ij->i", diff, diff)
+    return {"bce": float(bce @ m), "se": float(se @ m), "count": float(m.sum())}
 
 
 def token_loss_sums(probs, ids, mask, xp) -> dict:

@@ -5,11 +5,19 @@ makes up to four per layer. Here each layer actor listens on its own Ray node ad
 127.0.0.x address on one machine) and its neighbours connect once; after a handshake with the
 run's random token, messages are the same msgpack records as with actor calls, each prefixed by
 its length. A connection that does not present the token is closed before anything is read.
+
+Each incoming link is read by a thread of its own, never by the actor's event loop: the loop
+runs the layer's arithmetic, and a message of a few hundred kilobytes must keep flowing while
+it does (NumPy releases the GIL in its kernels). A received message is handed to the loop with
+`call_soon_threadsafe`. Sending is a blocking `sendall` from the loop: the peer's reader
+thread drains its socket, so a send never waits on the peer's arithmetic.
 """
 from __future__ import annotations
 
 import asyncio
 import hmac
+import socket
+import threading
 
 _LEN = 4
 
@@ -18,44 +26,75 @@ def frame(data: bytes) -> bytes:
     return len(data).to_bytes(_LEN, "big") + data
 
 
+def _read_exactly(sock: socket.socket, n: int) -> bytearray:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            raise ConnectionError("link closed")
+        got += k
+    return buf
+
+
 class TcpLinks:
-    """One server (incoming messages from both neighbours) and one client link per neighbour."""
+    """One listening socket (incoming messages from both neighbours, each link read by a daemon
+    thread) and one sending socket per neighbour."""
 
     def __init__(self, token: bytes, on_message):
         self.token, self.on_message = token, on_message
-        self.server = None
-        self.writers: dict[int, asyncio.StreamWriter] = {}
+        self.loop = None
+        self.server: socket.socket | None = None
+        self.peers: dict[int, socket.socket] = {}
+        self.sockets: list[socket.socket] = []
 
     async def listen(self, host: str) -> tuple[str, int]:
-        self.server = await asyncio.start_server(self._serve, host=host, port=0)
-        return host, self.server.sockets[0].getsockname()[1]
+        self.loop = asyncio.get_running_loop()
+        self.server = socket.create_server((host, 0))
+        threading.Thread(target=self._accept, args=(self.server,), daemon=True).start()
+        return host, self.server.getsockname()[1]
 
     async def connect(self, peer: int, host: str, port: int) -> None:
-        _, writer = await asyncio.open_connection(host, port)
-        writer.write(frame(self.token))
-        await writer.drain()
-        self.writers[peer] = writer
+        sock = await asyncio.get_running_loop().run_in_executor(None, socket.create_connection, (host, port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(frame(self.token))
+        self.sockets.append(sock)
+        self.peers[peer] = sock
 
     def send(self, peer: int, datas) -> None:
-        self.writers[peer].write(b"".join(frame(d) for d in datas))
+        """One round's messages for `peer`, framed and written in one call."""
+        parts = []
+        for d in datas:
+            parts += [len(d).to_bytes(_LEN, "big"), d]
+        self.peers[peer].sendall(b"".join(parts))
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            self.sockets.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
         try:
-            n = int.from_bytes(await reader.readexactly(_LEN), "big")
-            if n != len(self.token) or not hmac.compare_digest(await reader.readexactly(n), self.token):
+            n = int.from_bytes(_read_exactly(conn, _LEN), "big")
+            if n != len(self.token) or not hmac.compare_digest(_read_exactly(conn, n), self.token):
                 return
             while True:
-                n = int.from_bytes(await reader.readexactly(_LEN), "big")
-                self.on_message(await reader.readexactly(n))
-        except (asyncio.IncompleteReadError, ConnectionError):
+                n = int.from_bytes(_read_exactly(conn, _LEN), "big")
+                self.loop.call_soon_threadsafe(self.on_message, _read_exactly(conn, n))
+        except (ConnectionError, OSError, RuntimeError):
             return
         finally:
-            writer.close()
+            conn.close()
 
     def close(self) -> None:
-        for w in self.writers.values():
-            w.close()
-        self.writers = {}
-        if self.server is not None:
-            self.server.close()
-            self.server = None
+        self.peers = {}
+        for s in self.sockets + ([self.server] if self.server is not None else []):
+            try:
+                s.close()
+            except OSError:
+                pass
+        self.sockets, self.server = [], None
