@@ -128,6 +128,48 @@ ENGINES = {
 }
 
 
+class PingPong:
+    """Two of these bounce a message by ordinary actor calls: the round trip is the least an
+    exact step can cost with actor calls, since it has two neighbour hops in sequence."""
+
+    def __init__(self):
+        self.peer, self.fut = None, None
+
+    def connect(self, peer) -> None:
+        self.peer = peer
+
+    async def deliver(self, i: int) -> None:
+        if self.fut is not None and not self.fut.done():
+            self.fut.set_result(i)
+
+    async def run(self, n: int, starts: bool) -> float:
+        import asyncio
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        for i in range(n):
+            self.fut = loop.create_future()
+            if starts:
+                self.peer.deliver.remote(i)
+            await self.fut
+            if not starts:
+                self.peer.deliver.remote(i)
+        return (time.perf_counter() - t0) / n
+
+
+def actor_call_round_trip_ms(n: int = 300) -> float:
+    """Median of three runs of `n` round trips between two single-CPU actors (Ray running)."""
+    import ray
+    cls = ray.remote(PingPong)
+    a, b = (cls.options(num_cpus=1, max_concurrency=4).remote() for _ in range(2))
+    try:
+        ray.get([a.connect.remote(b), b.connect.remote(a)])
+        runs = [ray.get([a.run.remote(n, True), b.run.remote(n, False)])[0] for _ in range(3)]
+        return 1e3 * float(np.median(runs))
+    finally:
+        ray.kill(a)
+        ray.kill(b)
+
+
 def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | None = None) -> list[dict]:
     import ray
     rows = []
@@ -136,6 +178,9 @@ def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | No
              _node_ip_address="127.0.0.2", log_to_driver=False, configure_logging=False,
              _system_config=SYSTEM_CONFIG)
     try:
+        rtt = actor_call_round_trip_ms()
+        print(f"ray actor call round trip {rtt:.3f} ms (an exact step has two neighbour hops in sequence)",
+              flush=True)
         for hidden, batch, x_dim in configs:
             base = None
             for name in engines:

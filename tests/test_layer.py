@@ -115,3 +115,62 @@ def test_float32_run_stays_float32():
         for k, sl in layer.slots.items():
             assert all(v.dtype == np.float32 for v in sl.values() if hasattr(v, "dtype")), k
         assert layer.carry["y"].dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["momentum", "nag"])
+def test_scaled_velocity_matches_the_plain_rule_over_many_steps(name):
+    """The velocity kept as v_scale * v (decay folded into the scale, multiplied back in when the
+    scale gets small) gives the plain rule: v = mu v + g; p -= lr v (momentum) or
+    p -= lr (g + mu v) (nag, TensorFlow 1)."""
+    rng = np.random.default_rng(7)
+    cfg = OptimConfig(name, 0.05, 0.5)
+    p0 = rng.standard_normal((9, 6))
+    p, ref, v = p0.copy(), p0.copy(), np.zeros_like(p0)
+    slots = optim.init_slots(cfg, p, np)
+    rescaled = 0
+    for _ in range(60):
+        a, b = rng.standard_normal((3, 9)), rng.standard_normal((3, 6))
+        before = slots["v_scale"]
+        optim.apply_outer(cfg, p, a, b, 0.3, slots, np)
+        rescaled += slots["v_scale"] > before
+        g = 0.3 * a.T @ b
+        v = 0.5 * v + g
+        ref -= 0.05 * (v if name == "momentum" else g + 0.5 * v)
+    assert rescaled >= 2
+    np.testing.assert_allclose(p, ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(optim.velocity(slots), v, rtol=1e-12, atol=1e-12)
+
+
+def test_row_blocked_update_equals_whole_array_update():
+    """With one BLAS thread a momentum update runs in row blocks; it equals the one-pass update."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(8)
+    cfg = OptimConfig("nag", 0.05, 0.9)
+    a, b = rng.standard_normal((16, 1500)).astype(np.float32), rng.standard_normal((16, 700)).astype(np.float32)
+    p0 = rng.standard_normal((1500, 700)).astype(np.float32)
+    out = []
+    for threads in (1, 2):
+        p = p0.copy()
+        slots = optim.init_slots(cfg, p, np)
+        with threadpool_limits(threads, user_api="blas"):
+            if threads == 1:
+                assert len(optim._row_blocks(p, np)) > 1 or optim.blas_threads() == 0
+            for _ in range(3):
+                optim.apply_outer(cfg, p, a, b, 0.01, slots, np)
+        out.append(p)
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-6, atol=1e-7)
+
+
+def test_frame_loss_sums_match_the_formula():
+    from ptncn_dist.metrics import frame_loss_sums
+    rng = np.random.default_rng(9)
+    xhat, x = rng.random((6, 10)).astype(np.float32), (rng.random((6, 10)) > 0.5).astype(np.float32)
+    xhat[0, 0] = 1.0
+    m = np.array([1, 1, 0, 1, 1, 1], np.float32)[:, None]
+    got = frame_loss_sums(xhat, x, m, np)
+    p = np.clip(xhat.astype(np.float64), 1e-7, 1 - 1e-7)
+    bce = -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1)
+    se = ((xhat.astype(np.float64) - x) ** 2).sum(axis=1)
+    assert got["count"] == 5
+    assert got["bce"] == pytest.approx(float(bce @ m[:, 0]), rel=1e-5)
+    assert got["se"] == pytest.approx(float(se @ m[:, 0]), rel=1e-5)
