@@ -116,8 +116,10 @@ def _engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float
 ENGINES = {
     "local_1thread": (["engine.blas_threads=0"], 1),
     "local_all_threads": (["engine.blas_threads=0"], None),
-    "ray_exact": (['engine.name="ray"', "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
-    "ray_pipelined": (['engine.name="ray"', 'engine.mode="pipelined"', "engine.cpus_per_layer=1",
+    "ray_exact": (['engine.name="ray"', 'engine.transport="calls"', "engine.cpus_per_layer=1",
+                   "engine.blas_threads=1"], None),
+    "ray_pipelined": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="calls"',
+                       "engine.cpus_per_layer=1",
                        "engine.blas_threads=1"], None),
     "ray_compiled": (['engine.name="ray"', "engine.compiled=true", "engine.cpus_per_layer=1",
                       "engine.blas_threads=1"], None),

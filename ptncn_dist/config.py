@@ -99,7 +99,7 @@ class EngineConfig:
     name: str = "local"
     address: str = ""
     mode: str = "exact"
-    transport: str = "calls"
+    transport: str = "tcp"
     compiled: bool = False
     placement: str = "pack"
     nodes: list[str] = field(default_factory=list)

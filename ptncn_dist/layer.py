@@ -174,19 +174,17 @@ def stacked_names(spec: LayerSpec) -> tuple[str, ...]:
     return first + ("V",) + (("U",) if spec.has_U else ())
 
 
-def stacked_rows(spec: LayerSpec, xp, inp, yprev, yprev_up, scales=None):
-    """The carried rows the stack multiplies, side by side: (B, rows of the stack); block i is
-    multiplied by scales[i] when `scales` is given."""
+def stacked_rows(spec: LayerSpec, xp, inp, yprev, yprev_up):
+    """The carried rows the stack multiplies, side by side: (B, rows of the stack)."""
     parts = ([] if spec.sparse_input else [inp]) + [yprev] + ([yprev_up] if spec.has_U else [])
-    if scales is not None:
-        parts = [a * c for a, c in zip(parts, scales)]
     return parts[0] if len(parts) == 1 else xp.concatenate(parts, axis=1)
 
 
-def forward(spec: LayerSpec, xp, p, stack, inp, yprev, yprev_up):
+def forward(spec: LayerSpec, xp, p, stack, rows, inp):
     """Phase 1: h = in @ M + yprev @ V (+ yprev_up @ U) and z = phi(h), from step t-1's
-    carried values only; `stack` holds the `stacked_names` weights as row blocks."""
-    h = stacked_rows(spec, xp, inp, yprev, yprev_up) @ stack
+    carried values only: `rows` are they side by side (`stacked_rows`), `stack` the
+    `stacked_names` weights as row blocks; a token-id `inp` adds its rows of M."""
+    h = rows @ stack
     if spec.sparse_input:
         h += input_matmul(xp, inp, p["M"])
     return h, ACTIVATIONS[spec.activation](xp, h)
@@ -247,25 +245,32 @@ def learn_generative(spec: LayerSpec, xp, p, slots, opt_cfg, z, err_below) -> No
     _bound(spec, xp, p, ("W", "E"))
 
 
-def learn_recurrent(spec: LayerSpec, xp, p, slots, stack, stack_slots, opt_cfg, inp, yprev, yprev_up,
-                    eps) -> None:
+def learn_recurrent(spec: LayerSpec, xp, p, slots, stack, stack_slots, opt_cfg, inp, rows, eps) -> None:
     """The updates of M, V, U: clip(in.T @ eps), clip(yprev.T @ eps), clip(yprev_up.T @ eps), / B.
 
-    Each block of the stack is clipped on its own (its factor scales its rows of the left
-    operand), then one GEMM lands all of them; a token-id input updates M by rows.
+    `rows` are the step's `stacked_rows` (scaled here in place when they are a copy). Each
+    block of the stack is clipped on its own (its factor scales its columns of `rows`), then
+    one GEMM lands all of them; a token-id input updates M by rows.
     """
     inv_b = 1.0 / eps.shape[0]
     r = spec.update_radius
     if spec.sparse_input:
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
-    scales = None
     if r > 0:
         gram_eps = gram(eps)
-        parts = ([] if spec.sparse_input else [inp]) + [yprev] + ([yprev_up] if spec.has_U else [])
-        scales = [clip_factor(outer_norm(xp, a, eps, gram_eps), r) for a in parts]
-        if all(c == 1.0 for c in scales):
-            scales = None
-    rows = stacked_rows(spec, xp, inp, yprev, yprev_up, scales)
+        blocks, start = [], 0
+        for name in stacked_names(spec):
+            width = spec.shapes()[name][0]
+            blocks.append(slice(start, start + width))
+            start += width
+        scales = [clip_factor(outer_norm(xp, rows[:, b], eps, gram_eps), r) for b in blocks]
+        if any(c != 1.0 for c in scales):
+            if len(blocks) == 1:
+                rows = rows * scales[0]
+            else:
+                for b, c in zip(blocks, scales):
+                    if c != 1.0:
+                        rows[:, b] *= c
     optim.apply_outer(opt_cfg, stack, rows, eps, inv_b, stack_slots, xp)
     if spec.row_norm_bound > 0:
         bound_rows(xp, stack, spec.row_norm_bound)
@@ -351,8 +356,9 @@ class LayerCore:
     def forward_state(self):
         """Phase 1a: h and z from step t-1's carried values (uses M, V, U only)."""
         c = self.carry
-        h, z = forward(self.spec, self.xp, self.p, self.stack, c["inp"], c["y"], c["y_up"])
-        self._t = {"h": h, "z": z}
+        rows = stacked_rows(self.spec, self.xp, c["inp"], c["y"], c["y_up"])
+        h, z = forward(self.spec, self.xp, self.p, self.stack, rows, c["inp"])
+        self._t = {"h": h, "z": z, "rows": rows}
         return z
 
     def predict(self, x=None, m=None):
@@ -395,10 +401,11 @@ class LayerCore:
         learn_generative(self.spec, self.xp, self.p, self.slots, self.opt_cfg, *pair)
 
     def learn_recurrent(self) -> None:
-        """M, V, U from the layer's own eps and what it carried into step t."""
-        c = self.carry
+        """M, V, U from the layer's own eps and what it carried into step t (as the forward
+        phase laid it out side by side)."""
+        t = self._t
         learn_recurrent(self.spec, self.xp, self.p, self.slots, self.stack, self.stack_slots, self.opt_cfg,
-                        c["inp"], c["y"], c["y_up"], self._t["eps"])
+                        self.carry["inp"], t.pop("rows"), t["eps"])
 
     def carry_forward(self, x=None, y_below=None, y_above=None) -> None:
         c = self.carry

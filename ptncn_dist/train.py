@@ -197,7 +197,13 @@ class Trainer:
         return evaluate(self.engine, self.streams.test, tc.eval_batches, self.cfg.model.t_prime)
 
     def _record(self, rec: dict) -> None:
-        rec.update({k: v for k, v in self.engine.stats().items() if k not in rec})
+        """One metrics.jsonl line, with the engine's per-layer figures when every worker answers
+        (a lost one is recovered by the next guarded call, not here)."""
+        try:
+            stats = self.engine.stats()
+        except self.engine.failure_types():
+            stats = {}
+        rec.update({k: v for k, v in stats.items() if k not in rec})
         rec["recoveries"] = self.recoveries
         if self.writer:
             self.writer.write(rec)

@@ -53,11 +53,13 @@ def test_every_node_is_on_loopback():
     assert all(n["NodeManagerAddress"].startswith("127.0.0.") for n in ray.nodes())
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["calls", "compiled"])
+@pytest.mark.parametrize("transport", ["tcp", "calls", "compiled"])
 @pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
-def test_golden_on_ray(path, compiled):
+def test_golden_on_ray(path, transport):
     g = load_golden(path)
+    compiled = transport == "compiled"
     cfg = load(None, ['engine.name="ray"', "engine.cpus_per_layer=0.5", f"engine.compiled={str(compiled).lower()}",
+                      f'engine.transport="{"calls" if compiled else transport}"',
                       'model.dtype="float64"', f'optim.name="{g.opt.name}"', f"optim.lr={g.opt.lr}",
                       f"optim.momentum={g.opt.momentum}"])
     engine = RayEngine(cfg, g.specs)
@@ -166,8 +168,8 @@ def test_unplaceable_spread_times_out_clearly():
 
 
 @pytest.mark.parametrize("mode", ["exact", "pipelined"])
-def test_tcp_transport_equals_local(mode):
-    a, b, _, _ = run_both([24, 16, 12], 100, extra=[f'engine.mode="{mode}"'], ray_extra=['engine.transport="tcp"'])
+def test_actor_call_transport_equals_local(mode):
+    a, b, _, _ = run_both([24, 16, 12], 100, extra=[f'engine.mode="{mode}"'], ray_extra=['engine.transport="calls"'])
     for k in a:
         np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
 
