@@ -462,12 +462,15 @@ def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=
             "max_layer_wait_ms", "bytes_per_step"]) + "\n\n![sweep](sweep.png)\n")
     if model:
         mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
+        gbps = model["beta_bytes_per_s"] / 1e9
+        bytes_term = (f"{gbps:.2f} GB/s for the bytes a layer sends" if gbps < 1e4 else
+                      "no separate cost for the bytes a layer sends (on loopback their time does not "
+                      "show beside the per-round cost; the projection uses the network's line rate)")
         parts.append("## Cost model\n\n"
                      f"Calibrated on the ray rows with TCP links above (pack placement): per-worker rate "
                      f"{model['gflops_per_worker']:.1f} GFLOP/s plus {1e3 * model['compute_overhead_s']:.2f} ms per layer "
                      f"and step; with more layers than the {model['cores']} cores, the layers share them; "
-                     f"{1e3 * model['alpha_s_per_round']:.2f} ms per exchange round; {model['beta_bytes_per_s'] / 1e9:.2f} GB/s "
-                     f"for the bytes a layer sends.\n"
+                     f"{1e3 * model['alpha_s_per_round']:.2f} ms per exchange round; {bytes_term}.\n"
                      f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
                      + table(checks, list(checks[0])) + "\n")
     if proj_rows:
