@@ -174,6 +174,16 @@ def stacked_names(spec: LayerSpec) -> tuple[str, ...]:
     return first + ("V",) + (("U",) if spec.has_U else ())
 
 
+def stacked_blocks(spec: LayerSpec) -> dict:
+    """Each stacked weight's rows of the stack (and columns of `stacked_rows`), by name."""
+    out, start = {}, 0
+    for name in stacked_names(spec):
+        width = spec.shapes()[name][0]
+        out[name] = slice(start, start + width)
+        start += width
+    return out
+
+
 def stacked_rows(spec: LayerSpec, xp, inp, yprev, yprev_up):
     """The carried rows the stack multiplies, side by side: (B, rows of the stack)."""
     parts = ([] if spec.sparse_input else [inp]) + [yprev] + ([yprev_up] if spec.has_U else [])
@@ -261,11 +271,7 @@ def learn_recurrent(spec: LayerSpec, xp, p, slots, stack, stack_slots, opt_cfg, 
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
     if r > 0:
         gram_eps = gram(eps)
-        blocks, start = [], 0
-        for name in stacked_names(spec):
-            width = spec.shapes()[name][0]
-            blocks.append(slice(start, start + width))
-            start += width
+        blocks = list(stacked_blocks(spec).values())
         scales = [clip_factor(outer_norm(xp, rows[:, b], eps, gram_eps), r) for b in blocks]
         if any(c != 1.0 for c in scales):
             if len(blocks) == 1:
@@ -324,12 +330,9 @@ class LayerCore:
             if name not in given or tuple(given[name].shape) != shape:
                 got = None if name not in given else tuple(given[name].shape)
                 raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
-        names = stacked_names(spec)
-        self.rows, start = {}, 0
-        for name in names:
-            self.rows[name] = slice(start, start + expected[name][0])
-            start += expected[name][0]
-        self.stack = xp.empty((start, spec.d), dtype, order="F")
+        self.rows = stacked_blocks(spec)
+        height = sum(expected[name][0] for name in self.rows)
+        self.stack = xp.empty((height, spec.d), dtype, order="F")
         self.p = {}
         for name in expected:
             if name in self.rows:

@@ -62,11 +62,19 @@ class TcpLinks:
         self.peers[peer] = sock
 
     def send(self, peer: int, datas) -> None:
-        """One round's messages for `peer`, framed and written in one call."""
+        """One round's messages for `peer`, framed and written in one call. A peer whose link
+        is broken is dropped: its process is gone, and the driver, which sees that failure
+        itself, rebuilds the layers; this side just waits to be replaced."""
+        sock = self.peers.get(peer)
+        if sock is None:
+            return
         parts = []
         for d in datas:
             parts += [len(d).to_bytes(_LEN, "big"), d]
-        self.peers[peer].sendall(b"".join(parts))
+        try:
+            sock.sendall(b"".join(parts))
+        except OSError:
+            self.peers.pop(peer, None)
 
     def _accept(self, server: socket.socket) -> None:
         while True:
