@@ -196,3 +196,41 @@ def test_tcp_link_refuses_a_wrong_token():
 
     got = asyncio.run(scenario())
     assert len(got) == 1 and Message.decode(got[0]).kind == "z"
+
+
+def test_tcp_link_delivers_while_the_loop_computes_and_survives_a_lost_peer():
+    """A large message is read by the link's thread while the receiving loop is busy, so one
+    turn of the loop hands it over; a send to a peer that is gone raises nothing and drops
+    that link."""
+    import asyncio
+    from ptncn_dist.engines.tcp_links import TcpLinks
+    from ptncn_dist.messages import Message
+
+    async def scenario():
+        got = []
+        receiver = TcpLinks(b"k" * 32, got.append)
+        sender = TcpLinks(b"k" * 32, got.append)
+        host, port = await receiver.listen("127.0.0.2")
+        await sender.listen("127.0.0.2")
+        await sender.connect(2, host, port)
+        big = Message(3, 1, "y", np.arange(64 * 4096, dtype=np.float32).reshape(64, 4096)).encode()
+        sender.send(2, [big])
+        a = np.ones((400, 400))
+        for _ in range(200):
+            a = a @ a / 400.0
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        delivered = list(got)
+        receiver.close()
+        for _ in range(50):
+            sender.send(2, [big])
+            if 2 not in sender.peers:
+                break
+            await asyncio.sleep(0.01)
+        dropped = 2 not in sender.peers
+        sender.close()
+        return delivered, dropped
+
+    delivered, dropped = asyncio.run(scenario())
+    assert len(delivered) == 1 and Message.decode(delivered[0]).array[63, 4095] == 64 * 4096 - 1
+    assert dropped
