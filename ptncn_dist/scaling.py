@@ -83,26 +83,39 @@ def measure(hidden, B: int, x_dim: int, engine: str, seconds: float, extra=()) -
 
 
 def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=print) -> list[dict]:
+    """Every (configuration, engine) pair. The single-process engines run first, before Ray
+    starts: multi-threaded BLAS spin-waits, and the processes a Ray session leaves on a small
+    machine would slow it by a third. Then the ray engines, in one Ray session."""
     import ray
     from .engines.placement import SYSTEM_CONFIG
-    rows = []
+    results: dict = {}
+    shapes = {}
+    for hidden, B, x_dim in configs:
+        layers = model_layers(x_dim, hidden, B)
+        shapes[hidden] = ([flops(g) for g in layers], [gemm_seconds(g) for g in layers])
+        for engine in [e for e in engines if not e.startswith("ray")]:
+            results[hidden, engine] = measure(hidden, B, x_dim, engine, seconds)
+            log(f"{_h(hidden):>18s} B={B:<3d} {engine:17s} {results[hidden, engine]['steps_per_s']:10.2f} steps/s")
     ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.2",
              log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
     try:
         for hidden, B, x_dim in configs:
-            layers = model_layers(x_dim, hidden, B)
-            fl = [flops(g) for g in layers]
-            roof = [gemm_seconds(g) for g in layers]
-            base = None
-            for engine in engines:
+            for engine in [e for e in engines if e.startswith("ray")]:
                 if engine == "ray_compiled" and len(hidden) > 2:
                     continue
-                r = measure(hidden, B, x_dim, engine, seconds)
-                base = base or r["steps_per_s"]
-                rows.append(_row(hidden, B, x_dim, engine, "pack" if engine.startswith("ray") else "-", r, fl, roof, base))
-                log(_fmt(rows[-1]))
+                results[hidden, engine] = measure(hidden, B, x_dim, engine, seconds)
+                log(f"{_h(hidden):>18s} B={B:<3d} {engine:17s} {results[hidden, engine]['steps_per_s']:10.2f} steps/s")
     finally:
         ray.shutdown()
+    rows = []
+    for hidden, B, x_dim in configs:
+        fl, roof = shapes[hidden]
+        base = results[hidden, engines[0]]["steps_per_s"]
+        for engine in engines:
+            if (hidden, engine) in results:
+                rows.append(_row(hidden, B, x_dim, engine, "pack" if engine.startswith("ray") else "-",
+                                 results[hidden, engine], fl, roof, base))
+                log(_fmt(rows[-1]))
     if spread_nodes > 1:
         rows += sweep_spread(configs, spread_nodes, seconds, rows, log)
     write_csv(os.path.join(out, "sweep.csv"), rows)
