@@ -22,6 +22,7 @@ token). Ids stand for one-hot rows: `x @ M` is a row gather and its update a sca
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -174,14 +175,16 @@ def stacked_names(spec: LayerSpec) -> tuple[str, ...]:
     return first + ("V",) + (("U",) if spec.has_U else ())
 
 
-def stacked_blocks(spec: LayerSpec) -> dict:
-    """Each stacked weight's rows of the stack (and columns of `stacked_rows`), by name."""
-    out, start = {}, 0
+@functools.lru_cache(maxsize=None)
+def stacked_blocks(spec: LayerSpec) -> tuple:
+    """(name, rows of the stack) for each stacked weight; the same slices index the columns of
+    `stacked_rows`. Cached per spec: the step asks for them every time."""
+    out, start = [], 0
     for name in stacked_names(spec):
         width = spec.shapes()[name][0]
-        out[name] = slice(start, start + width)
+        out.append((name, slice(start, start + width)))
         start += width
-    return out
+    return tuple(out)
 
 
 def stacked_rows(spec: LayerSpec, xp, inp, yprev, yprev_up):
@@ -271,7 +274,7 @@ def learn_recurrent(spec: LayerSpec, xp, p, slots, stack, stack_slots, opt_cfg, 
         _sparse_update(xp, p, slots, opt_cfg, inp, eps, r, inv_b)
     if r > 0:
         gram_eps = gram(eps)
-        blocks = list(stacked_blocks(spec).values())
+        blocks = [b for _, b in stacked_blocks(spec)]
         scales = [clip_factor(outer_norm(xp, rows[:, b], eps, gram_eps), r) for b in blocks]
         if any(c != 1.0 for c in scales):
             if len(blocks) == 1:
@@ -330,7 +333,7 @@ class LayerCore:
             if name not in given or tuple(given[name].shape) != shape:
                 got = None if name not in given else tuple(given[name].shape)
                 raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
-        self.rows = stacked_blocks(spec)
+        self.rows = dict(stacked_blocks(spec))
         height = sum(expected[name][0] for name in self.rows)
         self.stack = xp.empty((height, spec.d), dtype, order="F")
         self.p = {}

@@ -90,12 +90,16 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
     from .engines.placement import SYSTEM_CONFIG
     results: dict = {}
     shapes = {}
+
+    def run(hidden, B, x_dim, engine):
+        results[hidden, engine] = measure(hidden, B, x_dim, engine, seconds)
+        log(f"{_h(hidden):>18s} B={B:<3d} {engine:17s} {results[hidden, engine]['steps_per_s']:10.2f} steps/s")
+
     for hidden, B, x_dim in configs:
         layers = model_layers(x_dim, hidden, B)
         shapes[hidden] = ([flops(g) for g in layers], [gemm_seconds(g) for g in layers])
         for engine in [e for e in engines if not e.startswith("ray")]:
-            results[hidden, engine] = measure(hidden, B, x_dim, engine, seconds)
-            log(f"{_h(hidden):>18s} B={B:<3d} {engine:17s} {results[hidden, engine]['steps_per_s']:10.2f} steps/s")
+            run(hidden, B, x_dim, engine)
     ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.2",
              log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
     try:
@@ -103,8 +107,7 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
             for engine in [e for e in engines if e.startswith("ray")]:
                 if engine == "ray_compiled" and len(hidden) > 2:
                     continue
-                results[hidden, engine] = measure(hidden, B, x_dim, engine, seconds)
-                log(f"{_h(hidden):>18s} B={B:<3d} {engine:17s} {results[hidden, engine]['steps_per_s']:10.2f} steps/s")
+                run(hidden, B, x_dim, engine)
     finally:
         ray.shutdown()
     rows = []

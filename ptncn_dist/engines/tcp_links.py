@@ -22,8 +22,12 @@ import threading
 _LEN = 4
 
 
+def _header(data) -> bytes:
+    return len(data).to_bytes(_LEN, "big")
+
+
 def frame(data: bytes) -> bytes:
-    return len(data).to_bytes(_LEN, "big") + data
+    return _header(data) + data
 
 
 def _read_exactly(sock: socket.socket, n: int) -> bytearray:
@@ -68,11 +72,8 @@ class TcpLinks:
         sock = self.peers.get(peer)
         if sock is None:
             return
-        parts = []
-        for d in datas:
-            parts += [len(d).to_bytes(_LEN, "big"), d]
         try:
-            sock.sendall(b"".join(parts))
+            sock.sendall(b"".join(part for d in datas for part in (_header(d), d)))
         except OSError:
             self.peers.pop(peer, None)
 
