@@ -1,0 +1,212 @@
+"""`ptncn tune`: a hyper-parameter study as Ray Tune trials, stopped early by ASHA on test loss.
+
+Each trial is one training run (the ordinary `train()`), with its own CPUs and BLAS pinned to
+them; it reports every evaluation (test loss, loss by position, steps, wall seconds) to Tune.
+Tune's own experiment directory goes under `--storage` (default runs/tune); the study's results,
+small and readable, go to `--out`: `trials.csv` (one row per trial), `curves.jsonl` (every
+reported evaluation) and `curves.png`, which `experiments/results/tuning/` keeps.
+Needs the `tune` extra (`pip install "ptncn_dist[tune]"`).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import time
+
+from .errors import ConfigError, PtncnError
+from .tune_space import Dist, SearchSpace, read_space, trial_config
+
+TEXT_SOURCES = ("ptb_char", "ptb_word")
+FAILED_LOSS = 1e9
+
+
+def metric_for(cfg) -> str:
+    return "test_bpc" if cfg.data.source in TEXT_SOURCES else "test_bce"
+
+
+def run_trial(params: dict) -> None:
+    """One Tune trial: train with the trial's overrides and report each evaluation.
+
+    A run that diverges is reported once with a very large loss and `diverged = 1`, so the
+    study keeps it as a result (a learning rate that blows up is a finding), not as an error."""
+    from ray import tune
+    from .errors import DivergenceError
+    from .train import train
+    overrides = {**_strip_private(params), **params.get("sampled", {})}
+    cfg = trial_config(params.get("config"), overrides)
+    metric, t0, seen = metric_for(cfg), time.perf_counter(), {"step": -1}
+
+    def on_record(rec: dict) -> None:
+        if metric not in rec or rec["step"] <= seen["step"]:
+            return
+        seen["step"] = rec["step"]
+        out = {k: v for k, v in rec.items() if k.startswith("test_") or k == "reference"}
+        out.update(step=rec["step"], wall_s=time.perf_counter() - t0, diverged=0)
+        tune.report(out)
+
+    try:
+        train(cfg, None, log=lambda *_: None, on_record=on_record)
+    except DivergenceError as exc:
+        tune.report({metric: FAILED_LOSS, "step": max(seen["step"], 0) + 1,
+                     "wall_s": time.perf_counter() - t0, "diverged": 1, "error": str(exc)[:200]})
+
+
+def _tune_value(tune, d: Dist):
+    if d.kind == "grid":
+        return tune.grid_search(d.args)
+    if d.kind == "choice":
+        return tune.choice(d.args)
+    return getattr(tune, d.kind)(*d.args)
+
+
+def param_space(tune, base_path: str | None, space: SearchSpace) -> dict:
+    """Tune's param_space: the base config path, one grid over the variants, the sampled keys."""
+    variants = space.variants or []
+    ps = {"config": os.path.abspath(base_path) if base_path else None,
+          "sampled": {k: _tune_value(tune, d) for k, d in space.sampled.items()}}
+    fixed = dict(space.fixed)
+    fixed.update({"train.progress": False, "train.plots": False})
+    if variants:
+        ps["overrides"] = tune.grid_search([{**fixed, **v.overrides, "_variant": v.name} for v in variants])
+    else:
+        ps["overrides"] = {**fixed, "_variant": "sampled"}
+    return ps
+
+
+def _strip_private(params: dict) -> dict:
+    over = dict(params.get("overrides", {}))
+    over.pop("_variant", None)
+    return over
+
+
+def study(base_path: str | None, space_path: str, out_dir: str, storage: str, name: str,
+          num_cpus: int | None = None, node_ip: str = "127.0.0.2") -> list[dict]:
+    """Run the study; returns one summary row per trial (also written to `out_dir`)."""
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+    except ImportError as exc:
+        raise PtncnError(f"ptncn tune needs Ray Tune: pip install \"ptncn_dist[tune]\" ({exc})") from None
+    space = read_space(space_path)
+    base = trial_config(base_path, space.fixed)
+    metric = metric_for(base)
+    for v in space.variants:
+        trial_config(base_path, {**space.fixed, **v.overrides})
+    max_t = int(space.fixed.get("train.steps", base.train.steps))
+    for v in space.variants:
+        max_t = max(max_t, int(v.overrides.get("train.steps", 0)))
+    os.makedirs(out_dir, exist_ok=True)
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+             _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+    try:
+        cpus = space.cpus_per_trial
+        space.fixed.setdefault("engine.blas_threads", max(1, int(cpus)))
+        scheduler = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=space.grace_period,
+                                  reduction_factor=space.reduction_factor)
+        tuner = tune.Tuner(
+            tune.with_resources(run_trial, {"cpu": cpus}),
+            param_space=param_space(tune, base_path, space),
+            tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
+                                        num_samples=space.num_samples,
+                                        max_concurrent_trials=space.max_concurrent,
+                                        time_budget_s=space.time_budget_s or None),
+            run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(storage), verbose=1))
+        grid = tuner.fit()
+        rows = write_results(grid, metric, out_dir)
+    finally:
+        ray.shutdown()
+    return rows
+
+
+def _clean(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return v
+
+
+def write_results(grid, metric: str, out_dir: str) -> list[dict]:
+    """trials.csv, curves.jsonl and curves.png from a Tune ResultGrid."""
+    rows, curves = [], []
+    for i, res in enumerate(grid):
+        params = res.config or {}
+        name = params.get("overrides", {}).get("_variant", "trial")
+        settings = {**_strip_private(params), **params.get("sampled", {})}
+        settings = {k: v for k, v in settings.items() if k not in ("train.progress", "train.plots")}
+        df = res.metrics_dataframe
+        reports = [] if df is None else df.to_dict("records")
+        evals = [r for r in reports if metric in r and r.get(metric) is not None]
+        best = min(evals, key=lambda r: r[metric]) if evals else {}
+        last = evals[-1] if evals else {}
+        rows.append({"trial": i, "variant": name, "status": "error" if res.error else "ok",
+                     "diverged": int(any(r.get("diverged") for r in evals)),
+                     f"best_{metric}": _clean(best.get(metric)), "best_step": best.get("step"),
+                     f"last_{metric}": _clean(last.get(metric)), "last_step": last.get("step"),
+                     "wall_s": _clean(last.get("wall_s")),
+                     "steps_per_s": _clean(last["step"] / last["wall_s"]) if last.get("wall_s") else None,
+                     "settings": json.dumps(settings, sort_keys=True)})
+        for r in evals:
+            keep = {k: _clean(v) if not isinstance(v, (list, dict)) else v for k, v in r.items()
+                    if k in ("step", "wall_s", "diverged") or k.startswith("test_") or k.startswith("reference")}
+            curves.append({"trial": i, "variant": name, **keep})
+    rows.sort(key=lambda r: (r[f"best_{metric}"] is None, r[f"best_{metric}"] or 0.0))
+    with open(os.path.join(out_dir, "trials.csv"), "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["trial"])
+        w.writeheader()
+        w.writerows(rows)
+    with open(os.path.join(out_dir, "curves.jsonl"), "w", encoding="utf-8") as fh:
+        for c in curves:
+            fh.write(json.dumps(c, default=str) + "\n")
+    _plot_curves(curves, rows, metric, os.path.join(out_dir, "curves.png"))
+    return rows
+
+
+def _plot_curves(curves, rows, metric, path, top: int = 8) -> None:
+    """Test loss against steps and against wall seconds for the best `top` trials."""
+    if not curves:
+        return
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    best = [r["trial"] for r in rows if r[f"best_{metric}"] is not None][:top]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for t in best:
+        pts = [c for c in curves if c["trial"] == t and c.get(metric) is not None and not c.get("diverged")]
+        if not pts:
+            continue
+        label = f"{t}: {pts[0]['variant']}"
+        axes[0].plot([p["step"] for p in pts], [p[metric] for p in pts], marker=".", label=label)
+        axes[1].plot([p["wall_s"] for p in pts], [p[metric] for p in pts], marker=".", label=label)
+    axes[0].set_xlabel("training steps")
+    axes[1].set_xlabel("wall seconds (trials share the machine)")
+    for ax in axes:
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="ptncn tune", description="a hyper-parameter study as Ray Tune trials (ASHA)")
+    p.add_argument("--config", help="base run config (TOML); default: the offline default run")
+    p.add_argument("--space", required=True, help="search space file (see ptncn_dist/tune_space.py)")
+    p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
+    p.add_argument("--out", default=None, help="results directory (default experiments/results/tuning/NAME)")
+    p.add_argument("--storage", default="runs/tune", help="Tune's experiment directory root")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs the study's Ray may use (default: all)")
+    args = p.parse_args(argv)
+    name = args.name or os.path.splitext(os.path.basename(args.space))[0]
+    out = args.out or os.path.join("experiments", "results", "tuning", name)
+    rows = study(args.config, args.space, out, args.storage, name, args.num_cpus)
+    if not rows:
+        raise ConfigError("the study ran no trial")
+    key = next(k for k in rows[0] if k.startswith("best_"))
+    for r in rows[:10]:
+        print(f"{r['variant']:>24}  {key} {r[key]}  at step {r['best_step']}  {r['settings']}")
+    print(f"wrote {out}/trials.csv, curves.jsonl, curves.png")
+    return 0
