@@ -1,4 +1,4 @@
-"""The `ptncn` command: train | eval | export | bench | chaos."""
+"""The `ptncn` command: train | eval | export | bench | chaos | tune."""
 from __future__ import annotations
 
 import argparse
@@ -88,11 +88,21 @@ def _load_into(trainer, run_dir):
 
 
 def cmd_eval(args) -> int:
-    from .train import evaluate
+    from .train import evaluate, reference_losses
     trainer, cfg = _restored(args.run_dir)
     loaded = _load_into(trainer, args.run_dir)
-    res = evaluate(trainer.engine, trainer.streams.test, args.batches or cfg.train.eval_batches, cfg.model.t_prime)
-    print(json.dumps({"checkpoint": loaded.path, "step": loaded.manifest["step"], **res}, indent=2))
+    n = args.batches or cfg.train.eval_batches
+    res = evaluate(trainer.engine, trainer.streams.test, n, cfg.model.t_prime)
+    _, ref = reference_losses(trainer.streams, n, cfg.model.t_prime)
+    out = {"checkpoint": loaded.path, "step": loaded.manifest["step"], **res, "reference": ref}
+    if args.context:
+        from .context_probe import probe
+        try:
+            ks = [int(k) for k in args.context.split(",")]
+            out["context_probe"] = probe(trainer.engine, trainer.streams.test, ks, n)
+        except ValueError as exc:
+            raise PtncnError(f"--context {args.context}: {exc}") from None
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -117,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a saved run on its test data")
     p.add_argument("run_dir")
     p.add_argument("--batches", type=int, help="number of test batches (default: train.eval_batches)")
+    p.add_argument("--context", metavar="K1,K2,...",
+                   help="also run the context-length probe: the loss when each forecast sees only its last K frames")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="write a run's final weights as .npz (M1, V1, U1, W1, E1, M2, ...)")
     p.add_argument("run_dir")
@@ -124,12 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)")
     sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)")
+    sub.add_parser("tune", help="a hyper-parameter study as Ray Tune trials with ASHA (ptncn tune --help)")
     return parser
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("bench", "chaos"):
+    if argv and argv[0] in ("bench", "chaos", "tune"):
         from importlib import import_module
         try:
             return import_module(f"ptncn_dist.{argv[0]}").main(argv[1:])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from .layer import check_names
 from .optim import OptimConfig
 
 MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn")
+VARIANT_DEFAULTS = {"inference_steps": 1, "lateral_l1": 0.0, "standardize": False}
 
 
 @dataclass
@@ -38,6 +40,9 @@ class ModelConfig:
     row_norm_bound: float = 0.0
     dtype: str = "float32"
     device: str = "cpu"
+    inference_steps: int = 1
+    lateral_l1: float = 0.0
+    standardize: bool = False
 
     def __post_init__(self):
         if self.type not in MODEL_TYPES:
@@ -51,6 +56,23 @@ class ModelConfig:
             raise ConfigError(f"model.device must be 'cpu' or 'gpu', not {self.device!r}")
         if self.t_prime < 0:
             raise ConfigError("model.t_prime must be >= 0")
+        if self.inference_steps < 1:
+            raise ConfigError(f"model.inference_steps (K, state-correction iterations per step) must be >= 1, "
+                              f"not {self.inference_steps!r}")
+        if not (math.isfinite(self.lateral_l1) and self.lateral_l1 >= 0):
+            raise ConfigError(f"model.lateral_l1 (the lateral sparsity term) must be a finite number >= 0, "
+                              f"not {self.lateral_l1!r}")
+        if not math.isfinite(self.row_norm_bound):
+            raise ConfigError(f"model.row_norm_bound must be finite (<= 0: off), not {self.row_norm_bound!r}")
+
+    def numbers(self) -> dict:
+        """The keys that determine the numbers, for the config hash: the variants beyond MODEL.md
+        only when they are on, so a run without them keeps the hash it had before they existed."""
+        d = dataclasses.asdict(self)
+        for key, default in VARIANT_DEFAULTS.items():
+            if d[key] == default:
+                del d[key]
+        return d
 
 
 @dataclass
@@ -85,6 +107,8 @@ class TrainConfig:
     max_failures: int = 3
     plots: bool = True
     progress: bool = True
+    references: bool = True
+    tensorboard: bool = True
 
     def __post_init__(self):
         for key in ("steps", "log_every", "eval_batches", "keep_checkpoints"):
@@ -138,6 +162,11 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     baseline: BaselineSection = field(default_factory=BaselineSection)
 
+    def __post_init__(self):
+        if self.model.inference_steps > 1 and self.engine.mode == "pipelined":
+            raise ConfigError(f"model.inference_steps = {self.model.inference_steps} needs engine.mode = 'exact': "
+                              "the pipelined schedule has one exchange per step and runs K = 1 only")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -145,6 +174,7 @@ class Config:
         """A digest of what determines the numbers (model, optim, data, seed): not logging."""
         d = self.to_dict()
         core = {k: d[k] for k in ("model", "optim", "data", "baseline")}
+        core["model"] = self.model.numbers()
         core["seed"] = d["train"]["seed"]
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -39,10 +39,60 @@ def token_loss_sums(probs, ids, mask, xp) -> dict:
     return {"nll": float((-xp.log(p) * m).sum()), "count": float(m.sum())}
 
 
+BY_T = "by_t"
+BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (33, None))
+
+
 def add_sums(total: dict, part: dict) -> dict:
+    """Add loss sums into `total`; nested dicts (the per-position sums) are added key by key."""
     for k, v in part.items():
-        total[k] = total.get(k, 0.0) + v
+        if isinstance(v, dict):
+            add_sums(total.setdefault(k, {}), v)
+        else:
+            total[k] = total.get(k, 0.0) + v
     return total
+
+
+def accumulate(total: dict, part: dict, t: int, *, by_t: bool = False) -> dict:
+    """Add step t's loss sums into `total`; with `by_t`, also into total["by_t"][t] (the loss by
+    position in the sequence). Every engine and the references accumulate through this."""
+    add_sums(total, part)
+    if by_t:
+        add_sums(total.setdefault(BY_T, {}).setdefault(t, {}), part)
+    return total
+
+
+def bucket_label(t: int) -> str:
+    """The position bucket of a text position t >= 1: 1, 2, 3-4, 5-8, 9-16, 17-32, 33+."""
+    for lo, hi in BUCKETS:
+        if hi is None:
+            return f"{lo}+"
+        if lo <= t <= hi:
+            return str(lo) if lo == hi else f"{lo}-{hi}"
+    raise ValueError(f"position {t} has no bucket (positions start at 1)")
+
+
+def by_position(sums: dict, length: int, prefix: str = "") -> dict:
+    """Loss by position from `sums["by_t"]` (position t: the forecast of x[t] from the steps
+    before it; position 0 is left out). Frames: lists over positions 1..length-1 of bce, se and
+    count, None where not scored. Tokens: dicts of bpc, ppl and count over position buckets
+    (`BUCKETS`), buckets without tokens left out."""
+    per = {t: v for t, v in (sums.get(BY_T) or {}).items() if t >= 1 and v.get("count", 0.0) > 0}
+    if not per:
+        return {}
+    if any("bce" in v for v in per.values()):
+        rows = [summarize(per[t]) if t in per else {} for t in range(1, max(length, max(per) + 1))]
+        out = {prefix + f"{k}_by_t": [r.get(k) for r in rows] for k in ("bce", "se")}
+        out[prefix + "count_by_t"] = [per[t]["count"] if t in per else None for t in range(1, len(rows) + 1)]
+        return out
+    buckets: dict = {}
+    for t in sorted(per):
+        add_sums(buckets.setdefault(bucket_label(t), {}), per[t])
+    order = [bucket_label(lo) for lo, _ in BUCKETS]
+    rows = {b: summarize(buckets[b]) for b in order if b in buckets}
+    out = {prefix + f"{k}_by_t": {b: r[k] for b, r in rows.items()} for k in ("bpc", "ppl")}
+    out[prefix + "count_by_t"] = {b: buckets[b]["count"] for b in rows}
+    return out
 
 
 def summarize(sums: dict, prefix: str = "") -> dict:

@@ -7,7 +7,7 @@ import numpy as np
 
 from .backend import get_dtype
 from .errors import ConfigError
-from .layer import LayerSpec, init_params, layer_specs
+from .layer_spec import LayerSpec, init_params, layer_specs
 
 _NAME = re.compile(r"^([MVUWE])(\d+)$")
 
@@ -16,7 +16,8 @@ def specs_from_config(model_cfg, x_dim: int, sparse_input: bool) -> list[LayerSp
     m = model_cfg
     return layer_specs(x_dim, m.hidden, sparse_input=sparse_input, activation=m.activation,
                        output=m.output, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
-                       update_radius=m.update_radius, zeta=m.zeta, row_norm_bound=m.row_norm_bound)
+                       update_radius=m.update_radius, zeta=m.zeta, row_norm_bound=m.row_norm_bound,
+                       inference_steps=m.inference_steps, lateral_l1=m.lateral_l1, standardize=m.standardize)
 
 
 def initial_params(specs, model_cfg, seed: int) -> list[dict]:

@@ -1,6 +1,7 @@
 """PNG plots of a run: loss curves, and true versus predicted frames."""
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -36,15 +37,18 @@ def plot_losses(metrics_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
-def plot_frames(x: np.ndarray, xhat: np.ndarray, frame: int, out_path: str) -> None:
-    """Rows of true and predicted frames: x, xhat of shape (T, n_seq, frame*frame)."""
+def plot_frames(x: np.ndarray, xhat: np.ndarray, frame: int, out_path: str, blend=None) -> None:
+    """Rows of true and predicted frames (and the blur-blend reference's, if given): x, xhat,
+    blend of shape (T, n_seq, frame*frame)."""
     plt = _pyplot()
+    rows = [(x, "true"), (xhat, "predicted")] + ([(blend, "blur blend")] if blend is not None else [])
     T, n = x.shape[:2]
-    fig, axes = plt.subplots(2 * n, T, figsize=(T * 0.8, 2 * n * 0.85), squeeze=False)
+    k = len(rows)
+    fig, axes = plt.subplots(k * n, T, figsize=(T * 0.8, k * n * 0.85), squeeze=False)
     for s in range(n):
         for t in range(T):
-            for row, arr, label in ((2 * s, x, "true"), (2 * s + 1, xhat, "predicted")):
-                ax = axes[row][t]
+            for r, (arr, label) in enumerate(rows):
+                ax = axes[k * s + r][t]
                 ax.imshow(arr[t, s].reshape(frame, frame), cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
@@ -55,16 +59,58 @@ def plot_frames(x: np.ndarray, xhat: np.ndarray, frame: int, out_path: str) -> N
     plt.close(fig)
 
 
+def plot_loss_by_position(summary: dict, out_path: str) -> bool:
+    """The model's test loss by position (trained, and untrained faintly) against the reference
+    forecasts' by position; False when the summary holds no loss by position."""
+    final, initial = summary.get("final_test") or {}, summary.get("initial_test") or {}
+    ref = summary.get("reference") or {}
+    key = next((k for k in ("bce", "bpc") if f"test_{k}_by_t" in final), None)
+    if key is None:
+        return False
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+
+    def curve(values, **kw):
+        if isinstance(values, dict):
+            labels = list(values)
+            ax.plot(range(len(labels)), [values[b] for b in labels], **kw)
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            ax.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], **kw)
+
+    if f"test_{key}_by_t" in initial:
+        curve(initial[f"test_{key}_by_t"], color="0.7", lw=1, label="untrained")
+    curve(final[f"test_{key}_by_t"], marker="o", lw=2, color="k", label="model")
+    for name in sorted(k[: -len(f"_{key}_by_t")] for k in ref if k.endswith(f"_{key}_by_t")):
+        curve(ref[f"{name}_{key}_by_t"], ls="--", lw=1, label=name.replace("_", " "))
+    ax.set_xlabel("position in the sequence" + (" (bucket)" if key == "bpc" else ""))
+    ax.set_ylabel("test BCE per frame" if key == "bce" else "test bits per token")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def plot_run(run_dir: str, strip=None, frame: int = 64) -> list[str]:
-    """Write loss_curves.png (and frames.png for video) into the run directory."""
+    """Write loss_curves.png, loss_by_position.png (from summary.json) and, for video,
+    frames.png (`strip`: x, xhat and optionally the blur blend) into the run directory."""
     written = []
     mpath = os.path.join(run_dir, "metrics.jsonl")
     if os.path.exists(mpath):
         out = os.path.join(run_dir, "loss_curves.png")
         plot_losses(mpath, out)
         written.append(out)
+    spath = os.path.join(run_dir, "summary.json")
+    if os.path.exists(spath):
+        with open(spath, encoding="utf-8") as fh:
+            summary = json.load(fh)
+        out = os.path.join(run_dir, "loss_by_position.png")
+        if plot_loss_by_position(summary, out):
+            written.append(out)
     if strip is not None:
         out = os.path.join(run_dir, "frames.png")
-        plot_frames(strip[0], strip[1], frame, out)
+        plot_frames(strip[0], strip[1], frame, out, blend=strip[2] if len(strip) > 2 else None)
         written.append(out)
     return written

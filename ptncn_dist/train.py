@@ -13,12 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import checkpoint, metrics
+from . import checkpoint, metrics, references, tboard
 from .config import Config, to_toml
 from .data import open_streams
 from .engines.base import StepDiverged
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
+
+
+STRIP_SEQS = 3
 
 
 @dataclass
@@ -34,35 +37,56 @@ class RunResult:
     recovery_log: list = field(default_factory=list)
 
 
-def evaluate(engine, stream, n_batches: int, t_prime: int) -> dict:
-    """Test losses over the first `n_batches` batches of `stream`, weights frozen (the state
-    correction still runs: P-TNCN's inference is part of its forecast)."""
-    sums: dict = {}
+def evaluation_batches(stream, n_batches: int) -> list:
+    """The test batches an evaluation reads: the first `n_batches` of `stream` (fewer if it ends)."""
     n = n_batches if stream.num_batches is None else min(n_batches, stream.num_batches)
-    for pos in range(n):
-        b = stream.batch(pos)
-        part, _ = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime)
+    return [stream.batch(pos) for pos in range(n)]
+
+
+@dataclass
+class Evaluation:
+    """Test losses (overall and by position) and, if asked, the first sequences' true and
+    predicted frames (x, xhat), each (T, n_seq, D)."""
+
+    losses: dict
+    strip: tuple | None = None
+
+
+def run_evaluation(engine, stream, n_batches: int, t_prime: int, strip_seqs: int = 0) -> Evaluation:
+    """Test losses over `evaluation_batches(stream, n_batches)`, weights frozen (the state correction
+    still runs: P-TNCN's inference is part of its forecast), with the loss by position."""
+    sums: dict = {}
+    length, strip = 0, None
+    for pos, b in enumerate(evaluation_batches(stream, n_batches)):
+        keep = bool(strip_seqs) and pos == 0 and b.x.ndim == 3
+        part, xhats = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime,
+                                         keep_xhat=keep, by_t=True)
         metrics.add_sums(sums, part)
-    return metrics.summarize(sums, prefix="test_")
+        length = max(length, b.x.shape[0])
+        if keep and xhats:
+            strip = b.x[:, :strip_seqs], np.stack(xhats)[:, :strip_seqs]
+    losses = {**metrics.summarize(sums, prefix="test_"), **metrics.by_position(sums, length, prefix="test_")}
+    return Evaluation(losses, strip)
 
 
-def forecast_strip(engine, stream, t_prime: int, n_seq: int = 3):
-    """True and predicted frames of the first test sequences, for the frame-strip plot."""
-    b = stream.batch(0)
-    _, xhats = engine.run_segment(b.x, b.mask, 0, b.x.shape[0], learn=False, t_prime=t_prime,
-                                  keep_xhat=True)
-    if not xhats:
-        return None
-    n = min(n_seq, b.x.shape[1])
-    return b.x[:, :n], np.stack(xhats)[:, :n]
+def evaluate(engine, stream, n_batches: int, t_prime: int) -> dict:
+    """Test losses (and loss by position) over the first `n_batches` batches of `stream`."""
+    return run_evaluation(engine, stream, n_batches, t_prime).losses
+
+
+def reference_losses(streams, n_batches: int, t_prime: int):
+    """(fitted references, their losses on the test batches `evaluate` reads)."""
+    fitted = references.fit(streams.train)
+    return fitted, references.score(fitted, evaluation_batches(streams.test, n_batches), t_prime)
 
 
 class Trainer:
     """Runs one training run; `run()` returns a RunResult. Owns the engine and the run dir."""
 
     def __init__(self, cfg: Config, run_dir: str | None = None, *, resume: bool = False,
-                 engine=None, log=print):
+                 engine=None, log=print, on_record=None):
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
+        self.on_record = on_record
         self.streams = open_streams(cfg.data, cfg.train.seed)
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
@@ -77,6 +101,8 @@ class Trainer:
             with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
                 fh.write(to_toml(cfg))
         self.writer = metrics.MetricsWriter(os.path.join(run_dir, "metrics.jsonl")) if run_dir else None
+        self.board = tboard.Board(run_dir if cfg.train.tensorboard else None, log)
+        self.fitted, self.reference, self.strip = None, {}, None
         if resume:
             self.restore_latest(required=True)
 
@@ -193,8 +219,28 @@ class Trainer:
                               f"checkpoint is {kept[0] if kept else 'none (no run dir or none written yet)'}")
 
     def _eval(self) -> dict:
+        """Test losses; for video also the frame strip, kept for frames.png and TensorBoard."""
         tc = self.cfg.train
-        return evaluate(self.engine, self.streams.test, tc.eval_batches, self.cfg.model.t_prime)
+        want = self.kind == "frames" and (self.board.active or (tc.plots and self.run_dir))
+        ev = run_evaluation(self.engine, self.streams.test, tc.eval_batches, self.cfg.model.t_prime,
+                            strip_seqs=STRIP_SEQS if want else 0)
+        if ev.strip is not None:
+            self.strip = [*ev.strip] + ([self._blend(ev.strip[0])] if self.fitted else [])
+            self.board.frames(self.step, self.strip, self.cfg.data.frame)
+        return ev.losses
+
+    def _blend(self, x):
+        return references.frame_predictions(self.fitted.frames, x)["blur_blend"]
+
+    def _references(self) -> None:
+        """Fit and score the reference forecasts when a run dir or a record callback will see them."""
+        tc = self.cfg.train
+        if not tc.references or not (self.run_dir or self.on_record):
+            return
+        self.fitted, self.reference = reference_losses(self.streams, tc.eval_batches, self.cfg.model.t_prime)
+        self.board.set_reference(self.reference)
+        shown = references.headline(self.reference)
+        self.log("references: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None))
 
     def _record(self, rec: dict) -> None:
         """One metrics.jsonl line, with the engine's per-layer figures when every worker answers
@@ -207,14 +253,18 @@ class Trainer:
         rec["recoveries"] = self.recoveries
         if self.writer:
             self.writer.write(rec)
+        self.board.record(rec)
+        if self.on_record is not None:
+            self.on_record(rec)
 
     def run(self) -> RunResult:
         tc = self.cfg.train
         self.log(f"data: {self.streams.description}")
         self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
+        self._references()
         initial = self._guarded(self._eval) if self.t == 0 else {}
         if initial and self.step == 0:
-            self._record({"step": 0, **initial})
+            self._record({"step": 0, **initial, **({"reference": self.reference} if self.reference else {})})
         if self.ckpt_root and not checkpoint.list_checkpoints(self.ckpt_root):
             self.save_checkpoint()
         history, window, t_window = [], {}, time.perf_counter()
@@ -230,6 +280,7 @@ class Trainer:
                     window = {}
                 if bar is not None:
                     bar.update(self.step - before)
+                rec = None
                 if self.step // tc.log_every > before // tc.log_every or self.step >= tc.steps:
                     now = time.perf_counter()
                     rate = (self.step - last_logged) / max(now - t_window, 1e-9)
@@ -237,13 +288,17 @@ class Trainer:
                     rec = {"step": self.step, "train_loss": metrics.main_loss(metrics.summarize(window)),
                            **metrics.summarize(window, prefix="train_"), "steps_per_s": rate}
                     window, t_window = {}, now
-                    if next_eval is not None and self.step >= next_eval and self.t == 0:
-                        rec.update(self._guarded(self._eval))
-                        next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
-                        t_window = time.perf_counter()
+                if next_eval is not None and self.step >= next_eval and self.t == 0 and self.step < tc.steps:
+                    # the first sequence boundary at or after an evaluation point (not a log point)
+                    t_eval = time.perf_counter()
+                    rec = rec or {"step": self.step}
+                    rec.update(self._guarded(self._eval))
+                    next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
+                    t_window += time.perf_counter() - t_eval
+                if rec is not None:
                     history.append(rec)
                     self._record(rec)
-                    if bar is not None:
+                    if bar is not None and "train_loss" in rec:
                         bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
                                         steps_s=f"{rate:.1f}")
                 if self.step >= before and self._checkpoint_due(before):
@@ -264,7 +319,8 @@ class Trainer:
     def _finish(self, result: RunResult) -> None:
         if self.run_dir:
             summary = {"steps": result.steps, "initial_test": result.initial_test,
-                       "final_test": result.final_test, "steps_per_s": result.steps_per_s,
+                       "final_test": result.final_test, "reference": self.reference,
+                       "steps_per_s": result.steps_per_s,
                        "data": result.data, "engine": self.engine.name, "recoveries": result.recoveries,
                        "recovery_log": self.recovery_log,
                        "config_hash": self.config_hash}
@@ -276,17 +332,21 @@ class Trainer:
                          f"{os.path.join(self.run_dir, 'trace.json')} (chrome://tracing or ui.perfetto.dev)")
             if self.cfg.train.plots:
                 from .plots import plot_run
-                strip = forecast_strip(self.engine, self.streams.test, self.cfg.model.t_prime) \
-                    if self.kind == "frames" else None
-                plot_run(self.run_dir, strip, self.cfg.data.frame)
+                plot_run(self.run_dir, self.strip, self.cfg.data.frame)
         if self.writer:
             self.writer.close()
+        self.board.close()
         key = "test_bce" if self.kind == "frames" else "test_bpc"
         if result.initial_test or result.final_test:
             self.log(f"{key}: untrained {result.initial_test.get(key, float('nan')):.4f} -> "
                      f"trained {result.final_test.get(key, float('nan')):.4f}; {result.steps_per_s:.1f} steps/s")
+        metric = "bce" if self.kind == "frames" else "ppl" if self.cfg.data.source == "ptb_word" else "bpc"
+        line = references.comparison(result.final_test, self.reference, metric)
+        if line:
+            self.log(line)
 
     def close(self) -> None:
+        self.board.close()
         self.engine.close()
 
 
@@ -297,9 +357,11 @@ def _progress(tc, start: int):
     return tqdm(total=tc.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
-def train(cfg: Config, run_dir: str | None = None, *, resume: bool = False, log=print) -> RunResult:
-    """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this)."""
-    trainer = Trainer(cfg, run_dir, resume=resume, log=log)
+def train(cfg: Config, run_dir: str | None = None, *, resume: bool = False, log=print,
+          on_record=None) -> RunResult:
+    """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this).
+    `on_record(rec)` sees every metrics.jsonl record as it is written (a Tune trial reports them)."""
+    trainer = Trainer(cfg, run_dir, resume=resume, log=log, on_record=on_record)
     try:
         return trainer.run()
     finally:

@@ -107,8 +107,15 @@ def loss_weights(mask, t_prime: int):
     return w
 
 
-def loss_sums(xhat, x, weight, xp) -> dict:
-    """metrics.frame_loss_sums / token_loss_sums added over all (t, b) rows with weight > 0."""
+def loss_sums(xhat, x, weight, xp, by_t: bool = False) -> dict:
+    """metrics.frame_loss_sums / token_loss_sums added over all (t, b) rows with weight > 0;
+    with `by_t`, step by step through metrics.accumulate (the loss by position too)."""
+    if by_t:
+        sums: dict = {}
+        for t in range(x.shape[0]):
+            if float(weight[t].sum()) > 0:
+                metrics.accumulate(sums, loss_sums(xhat[t:t + 1], x[t:t + 1], weight[t:t + 1], xp), t, by_t=True)
+        return sums
     w = weight.reshape(-1)
     if is_tokens(x):
         return metrics.token_loss_sums(xhat.reshape(-1, xhat.shape[-1]), x.reshape(-1), w, xp)

@@ -140,8 +140,9 @@ class ESN:
             self.stats = {"A": xp.zeros((F, F), dtype=self.dtype),
                           "C": xp.zeros((F, x_dim), dtype=self.dtype)}
 
-    def run_sequence(self, x, mask, learn: bool) -> dict:
-        """Loss sums over steps t >= t_prime with the readout before each update."""
+    def run_sequence(self, x, mask, learn: bool, by_t: bool = False) -> dict:
+        """Loss sums over steps t >= t_prime (per position too with `by_t`) with the readout
+        before each update."""
         x, weight = prepare_inputs(x, mask, self.x_dim, self.data_kind, self.dtype,
                                    self.cfg.t_prime, self.xp)
         xp = self.xp
@@ -152,7 +153,7 @@ class ESN:
             xhat = finish(S @ self.Wout, self.cfg.output, xp)
             if learn:
                 self._learn_ridge(S, x, weight)
-        return elman.loss_sums(xhat, x, weight, xp)
+        return elman.loss_sums(xhat, x, weight, xp, by_t)
 
     def _learn_ridge(self, S, x, weight):
         xp = self.xp

@@ -72,8 +72,9 @@ class Baseline(Protocol):
 
     kind: str
 
-    def run_sequence(self, x, mask, learn: bool) -> dict:
-        """Loss sums over steps t >= t_prime (metrics.*_loss_sums keys); updates if learn."""
+    def run_sequence(self, x, mask, learn: bool, by_t: bool = False) -> dict:
+        """Loss sums over steps t >= t_prime (metrics.*_loss_sums keys, per position under
+        "by_t" when asked); updates if learn."""
 
     def state_dict(self) -> dict:
         """Weights and optimizer/learning state as host NumPy arrays and plain numbers."""

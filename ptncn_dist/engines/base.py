@@ -46,10 +46,11 @@ class Engine(ABC):
 
     @abstractmethod
     def run_segment(self, x: np.ndarray, mask: np.ndarray, t0: int, t1: int, *, learn: bool,
-                    t_prime: int, keep_xhat: bool = False) -> tuple[dict, list]:
+                    t_prime: int, keep_xhat: bool = False, by_t: bool = False) -> tuple[dict, list]:
         """Steps t0..t1-1 of a (T, B, ...) batch (t0 = 0 resets the carried state). Learns at
-        t >= t_prime when `learn`; returns the loss sums of steps t >= t_prime and, if asked,
-        each step's forecast xhat as host arrays."""
+        t >= t_prime when `learn`; returns the loss sums of steps t >= t_prime (with `by_t`, also
+        per position under "by_t", via metrics.accumulate) and, if asked, each step's forecast
+        xhat as host arrays."""
 
     @abstractmethod
     def layer_states(self) -> list[dict]:

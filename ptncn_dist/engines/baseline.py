@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, metrics
 from ..backend import get_dtype, get_xp
 from ..baselines import BaselineConfig, build_baseline
 from ..errors import ConfigError
@@ -28,12 +28,12 @@ class BaselineEngine(Engine):
         self.model = build_baseline(m.type, bc, x_dim, data_kind, get_xp(m.device), get_dtype(m.dtype),
                                     cfg.train.seed)
 
-    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
         if t0 != 0 or t1 != x.shape[0]:
             raise ConfigError(f"{self.name} learns from whole sequences; it cannot run steps {t0}..{t1} "
                               f"of a {x.shape[0]}-step sequence")
-        sums = self.model.run_sequence(x, mask, learn)
-        if not all(np.isfinite(v) for v in sums.values()):
+        sums = self.model.run_sequence(x, mask, learn, by_t=by_t)
+        if not all(np.isfinite(v) for k, v in sums.items() if k != metrics.BY_T):
             raise StepDiverged(0)
         return sums, []
 

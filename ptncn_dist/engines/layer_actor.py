@@ -4,14 +4,17 @@ and from them; the driver only starts segments and collects loss sums.
 
 Exact schedule (two exchanges per step, all layers at once in each):
   forward  -> send z up, prediction down -> receive z from below, prediction from above
+  [iterate -> send s^k up, s^k @ W down  -> receive the same from the neighbours]
+           (only with K = model.inference_steps > 1: K - 1 more exchanges, tagged k = 1..K-1)
   correct  -> send eps and y up, y down  -> receive y, eps from below, y from above
   finish   (local updates, carry)
-Pipelined schedule (one exchange per step): at step t a layer reads what its neighbours sent at
+Pipelined schedule (one exchange per step, K = 1 only): at step t a layer reads what its neighbours sent at
 step t-1 (zeros at a sequence's first step), computes its whole step without waiting, and sends
 (z, eps, y) up and (pred, y) down. What that changes in the model: `LayerCore.finish_pipelined`.
 
-Two transports: `MailboxWorker` (ordinary actor calls into an asyncio mailbox) and `GraphWorker`
-(a Ray compiled graph whose nodes are the three phases; messages go through its channels).
+Two transports: `MailboxWorker` here (ordinary actor calls into an asyncio mailbox) and
+`graph_worker.GraphWorker` (a Ray compiled graph whose nodes are the phases, one per iteration;
+messages go through its channels).
 """
 from __future__ import annotations
 
@@ -75,8 +78,8 @@ class LayerHost:
         self.counters = {"sent_bytes": 0, "recv_bytes": 0, "sent_msgs": 0, "recv_msgs": 0, "steps": 0}
 
     # -- messages: encode and count ---------------------------------------------------------------
-    def _encode(self, kind: str, arr) -> bytes:
-        data = Message(self.clock, self.l, kind, to_numpy(arr)).encode()
+    def _encode(self, kind: str, arr, iteration: int = 0) -> bytes:
+        data = Message(self.clock, self.l, kind, to_numpy(arr), iteration).encode()
         self.counters["sent_bytes"] += len(data)
         self.counters["sent_msgs"] += 1
         return data
@@ -99,12 +102,13 @@ class LayerHost:
         return xs, ms
 
     def _bottom_loss(self, xt, m, t, t_prime, out) -> None:
-        """Layer 1: add step t's loss sums, note the first non-finite step, keep xhat if asked."""
+        """Layer 1: add step t's loss sums (per position too when out["by_t"]), note the first
+        non-finite step, keep xhat if asked."""
         part = step_loss_sums(self.xp, self.core.xhat, xt, m)
         if out["diverged"] is None and not all(np.isfinite(v) for v in part.values()):
             out["diverged"] = t
         if t >= t_prime:
-            metrics.add_sums(out["sums"], part)
+            metrics.accumulate(out["sums"], part, t, by_t=out.get("by_t", False))
         if out["keep"]:
             out["xhats"].append(np.array(to_numpy(self.core.xhat), copy=True))
 
@@ -177,7 +181,7 @@ def _ray_gauges() -> dict:
 
 class MailboxWorker(LayerHost):
     """Messages as ordinary actor calls: a neighbour's `deliver` puts them in an asyncio mailbox
-    keyed by (clock, kind, sender), where the step awaits them. A round's messages to one
+    keyed by (clock, iteration, kind, sender), where the step awaits them. A round's messages to one
     neighbour travel in one call."""
 
     def __init__(self, *args, mode: str = "exact", trace_steps: int = 0):
@@ -221,20 +225,27 @@ class MailboxWorker(LayerHost):
 
     def _deliver_one(self, data: bytes) -> None:
         msg = self._decode(data)
-        self._slot((msg.step, msg.kind, msg.layer)).set_result(msg.array)
+        self._slot((msg.step, msg.iteration, msg.kind, msg.layer)).set_result(msg.array)
 
-    def _send(self, handle, *kind_arrays) -> None:
-        datas = [self._encode(kind, arr) for kind, arr in kind_arrays]
+    def _send(self, handle, *kind_arrays, iteration: int = 0) -> None:
+        datas = [self._encode(kind, arr, iteration) for kind, arr in kind_arrays]
         if self.links is not None:
             self.links.send(self.l - 1 if handle is self.below else self.l + 1, datas)
         else:
             handle.deliver.remote(*datas)
 
-    async def _recv(self, kind: str, sender: int, clock: int):
-        key = (clock, kind, sender)
+    async def _recv(self, kind: str, sender: int, clock: int, iteration: int = 0):
+        key = (clock, iteration, kind, sender)
         arr = await self._slot(key)
         del self.box[key]
         return self._device(arr)
+
+    async def _recv_states(self, clock: int, iteration: int):
+        """The state of the layer below and the prediction of the layer above, of `iteration`."""
+        l = self.l
+        z_below = await self._recv("z", l - 1, clock, iteration) if self.below is not None else None
+        pred_above = await self._recv("pred", l + 1, clock, iteration) if self.above is not None else None
+        return z_below, pred_above
 
     async def exact_step(self, x, m, do_learn: bool) -> None:
         """The exact step, ordered so that each wait overlaps work that does not need what is
@@ -255,9 +266,18 @@ class MailboxWorker(LayerHost):
         if self.below is not None:
             self._send(self.below, ("pred", pred))
             clk.end("comm", "send pred")
-        z_below = await self._recv("z", l - 1, c) if self.below is not None else None
-        pred_above = await self._recv("pred", l + 1, c) if self.above is not None else None
+        z_below, pred_above = await self._recv_states(c, 0)
         clk.end("wait", "wait z, pred")
+        for k in range(1, self.spec.inference_steps):
+            s, pred_k = core.iterate(m, z_below=z_below, pred_above=pred_above)
+            clk.end("compute", "iterate")
+            if self.above is not None:
+                self._send(self.above, ("z", s), iteration=k)
+            if self.below is not None:
+                self._send(self.below, ("pred", pred_k), iteration=k)
+            clk.end("comm", "send s, pred")
+            z_below, pred_above = await self._recv_states(c, k)
+            clk.end("wait", "wait s, pred")
         y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
         clk.end("compute", "correct")
         if self.above is not None:
@@ -312,13 +332,13 @@ class MailboxWorker(LayerHost):
         clk.end("comm", "send")
 
     async def run_segment(self, x, mask, t0: int, t1: int, learn: bool, t_prime: int,
-                          keep_xhat: bool = False) -> dict:
+                          keep_xhat: bool = False, by_t: bool = False) -> dict:
         """Steps t0..t1-1; layer 1 gets the inputs `x`, every layer the mask. Layer 1 returns the
-        loss sums (and the first non-finite step, if any)."""
+        loss sums, per position too with `by_t` (and the first non-finite step, if any)."""
         xs, ms = self._segment_inputs(x, mask)
         if t0 == 0:
             self.core.reset(mask.shape[1])
-        out = {"sums": {}, "xhats": [], "diverged": None, "keep": keep_xhat}
+        out = {"sums": {}, "xhats": [], "diverged": None, "keep": keep_xhat, "by_t": by_t}
         for t in range(t0, t1):
             xt = xs[t] if xs is not None else None
             do_learn = learn and t >= t_prime
@@ -334,62 +354,3 @@ class MailboxWorker(LayerHost):
         self.flush()
         self._publish()
         return out
-
-
-class GraphWorker(LayerHost):
-    """The exact step as three nodes of a Ray compiled graph. Each node returns the encoded
-    messages for the neighbours ((for the layer above, for the layer below)); each neighbour
-    decodes only the one meant for it. A node also takes the layer's own previous node (`own`,
-    unused: it orders the phases). The graph's input is (x_t, m_t, do_learn, reset, t, t_prime)."""
-
-    def g_forward(self, inp):
-        x, m, do_learn, reset, t, t_prime = inp
-        if reset:
-            self.core.reset(m.shape[0])
-        self._m = to_xp(self.xp, np.asarray(m)[:, None], self.dtype)
-        self._x = None
-        if self.l == 1:
-            self._x = to_xp(self.xp, x) if x.dtype.kind in "iu" else to_xp(self.xp, x, self.dtype)
-        z, pred = self.core.forward(self._x, self._m) if self.l == 1 else self.core.forward()
-        top = self.spec.is_top
-        return (None if top else self._encode("z", z), None if self.l == 1 else self._encode("pred", pred))
-
-    def _from(self, outs):
-        """The message meant for this layer out of its neighbours' node outputs `outs`: from the
-        layer below its up-slot (0), from the layer above its down-slot (1)."""
-        below = above = None
-        k = 0
-        if self.l > 1:
-            below = self._device(self._decode(outs[k][0]).array) if outs[k][0] is not None else None
-            k += 1
-        if not self.spec.is_top:
-            above = self._device(self._decode(outs[k][1]).array) if outs[k][1] is not None else None
-        return below, above
-
-    def g_correct(self, inp, own, *neighbours):
-        z_below, pred_above = self._from(neighbours)
-        y, eps = self.core.correct(self._m, z_below=z_below, pred_above=pred_above)
-        up = None if self.spec.is_top else [self._encode("eps", eps), self._encode("y", y)]
-        down = None if self.l == 1 else [self._encode("y", y)]
-        return (up, down)
-
-    def g_finish(self, inp, own, *neighbours):
-        x, m, do_learn, reset, t, t_prime = inp
-        y_below = eps_below = y_above = None
-        k = 0
-        if self.l > 1:
-            eps_b, y_b = neighbours[k][0]
-            eps_below, y_below = (self._device(self._decode(d).array) for d in (eps_b, y_b))
-            k += 1
-        if not self.spec.is_top:
-            y_above = self._device(self._decode(neighbours[k][1][0]).array)
-        self.core.finish(do_learn, x=self._x, y_below=y_below, eps_below=eps_below, y_above=y_above)
-        self.clock += 1
-        self.clock_t.step += 1
-        self.counters["steps"] += 1
-        if self.l != 1:
-            return None
-        out = {"sums": {}, "xhats": [], "diverged": None, "keep": False}
-        self._bottom_loss(self._x, self._m, t, t_prime, out)
-        return {"sums": out["sums"], "diverged": out["diverged"],
-                "xhat": np.array(to_numpy(self.core.xhat), copy=True)}

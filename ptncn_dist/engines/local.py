@@ -6,6 +6,7 @@ import numpy as np
 
 from ..backend import to_numpy, to_xp
 from ..layer import LayerCore
+from ..layer_spec import check_schedule
 from .base import Engine, check_finite, step_loss_sums, token_ids
 from .. import metrics
 
@@ -14,6 +15,7 @@ class LocalEngine(Engine):
     name = "local"
 
     def __init__(self, specs, params: list[dict], opt_cfg, xp, dtype, mode: str = "exact"):
+        check_schedule(specs, mode)
         self.xp, self.dtype, self.mode = xp, dtype, mode
         self.layers = [LayerCore(s, p, opt_cfg, xp, dtype) for s, p in zip(specs, params)]
         self._sent = None
@@ -45,11 +47,17 @@ class LocalEngine(Engine):
         return layers[0].xhat
 
     def step_exact(self, x, m, do_learn: bool):
-        """One MODEL.md step on device arrays x (B, D) or ids (B,), m (B, 1); returns xhat."""
+        """One MODEL.md step on device arrays x (B, D) or ids (B,), m (B, 1); returns xhat.
+        With K = inference_steps > 1, K - 1 correction iterations run between the forward
+        phase and the last one (`correct`), each on every layer's state of the iteration before."""
         layers, n = self.layers, len(self.layers)
         zs, preds = [None] * n, [None] * n
         for i, layer in enumerate(layers):
             zs[i], preds[i] = layer.forward(x, m) if i == 0 else layer.forward()
+        for _ in range(layers[0].spec.inference_steps - 1):
+            new = [layer.iterate(m, z_below=zs[i - 1] if i else None, pred_above=preds[i + 1] if i + 1 < n else None)
+                   for i, layer in enumerate(layers)]
+            zs, preds = [s for s, _ in new], [p for _, p in new]
         ys, epss = [None] * n, [None] * n
         for i, layer in enumerate(layers):
             ys[i], epss[i] = layer.correct(m, z_below=zs[i - 1] if i else None,
@@ -60,7 +68,7 @@ class LocalEngine(Engine):
                          y_above=ys[i + 1] if i + 1 < n else None)
         return layers[0].xhat
 
-    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
         xp = self.xp
         if x.dtype.kind in "iu":
             xs = to_xp(xp, token_ids(x, mask))
@@ -77,7 +85,7 @@ class LocalEngine(Engine):
             part = step_loss_sums(xp, xhat, xs[t], ms[t])
             check_finite(part, t)
             if t >= t_prime:
-                metrics.add_sums(sums, part)
+                metrics.accumulate(sums, part, t, by_t=by_t)
             if keep_xhat:
                 xhats.append(np.array(to_numpy(xhat), copy=True))
         return sums, xhats

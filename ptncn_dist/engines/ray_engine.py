@@ -9,8 +9,10 @@ import dataclasses
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
+from ..layer_spec import check_schedule
 from .base import Engine, StepDiverged, shard_name, token_ids
-from .layer_actor import GraphWorker, MailboxWorker
+from .graph_worker import GraphWorker
+from .layer_actor import MailboxWorker
 from .placement import connect, layer_options
 
 
@@ -24,6 +26,7 @@ class RayEngine(Engine):
         if ec.compiled and ec.mode != "exact":
             raise ConfigError("engine.compiled = true runs the exact schedule; set engine.mode = 'exact' "
                               "or engine.compiled = false for the pipelined one")
+        check_schedule(specs, ec.mode)
         self.compiled = ec.compiled
         self.started_ray = connect(ec, len(specs))
         self.options, self.pg = layer_options(ec, len(specs))
@@ -58,14 +61,16 @@ class RayEngine(Engine):
 
     # -- compiled graph ---------------------------------------------------------------------------
     def _build_graph(self, x, mask):
-        """The exact step as a compiled graph: forward, correct, finish nodes per layer, each
-        fed by its neighbours' previous nodes only."""
+        """The exact step as a compiled graph: forward, K - 1 iterate (K = model.inference_steps),
+        correct and finish nodes per layer, each fed by its neighbours' previous nodes only."""
         from ray.dag import InputNode, MultiOutputNode
         n = len(self.actors)
         with InputNode() as inp:
-            fwd = [a.g_forward.bind(inp) for a in self.actors]
+            prev = [a.g_forward.bind(inp) for a in self.actors]
             near = lambda nodes, i: [nodes[j] for j in (i - 1, i + 1) if 0 <= j < n]
-            cor = [a.g_correct.bind(inp, fwd[i], *near(fwd, i)) for i, a in enumerate(self.actors)]
+            for _ in range(self.specs[0].inference_steps - 1):
+                prev = [a.g_iterate.bind(inp, prev[i], *near(prev, i)) for i, a in enumerate(self.actors)]
+            cor = [a.g_correct.bind(inp, prev[i], *near(prev, i)) for i, a in enumerate(self.actors)]
             fin = [a.g_finish.bind(inp, cor[i], *near(cor, i)) for i, a in enumerate(self.actors)]
             dag = MultiOutputNode(fin)
         widest = max([x[0].nbytes, mask[0].nbytes] + [4 * mask.shape[1] * s.d * 8 for s in self.specs])
@@ -90,45 +95,47 @@ class RayEngine(Engine):
         self._make_actors()
         self.load_layer_states(states)
 
-    def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat):
+    def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat, by_t=False):
         if self.graph is None:
             try:
                 self._build_graph(x, mask)
             except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
                 self._fall_back_to_calls(exc)
-                return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat)
+                return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat,
+                                        by_t=by_t)
         depth = min(10, self.cfg.engine.in_flight)
         sums, xhats, pending, diverged = {}, [], [], None
         from .. import metrics
 
-        def collect(ref):
+        def collect(ref, t):
             nonlocal diverged
             first = self.ray.get(ref, timeout=self.cfg.engine.segment_timeout_s)[0]
-            metrics.add_sums(sums, first["sums"])
+            if first["sums"]:
+                metrics.accumulate(sums, first["sums"], t, by_t=by_t)
             if diverged is None and first["diverged"] is not None:
                 diverged = first["diverged"]
             if keep_xhat:
                 xhats.append(np.array(first["xhat"], copy=True))
 
         for t in range(t0, t1):
-            pending.append(self.graph.execute((x[t], mask[t], learn and t >= t_prime, t == 0, t, t_prime)))
+            pending.append((self.graph.execute((x[t], mask[t], learn and t >= t_prime, t == 0, t, t_prime)), t))
             if len(pending) >= depth:
-                collect(pending.pop(0))
-        for ref in pending:
-            collect(ref)
+                collect(*pending.pop(0))
+        for ref, t in pending:
+            collect(ref, t)
         if diverged is not None:
             raise StepDiverged(diverged)
         return sums, xhats
 
-    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False):
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
         ray = self.ray
         if x.dtype.kind in "iu":
             x = token_ids(x, mask)
         mask = np.ascontiguousarray(mask)
         if self.compiled:
-            return self._run_graph(x, mask, t0, t1, learn, t_prime, keep_xhat)
+            return self._run_graph(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
         x_ref = ray.put(x)
-        refs = [a.run_segment.remote(x_ref if i == 0 else None, mask, t0, t1, learn, t_prime, keep_xhat)
+        refs = [a.run_segment.remote(x_ref if i == 0 else None, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
                 for i, a in enumerate(self.actors)]
         first = self._gather(refs)[0]
         if first["diverged"] is not None:

@@ -1,0 +1,128 @@
+"""What a layer is, before it holds any number: its `LayerSpec` (place in the stack, widths,
+hyper-parameters, the variants beyond MODEL.md), its weight shapes, how M, V and U share one
+stacked array, and its initial weights."""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+
+PARAM_NAMES = ("M", "V", "U", "W", "E")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What layer `index` of `n_layers` needs to know about the model and its neighbours.
+
+    Beyond MODEL.md (defaults keep it exact): `inference_steps` K rounds of state correction
+    per step, `lateral_l1` the sparsity term added to d, `standardize` the pre-activations,
+    and `row_norm_bound` the per-row max-norm of every weight after its update (see README,
+    "Variants beyond MODEL.md")."""
+
+    index: int
+    n_layers: int
+    d_in: int
+    d: int
+    d_up: int
+    activation: str = "tanh"
+    output: str = "sigmoid"
+    alpha: float = 0.001
+    beta: float = 0.1
+    gamma: float = 1.0
+    update_radius: float = 1.0
+    zeta: float = 1.0
+    row_norm_bound: float = 0.0
+    sparse_input: bool = False
+    inference_steps: int = 1
+    lateral_l1: float = 0.0
+    standardize: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.inference_steps, bool) or int(self.inference_steps) != self.inference_steps \
+                or self.inference_steps < 1:
+            raise ConfigError(f"inference_steps (K) must be an integer >= 1, not {self.inference_steps!r}")
+        if not (math.isfinite(self.lateral_l1) and self.lateral_l1 >= 0):
+            raise ConfigError(f"lateral_l1 must be a finite number >= 0, not {self.lateral_l1!r}")
+
+    @property
+    def is_bottom(self) -> bool:
+        return self.index == 1
+
+    @property
+    def is_top(self) -> bool:
+        return self.index == self.n_layers
+
+    @property
+    def has_U(self) -> bool:
+        return not self.is_top and self.zeta > 0
+
+    def shapes(self) -> dict:
+        """Weight shapes, as MODEL.md's table gives them."""
+        s = {"M": (self.d_in, self.d), "V": (self.d, self.d),
+             "W": (self.d, self.d_in), "E": (self.d_in, self.d)}
+        if self.has_U:
+            s["U"] = (self.d_up, self.d)
+        return s
+
+
+def layer_specs(x_dim: int, hidden, sparse_input: bool = False, **hyper) -> list[LayerSpec]:
+    """One LayerSpec per hidden layer, 1..L."""
+    dims = [int(x_dim)] + [int(h) for h in hidden]
+    L = len(dims) - 1
+    return [LayerSpec(index=l, n_layers=L, d_in=dims[l - 1], d=dims[l],
+                      d_up=dims[l + 1] if l < L else 0,
+                      sparse_input=sparse_input and l == 1, **hyper)
+            for l in range(1, L + 1)]
+
+
+def init_params(spec: LayerSpec, seed: int, weight_sd: float, error_weight_sd: float,
+                dtype) -> dict[str, np.ndarray]:
+    """Gaussian initial weights for one layer, a pure function of (seed, layer index).
+
+    A layer can therefore create its own weights on its own worker, and every engine starts from
+    the same numbers.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), spec.index]))
+    out = {}
+    for name in PARAM_NAMES:
+        shape = spec.shapes().get(name)
+        if shape is None:
+            continue
+        sd = error_weight_sd if name == "E" else weight_sd
+        out[name] = (rng.standard_normal(shape) * sd).astype(dtype)
+    return out
+
+
+def stacked_names(spec: LayerSpec) -> tuple[str, ...]:
+    """The weights that multiply carried rows into h, in stack order: M (dense input only), V, U.
+
+    All have d columns, so a layer keeps them as row blocks of one array, the stack: h is one
+    GEMM over the carried rows side by side, and their updates are one GEMM into the stack.
+    """
+    first = () if spec.sparse_input else ("M",)
+    return first + ("V",) + (("U",) if spec.has_U else ())
+
+
+@functools.lru_cache(maxsize=None)
+def stacked_blocks(spec: LayerSpec) -> tuple:
+    """(name, rows of the stack) for each stacked weight; the same slices index the columns of
+    `stacked_rows`. Cached per spec: the step asks for them every time."""
+    out, start = [], 0
+    for name in stacked_names(spec):
+        width = spec.shapes()[name][0]
+        out.append((name, slice(start, start + width)))
+        start += width
+    return tuple(out)
+
+
+def check_schedule(specs, mode: str) -> None:
+    """The pipelined schedule has one exchange per step, so it runs K = 1 only: a clear error
+    for any other K (the exact schedule takes any K >= 1)."""
+    k = max((s.inference_steps for s in specs), default=1)
+    if mode != "exact" and k > 1:
+        raise ConfigError(f"model.inference_steps = {k} needs engine.mode = 'exact': the {mode} schedule "
+                          "has one exchange per step and runs K = 1 only")
