@@ -164,8 +164,19 @@ def write_results(grid, metric: str, out_dir: str) -> list[dict]:
     return rows
 
 
+def replot(out_dir: str, metric: str) -> None:
+    """curves.png again from a study's trials.csv and curves.jsonl."""
+    with open(os.path.join(out_dir, "trials.csv"), newline="", encoding="utf-8") as fh:
+        rows = [{**r, "trial": int(r["trial"]), f"best_{metric}": float(r[f"best_{metric}"]) if r[f"best_{metric}"] else None}
+                for r in csv.DictReader(fh)]
+    with open(os.path.join(out_dir, "curves.jsonl"), encoding="utf-8") as fh:
+        curves = [json.loads(line) for line in fh]
+    _plot_curves(curves, rows, metric, os.path.join(out_dir, "curves.png"))
+
+
 def _plot_curves(curves, rows, metric, path, top: int = 8) -> None:
-    """Test loss against steps and against wall seconds for the best `top` trials."""
+    """Test loss against steps and against wall seconds for the best `top` trials (the untrained
+    evaluation at step 0 left out, so the curves' ends stay readable)."""
     if not curves:
         return
     import matplotlib
@@ -174,7 +185,8 @@ def _plot_curves(curves, rows, metric, path, top: int = 8) -> None:
     best = [r["trial"] for r in rows if r[f"best_{metric}"] is not None][:top]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for t in best:
-        pts = [c for c in curves if c["trial"] == t and c.get(metric) is not None and not c.get("diverged")]
+        pts = [c for c in curves if c["trial"] == t and c.get(metric) is not None
+               and not c.get("diverged") and c["step"] > 0]
         if not pts:
             continue
         label = f"{t}: {pts[0]['variant']}"
