@@ -65,8 +65,9 @@ def limit_blas_threads(n: int | None) -> None:
 
 
 def _numpy_cblas():
-    """axpy and scal from the OpenBLAS that NumPy itself links (same thread pool as its GEMMs;
-    a second BLAS with its own pool would fight it for the cores). None where not found."""
+    """axpy, axpby, scal and gemm from the OpenBLAS that NumPy itself links (same thread pool as
+    its GEMMs; a second BLAS with its own pool would fight it for the cores). None where not
+    found."""
     import ctypes
     import glob
     import os
@@ -82,11 +83,16 @@ def _numpy_cblas():
                        for n in ("saxpy", "daxpy", "sscal", "dscal", "sgemm", "dgemm")}
             except AttributeError:
                 continue
+            for n in ("saxpby", "daxpby"):
+                if hasattr(lib, f"{prefix}{n}{suffix}"):
+                    fns[n] = getattr(lib, f"{prefix}{n}{suffix}")
             ptr, enum = ctypes.c_void_p, ctypes.c_int
             for n, fn in fns.items():
                 real = ctypes.c_float if n[0] == "s" else ctypes.c_double
                 fn.restype = None
-                if "axpy" in n:
+                if "axpby" in n:
+                    fn.argtypes = [int_t, real, ptr, int_t, real, ptr, int_t]
+                elif "axpy" in n:
                     fn.argtypes = [int_t, real, ptr, int_t, ptr, int_t]
                 elif "scal" in n:
                     fn.argtypes = [int_t, real, ptr, int_t]
@@ -140,6 +146,16 @@ def scal(a: float, y) -> None:
         y *= a
 
 
+def axpby(a: float, x, b: float, y) -> None:
+    """y = a * x + b * y in place, in one pass (OpenBLAS's axpby; elsewhere two in-place ops)."""
+    fn = _CBLAS.get("saxpby" if y.dtype == np.float32 else "daxpby") if _blas_ok(x, y) else None
+    if fn is not None:
+        fn(y.size, a, x.ctypes.data, 1, b, y.ctypes.data, 1)
+    else:
+        y *= b
+        y += a * x
+
+
 def gemm_tn(alpha: float, a, b, beta: float, c) -> None:
     """c = alpha * a.T @ b + beta * c in place, a (K, m), b (K, n), c (m, n) row-major.
 
@@ -153,6 +169,9 @@ def gemm_tn(alpha: float, a, b, beta: float, c) -> None:
         m, n, k = c.shape[0], c.shape[1], a.shape[0]
         _CBLAS["sgemm" if c.dtype == np.float32 else "dgemm"](
             101, 112, 111, m, n, k, alpha, a.ctypes.data, m, b.ctypes.data, n, beta, c.ctypes.data, n)
+        return
+    if beta == 0.0:
+        c[...] = alpha * (a.T @ b)
         return
     if beta != 1.0:
         c *= beta

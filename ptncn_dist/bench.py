@@ -1,7 +1,8 @@
 """`ptncn bench`: speed measured side by side in one run, printed as ratios.
 
     ptncn bench ptb        the single-process engine at the authors' PTB settings, against the
-                           GEMM roof measured on the same shapes in the same run
+                           GEMM roof measured on the same shapes in the same run; with
+                           --optims nag,adam several optimizers side by side
     ptncn bench engines    local (1 and all threads) vs ray exact / pipelined / compiled, for
                            several widths and layer counts; per-step overhead on tiny layers;
                            bytes per step
@@ -59,29 +60,13 @@ def gemm_roof(shapes, dtype=np.float32, reps: int = 30) -> tuple[float, float]:
     return sec, sum(2.0 * m * k * n for m, k, n in shapes) / 1e9
 
 
-def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5) -> dict:
-    """Steps/s at the authors' PTB settings and the GEMM roof, timed in alternating rounds of
-    `steps` steps and one roof pass, so that both see the same machine; the figures are the
-    best round of each (the least disturbed, as timeit reports) and the median."""
-    V, d, B, T = 49, 1000, 50, 50
-    cfg = load(None, ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'optim.name="nag"',
-                      "optim.lr=0.075", "optim.momentum=0.95", 'data.source="ptb_char"'])
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, V, (T, B)).astype(np.int32)
-    mask = np.ones((T, B), np.float32)
-    shapes = ptb_gemm_shapes(V, d, d, B)
-    step_s, roof_s = [], []
-    with _threads(threads):
-        engine = build_engine(cfg, V, "tokens")
-        engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
-        for _ in range(rounds):
-            done, t0 = 0, time.perf_counter()
-            while done < steps:
-                engine.run_segment(x, mask, 0, T, learn=True, t_prime=1)
-                done += T
-            step_s.append((time.perf_counter() - t0) / done)
-            sec, gflop = gemm_roof(shapes, reps=max(10, steps // 5))
-            roof_s.append(sec)
+PTB_OPTIMS = {"nag": ['optim.name="nag"', "optim.lr=0.075", "optim.momentum=0.95"],
+              "momentum": ['optim.name="momentum"', "optim.lr=0.075", "optim.momentum=0.95"],
+              "sgd": ['optim.name="sgd"', "optim.lr=0.075"],
+              "adam": ['optim.name="adam"', "optim.lr=0.001"]}
+
+
+def _ptb_rates(step_s: list, roof_s: list, gflop: float, B: int) -> dict:
     best, best_roof = min(step_s), min(roof_s)
     med, med_roof = float(np.median(step_s)), float(np.median(roof_s))
     return {"steps_per_s": 1 / best, "tokens_per_s": B / best, "gemm_roof_steps_per_s": 1 / best_roof,
@@ -89,6 +74,56 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5) -> 
             "median_share_of_roof": med_roof / med, "gflop_per_step": gflop,
             "achieved_gflops": gflop / best, "gemm_gflops": gflop / best_roof,
             "authors_steps_per_s": 55.0, "vs_authors": 1 / best / 55.0}
+
+
+def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
+              optims: tuple = ("nag",)) -> dict:
+    """Steps/s at the authors' PTB settings for each optimizer in `optims`, and the GEMM roof,
+    timed in alternating rounds (`steps` steps of each optimizer, its order rotating from round
+    to round, then one roof pass), so that all see the same machine. The figures are the best
+    round of each (the least disturbed, as timeit reports) and the median; `ratios` gives each
+    optimizer's time per step over the first one's, best against best and the median of the
+    per-round ratios."""
+    V, d, B, T = 49, 1000, 50, 50
+    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"']
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, V, (T, B)).astype(np.int32)
+    mask = np.ones((T, B), np.float32)
+    shapes = ptb_gemm_shapes(V, d, d, B)
+    step_s, roof_s = {o: [] for o in optims}, []
+    with _threads(threads):
+        engines = {o: build_engine(load(None, base + PTB_OPTIMS[o]), V, "tokens") for o in optims}
+        for engine in engines.values():
+            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+        for r in range(rounds):
+            for o in optims[r % len(optims):] + optims[:r % len(optims)]:
+                done, t0 = 0, time.perf_counter()
+                while done < steps:
+                    engines[o].run_segment(x, mask, 0, T, learn=True, t_prime=1)
+                    done += T
+                step_s[o].append((time.perf_counter() - t0) / done)
+            sec, gflop = gemm_roof(shapes, reps=max(10, steps // 5))
+            roof_s.append(sec)
+    first = optims[0]
+    ratios = {o: {"best": min(step_s[o]) / min(step_s[first]),
+                  "median_per_round": float(np.median(np.array(step_s[o]) / np.array(step_s[first])))}
+              for o in optims[1:]}
+    return {"by_optim": {o: _ptb_rates(step_s[o], roof_s, gflop, B) for o in optims}, "ratios": ratios}
+
+
+def print_ptb(res: dict, steps: int, rounds: int) -> None:
+    from .adam_kernel import kernel_name
+    optims = list(res["by_optim"])
+    print(f"P-TNCN, 2 x 1000 tanh, batch 50, 49 symbols, softmax (the authors' PTB settings); "
+          f"{', '.join(optims)}")
+    print(f"best and median of {rounds} alternating rounds of {steps} steps each, beside a GEMM roof pass")
+    for o, rates in res["by_optim"].items():
+        print(f"{o}" + (f" (adam kernel: {kernel_name()})" if o == "adam" else ""))
+        for k, v in rates.items():
+            print(f"  {k:24s} {v:10.3f}")
+    for o, r in res["ratios"].items():
+        print(f"time per step {o} / {optims[0]}: {r['best']:.3f} (best vs best), "
+              f"{r['median_per_round']:.3f} (median of per-round ratios)")
 
 
 # -- engines side by side -------------------------------------------------------------------------
@@ -216,6 +251,8 @@ def main(argv=None) -> int:
     a.add_argument("--steps", type=int, default=200, help="steps per round")
     a.add_argument("--rounds", type=int, default=5)
     a.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    a.add_argument("--optims", default="nag", help="comma-separated optimizers run side by side, "
+                   f"ratios against the first (of {', '.join(PTB_OPTIMS)}), e.g. nag,adam")
     e = sub.add_parser("engines", help="engines side by side")
     e.add_argument("--steps", type=int, default=200)
     e.add_argument("--quick", action="store_true", help="two configurations only")
@@ -223,11 +260,11 @@ def main(argv=None) -> int:
     e.add_argument("--csv", help="also write the rows to this CSV file")
     args = p.parse_args(argv)
     if args.what == "ptb":
-        res = bench_ptb(args.steps, args.threads, args.rounds)
-        print("P-TNCN, 2 x 1000 tanh, batch 50, 49 symbols, softmax, nag (the authors' PTB settings);")
-        print(f"best and median of {args.rounds} rounds of {args.steps} steps, each beside a GEMM roof pass")
-        for k, v in res.items():
-            print(f"  {k:24s} {v:10.3f}")
+        optims = tuple(args.optims.split(","))
+        unknown = [o for o in optims if o not in PTB_OPTIMS]
+        if unknown:
+            p.error(f"--optims: unknown {unknown}; choose from {list(PTB_OPTIMS)}")
+        print_ptb(bench_ptb(args.steps, args.threads, args.rounds, optims), args.steps, args.rounds)
         return 0
     configs = [((8,), 4, 16), ((8, 8), 4, 16), ((8, 8, 8), 4, 16), ((1024, 1024), 64, 1024)]
     if not args.quick:

@@ -5,14 +5,18 @@ Each parameter `p` has a state dict (its slots; names starting with "_" are scra
 takes a gradient that is zero except on the (unique) rows `rows`, as a one-hot input produces, and
 gives the same result as `apply` on the dense gradient without ever forming it. Both update `p`
 and the slots in place with BLAS axpy passes, so a step allocates no weight-sized arrays.
+Adam runs in row blocks (see `_adam`): each block's gradient lands in a block-sized scratch
+and its m, v and p are updated while the block is in cache.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+import functools
 import math
 
 import numpy as np
 
+from .adam_kernel import adam_block
 from .backend import axpy, blas_threads, gemm_tn, scal
 from .errors import ConfigError
 
@@ -44,13 +48,14 @@ def init_slots(cfg: OptimConfig, p, xp) -> dict:
 
     momentum and nag keep the velocity as `v_scale * v`: the decay `v <- mu * v` then only
     changes the scalar, and the low-rank gradient lands in `v` in a GEMM with beta = 1, which
-    skips the extra pass over a weight-sized array that any other beta costs.
+    skips the extra pass over a weight-sized array that any other beta costs. adam keeps m, v
+    and the step count t (its block-sized scratch `_g` is added on first use).
     """
     if cfg.name == "sgd":
         return {}
     if cfg.name in ("momentum", "nag"):
         return {"v": xp.zeros_like(p), "v_scale": 1.0}
-    return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0, "_tmp": xp.zeros_like(p)}
+    return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0}
 
 
 def velocity(slots: dict):
@@ -89,10 +94,7 @@ def apply(cfg: OptimConfig, p, g, slots: dict, xp, scale: float = 1.0) -> None:
         axpy(-lr * scale, g, p)
         axpy(-lr * mu * s, v, p)
     else:
-        tmp = slots["_tmp"]
-        tmp[...] = g
-        tmp *= scale
-        _adam(cfg, p, tmp, slots, xp, rows=None)
+        _adam(cfg, p, slots, xp, lambda out, r: xp.multiply(g[r], scale, out=out))
 
 
 def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> None:
@@ -121,9 +123,7 @@ def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> Non
             gemm_tn(scale / s, xr, y, 1.0, tv)
             axpy(c_after, tv, tp)
     else:
-        tmp = slots["_tmp"]
-        gemm_tn(scale, x, y, 0.0, target(tmp))
-        _adam(cfg, p, tmp, slots, xp, rows=None)
+        _adam(cfg, target(p), slots, xp, lambda out, r: gemm_tn(scale, x[:, r], y, 0.0, out), target)
 
 
 def _row_blocks(c, xp) -> list:
@@ -131,11 +131,16 @@ def _row_blocks(c, xp) -> list:
     block at a time. With one BLAS thread a block of the weight and its velocity stays in the
     core's cache across the passes, which spares memory traffic when another worker shares the
     machine; with more threads the whole array goes at once (the GEMM splits it)."""
+    return _blocks(c, xp) if blas_threads() == 1 else [slice(0, c.shape[0])]
+
+
+def _blocks(c, xp) -> list:
+    """Row ranges of about `_BLOCK_BYTES` each of a row-major NumPy matrix; else all rows."""
     n = c.shape[0]
-    if xp is not np or not c.flags.c_contiguous or blas_threads() != 1:
+    if xp is not np or c.ndim != 2 or not c.flags.c_contiguous:
         return [slice(0, n)]
     step = max(16, _BLOCK_BYTES // max(1, c.shape[1] * c.itemsize))
-    return [slice(i, min(n, i + step)) for i in range(0, n, step)]
+    return [slice(i, min(n, i + step)) for i in range(0, max(n, 1), step)]
 
 
 def apply_rows(cfg: OptimConfig, p, rows, g_rows, slots: dict, xp) -> None:
@@ -153,25 +158,32 @@ def apply_rows(cfg: OptimConfig, p, rows, g_rows, slots: dict, xp) -> None:
         axpy(-lr * mu * s, v, p)
         p[rows] -= lr * g_rows
     else:
-        _adam(cfg, p, g_rows, slots, xp, rows=rows)
+        _adam(cfg, p, slots, xp, functools.partial(_scatter_rows, rows, g_rows))
 
 
-def _adam(cfg, p, g, slots, xp, rows):
-    """Adam (Kingma & Ba, bias-corrected step size); `g` is scratch and is overwritten."""
+def _scatter_rows(rows, g_rows, out, r) -> None:
+    """out = rows r.start:r.stop of the dense gradient that is `g_rows` on `rows`, 0 elsewhere."""
+    out.fill(0)
+    sel = (rows >= r.start) & (rows < r.stop)
+    out[rows[sel] - r.start] = g_rows[sel]
+
+
+def _adam(cfg, c, slots, xp, fill, target=lambda arr: arr) -> None:
+    """One Adam step (Kingma & Ba, bias correction folded into the step size) on `c`, the
+    weight or its row-major transpose view `target(p)`. For each row block r, `fill(out, r)`
+    writes the gradient's rows r into a block-sized scratch slot `_g`, then `adam_block` updates
+    m, v and the weight there while the block is in cache. Unlike momentum it runs in blocks
+    whatever the BLAS threads: its element-wise pass is single-threaded anyway, and a whole-array
+    gradient would cost a weight-sized write and read from memory."""
     slots["t"] = t = slots["t"] + 1
-    m, v = slots["m"], slots["v"]
-    m *= cfg.beta1
-    v *= cfg.beta2
-    if rows is None:
-        axpy(1.0 - cfg.beta1, g, m)
-        g *= g
-        axpy(1.0 - cfg.beta2, g, v)
-        upd = slots["_tmp"]
-        xp.sqrt(v, out=upd)
-        upd += cfg.eps
-        xp.divide(m, upd, out=upd)
-    else:
-        m[rows] += (1.0 - cfg.beta1) * g
-        v[rows] += (1.0 - cfg.beta2) * (g * g)
-        upd = m / (xp.sqrt(v) + cfg.eps)
-    axpy(-cfg.lr * math.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t), upd, p)
+    step = cfg.lr * math.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
+    m, v = target(slots["m"]), target(slots["v"])
+    blocks = _blocks(c, xp)
+    shape = (blocks[0].stop - blocks[0].start,) + c.shape[1:]
+    g = slots.get("_g")
+    if g is None or g.shape != shape or g.dtype != c.dtype:
+        g = slots["_g"] = xp.empty(shape, c.dtype)
+    for r in blocks:
+        out = g[: r.stop - r.start]
+        fill(out, r)
+        adam_block(c[r], m[r], v[r], out, cfg.beta1, cfg.beta2, cfg.eps, step, xp)

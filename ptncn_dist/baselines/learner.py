@@ -70,11 +70,14 @@ class GradientLearner:
         d = {f"param.{n}": to_numpy(p).copy() for n, p in self.params.items()}
         for n, slots in self.slots.items():
             for k, v in slots.items():
-                d[f"slot.{n}.{k}"] = v if isinstance(v, (int, float)) else to_numpy(v).copy()
+                if not k.startswith("_"):  # "_" slots are optimizer scratch, not state
+                    d[f"slot.{n}.{k}"] = v if isinstance(v, (int, float)) else to_numpy(v).copy()
         d.update(self._extra_state())
         return d
 
     def load_state_dict(self, d) -> None:
+        d = {k: v for k, v in d.items()  # scratch slots (older checkpoints kept "_tmp") are not state
+             if not (k.startswith("slot.") and k.rsplit(".", 1)[1].startswith("_"))}
         mine = self.state_dict()
         if set(d) != set(mine):
             raise CheckpointError(f"{self.kind} state keys differ: missing {sorted(set(mine) - set(d))}, "
@@ -87,6 +90,8 @@ class GradientLearner:
             p[...] = self.xp.asarray(d[f"param.{n}"])
         for n, slots in self.slots.items():
             for k, v in slots.items():
+                if k.startswith("_"):
+                    continue
                 val = d[f"slot.{n}.{k}"]
                 if isinstance(v, (int, float)):
                     slots[k] = type(v)(val)
