@@ -3,7 +3,7 @@
     m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step * m / (sqrt(v) + eps)
 
 where `step` is the bias-corrected learning rate and `g` a scratch block holding the gradient
-(overwritten). With Numba installed (the optional extra `ptncn_dist[fast]`) a CPU block is one
+(overwritten). With Numba (a dependency; the main job trains with Adam) a CPU block is one
 fused pass: each element of p, m and v is read and written once, and the square root and the
 division overlap the memory traffic. Otherwise, and on CuPy, seven in-place passes (BLAS axpby /
 axpy and ufuncs with `out=`) that cost cache traffic only when the block fits the cache.

@@ -95,10 +95,10 @@ class BaselineSection:
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
+    steps: int = 10000
     seed: int = 0
     log_every: int = 100
-    eval_every: int = 1000
+    eval_every: int = 2000
     eval_batches: int = 4
     checkpoint_every: int = 0
     checkpoint_minutes: float = 0.0

@@ -25,8 +25,8 @@ OPTIMIZERS = ("sgd", "momentum", "nag", "adam")
 
 @dataclass
 class OptimConfig:
-    name: str = "nag"
-    lr: float = 0.075
+    name: str = "adam"
+    lr: float = 0.0003
     momentum: float = 0.95
     beta1: float = 0.9
     beta2: float = 0.999

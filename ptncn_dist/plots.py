@@ -59,10 +59,15 @@ def plot_frames(x: np.ndarray, xhat: np.ndarray, frame: int, out_path: str, blen
     plt.close(fig)
 
 
+def _values(v) -> list:
+    return [x for x in (v.values() if isinstance(v, dict) else v) if x is not None]
+
+
 def plot_loss_by_position(summary: dict, out_path: str) -> bool:
-    """The model's test loss by position (trained, and untrained faintly) against the reference
-    forecasts' by position; False when the summary holds no loss by position."""
-    final, initial = summary.get("final_test") or {}, summary.get("initial_test") or {}
+    """The model's test loss by position against the reference forecasts' by position; False when
+    the summary holds no loss by position. The y range fits the model and the best reference, so
+    their gap stays readable; references above it are named in the legend with their mean."""
+    final = summary.get("final_test") or {}
     ref = summary.get("reference") or {}
     key = next((k for k in ("bce", "bpc") if f"test_{k}_by_t" in final), None)
     if key is None:
@@ -78,11 +83,18 @@ def plot_loss_by_position(summary: dict, out_path: str) -> bool:
         else:
             ax.plot(range(1, len(values) + 1), [np.nan if v is None else v for v in values], **kw)
 
-    if f"test_{key}_by_t" in initial:
-        curve(initial[f"test_{key}_by_t"], color="0.7", lw=1, label="untrained")
+    model = _values(final[f"test_{key}_by_t"])
+    refs = {k[: -len(f"_{key}_by_t")]: ref[k] for k in ref if k.endswith(f"_{key}_by_t")}
+    best = min(refs, key=lambda n: np.mean(_values(refs[n])), default=None)
+    shown = model + (_values(refs[best]) if best else [])
+    lo, hi = min(shown), max(shown)
+    lo, hi = lo - 0.15 * (hi - lo) - 1e-9, hi + 0.25 * (hi - lo) + 1e-9
     curve(final[f"test_{key}_by_t"], marker="o", lw=2, color="k", label="model")
-    for name in sorted(k[: -len(f"_{key}_by_t")] for k in ref if k.endswith(f"_{key}_by_t")):
-        curve(ref[f"{name}_{key}_by_t"], ls="--", lw=1, label=name.replace("_", " "))
+    for name in sorted(refs):
+        mean = float(np.mean(_values(refs[name])))
+        label = name.replace("_", " ") + ("" if mean <= hi else f" (mean {mean:.4g}, off scale)")
+        curve(refs[name], ls="--", lw=1, label=label)
+    ax.set_ylim(lo, hi)
     ax.set_xlabel("position in the sequence" + (" (bucket)" if key == "bpc" else ""))
     ax.set_ylabel("test BCE per frame" if key == "bce" else "test bits per token")
     ax.grid(alpha=0.3)
