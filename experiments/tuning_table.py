@@ -10,6 +10,13 @@ import json
 import os
 
 
+def _rung(step: int, steps: list[int]) -> int:
+    """The rung an evaluation stands for: text runs evaluate at the first sentence end after a
+    rung (step 2,093 for 2,000), so a step counts for the largest rung at or below it."""
+    below = [s for s in steps if s <= step]
+    return below[-1] if below and step - below[-1] < 0.1 * below[-1] + 200 else step
+
+
 def rung_table(study_dir: str, base: str, metric: str, steps: list[int]) -> str:
     """Markdown: one row per variant, the test loss at each of `steps` (blank where ASHA stopped
     the trial earlier), and the change from `base` at the furthest step both reached."""
@@ -18,7 +25,7 @@ def rung_table(study_dir: str, base: str, metric: str, steps: list[int]) -> str:
         for line in fh:
             c = json.loads(line)
             if c.get(metric) is not None:
-                curves.setdefault(c["variant"], {})[c["step"]] = c[metric]
+                curves.setdefault(c["variant"], {})[_rung(c["step"], steps)] = c[metric]
     if base not in curves:
         raise SystemExit(f"{study_dir}: no variant named {base!r}")
     head = "| variant | " + " | ".join(f"{s:,} steps" for s in steps) + f" | vs {base} |"
@@ -28,7 +35,8 @@ def rung_table(study_dir: str, base: str, metric: str, steps: list[int]) -> str:
     order = sorted(order, key=lambda v: -max((s for s in steps if s in curves[v]), default=0))
     for v in order:
         row = curves[v]
-        cells = [f"{row[s]:.1f}" if s in row and row[s] < 1e8 else ("diverged" if s in row else "")
+        fmt = ".3f" if row.get(steps[0], 100.0) < 20 else ".1f"
+        cells = [f"{row[s]:{fmt}}" if s in row and row[s] < 1e8 else ("diverged" if s in row else "")
                  for s in steps]
         shared = [s for s in steps if s in row and s in curves[base]]
         if shared and row[shared[-1]] < 1e8:
