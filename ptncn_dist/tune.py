@@ -32,26 +32,29 @@ def run_trial(params: dict) -> None:
 
     A run that diverges is reported once with a very large loss and `diverged = 1`, so the
     study keeps it as a result (a learning rate that blows up is a finding), not as an error."""
+    import ray
     from ray import tune
     from .errors import DivergenceError
     from .train import train
     overrides = {**_strip_private(params), **params.get("sampled", {})}
     cfg = trial_config(params.get("config"), overrides)
     metric, t0, seen = metric_for(cfg), time.perf_counter(), {"step": -1}
+    node_ip = ray.util.get_node_ip_address()
 
     def on_record(rec: dict) -> None:
         if metric not in rec or rec["step"] <= seen["step"]:
             return
         seen["step"] = rec["step"]
         out = {k: v for k, v in rec.items() if k.startswith("test_") or k == "reference"}
-        out.update(step=rec["step"], wall_s=time.perf_counter() - t0, diverged=0)
+        out.update(step=rec["step"], wall_s=time.perf_counter() - t0, diverged=0, node_ip=node_ip)
         tune.report(out)
 
     try:
         train(cfg, None, log=lambda *_: None, on_record=on_record)
     except DivergenceError as exc:
         tune.report({metric: FAILED_LOSS, "step": max(seen["step"], 0) + 1,
-                     "wall_s": time.perf_counter() - t0, "diverged": 1, "error": str(exc)[:200]})
+                     "wall_s": time.perf_counter() - t0, "diverged": 1, "error": str(exc)[:200],
+                     "node_ip": node_ip})
 
 
 def _tune_value(tune, d: Dist):
@@ -83,8 +86,9 @@ def _strip_private(params: dict) -> dict:
 
 
 def study(base_path: str | None, space_path: str, out_dir: str, storage: str, name: str,
-          num_cpus: int | None = None, node_ip: str = "127.0.0.2") -> list[dict]:
-    """Run the study; returns one summary row per trial (also written to `out_dir`)."""
+          num_cpus: int | None = None, node_ip: str = "127.0.0.2", address: str = "") -> list[dict]:
+    """Run the study on a private local Ray (on `node_ip`), or on the cluster at `address`;
+    returns one summary row per trial (also written to `out_dir`)."""
     try:
         import ray
         from ray import tune
@@ -100,8 +104,11 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
     for v in space.variants:
         max_t = max(max_t, int(v.overrides.get("train.steps", 0)))
     os.makedirs(out_dir, exist_ok=True)
-    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-             _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+    if address:
+        ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+    else:
+        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+                 _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
     try:
         cpus = space.cpus_per_trial
         space.fixed.setdefault("engine.blas_threads", max(1, int(cpus)))
@@ -145,12 +152,13 @@ def write_results(grid, metric: str, out_dir: str) -> list[dict]:
                      "diverged": int(any(r.get("diverged") for r in evals)),
                      f"best_{metric}": _clean(best.get(metric)), "best_step": best.get("step"),
                      f"last_{metric}": _clean(last.get(metric)), "last_step": last.get("step"),
-                     "wall_s": _clean(last.get("wall_s")),
+                     "wall_s": _clean(last.get("wall_s")), "node_ip": last.get("node_ip"),
                      "steps_per_s": _clean(last["step"] / last["wall_s"]) if last.get("wall_s") else None,
                      "settings": json.dumps(settings, sort_keys=True)})
         for r in evals:
             keep = {k: _clean(v) if not isinstance(v, (list, dict)) else v for k, v in r.items()
-                    if k in ("step", "wall_s", "diverged") or k.startswith("test_") or k.startswith("reference")}
+                    if k in ("step", "wall_s", "diverged", "node_ip") or k.startswith("test_")
+                    or k.startswith("reference")}
             curves.append({"trial": i, "variant": name, **keep})
     rows.sort(key=lambda r: (r[f"best_{metric}"] is None, r[f"best_{metric}"] or 0.0))
     with open(os.path.join(out_dir, "trials.csv"), "w", newline="", encoding="utf-8") as fh:
@@ -210,11 +218,14 @@ def main(argv=None) -> int:
     p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
     p.add_argument("--out", default=None, help="results directory (default experiments/results/tuning/NAME)")
     p.add_argument("--storage", default="runs/tune", help="Tune's experiment directory root")
-    p.add_argument("--num-cpus", type=int, default=None, help="CPUs the study's Ray may use (default: all)")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs a private local Ray may use (default: all)")
+    p.add_argument("--address", default="", help="join a running Ray cluster ('auto', HOST:PORT) instead of a private local Ray")
+    p.add_argument("--node-ip", default="127.0.0.2", help="this machine's Ray node address (a loopback one by default)")
     args = p.parse_args(argv)
     name = args.name or os.path.splitext(os.path.basename(args.space))[0]
     out = args.out or os.path.join("experiments", "results", "tuning", name)
-    rows = study(args.config, args.space, out, args.storage, name, args.num_cpus)
+    rows = study(args.config, args.space, out, args.storage, name, args.num_cpus, node_ip=args.node_ip,
+                 address=args.address)
     if not rows:
         raise ConfigError("the study ran no trial")
     key = next(k for k in rows[0] if k.startswith("best_"))

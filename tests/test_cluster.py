@@ -63,3 +63,21 @@ def test_stop_leaves_nothing(tmp_path):
     for pid in pids.values():
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_tune_study_runs_its_trials_on_the_cluster(cluster, tmp_path):
+    """`ptncn tune --address` joins the cluster: with one CPU per node, three one-CPU trials
+    started together land on different nodes, all on loopback."""
+    import csv
+    from test_tune import TINY
+    space = tmp_path / "space.toml"
+    space.write_text(TINY.replace("max_concurrent = 2", "max_concurrent = 3")
+                     + '\n[[variant]]\nname = "lr_0.03"\nset = { "optim.lr" = 0.03 }\n')
+    out = tmp_path / "out"
+    ptncn("tune", "--space", str(space), "--out", str(out), "--storage", str(tmp_path / "storage"),
+          "--address", cluster.address, "--node-ip", cluster.ip(0), env=cluster.env())
+    with open(out / "trials.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ips = {r["node_ip"] for r in rows}
+    assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
+    assert ips <= {"127.0.0.2", "127.0.0.3", "127.0.0.4"} and len(ips) >= 2
