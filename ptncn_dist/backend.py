@@ -167,6 +167,10 @@ def gemm_tn(alpha: float, a, b, beta: float, c) -> None:
         a = np.ascontiguousarray(a, dtype=c.dtype)
         b = np.ascontiguousarray(b, dtype=c.dtype)
         m, n, k = c.shape[0], c.shape[1], a.shape[0]
+        if a.shape != (k, m) or b.shape != (k, n):
+            raise ValueError(f"gemm_tn: a {a.shape} and b {b.shape} do not give c {c.shape}")
+        if c.size == 0:
+            return
         _CBLAS["sgemm" if c.dtype == np.float32 else "dgemm"](
             101, 112, 111, m, n, k, alpha, a.ctypes.data, m, b.ctypes.data, n, beta, c.ctypes.data, n)
         return

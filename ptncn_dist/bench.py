@@ -209,7 +209,7 @@ def actor_call_round_trip_ms(n: int = 300) -> float:
 def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | None = None) -> list[dict]:
     import ray
     rows = []
-    from .engines.placement import SYSTEM_CONFIG
+    from .engines.placement import SYSTEM_CONFIG, shutdown_ray
     ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
              _node_ip_address="127.0.0.2", log_to_driver=False, configure_logging=False,
              _system_config=SYSTEM_CONFIG)
@@ -230,7 +230,7 @@ def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | No
                 rows.append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
     finally:
-        ray.shutdown()
+        shutdown_ray()
     if out_csv:
         os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
         with open(out_csv, "w", newline="") as fh:

@@ -38,7 +38,8 @@ def kill_actor_process(node_id: str, pid: int) -> None:
         except ProcessLookupError:
             return False
 
-    return ray.get(_kill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(pid))
+    ref = _kill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(pid)
+    return ray.get(ref, timeout=120)
 
 
 class FaultInjector(threading.Thread):
@@ -92,11 +93,13 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
         trainer.run()
     finally:
         injector.stop.set()
-        injector.join(5)
+        injector.join(180)
         elapsed = time.monotonic() - t0
         a, b = ref.engine.weights(), trainer.engine.weights()
         trainer.close()
         ref.close()
+    if injector.is_alive():
+        raise RuntimeError("the fault injector is still inside a Ray call after the run ended")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     recs = trainer.recovery_log
     return {"faults_injected": len(injector.injected), "recoveries": len(recs),

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from .bench import ENGINES, _threads
+from .engines.placement import shutdown_ray
 
 DEFAULT_OUT = os.path.join("experiments", "results", "scaling")
 
@@ -109,7 +110,7 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
                     continue
                 run(hidden, B, x_dim, engine)
     finally:
-        ray.shutdown()
+        shutdown_ray()
     rows = []
     for hidden, B, x_dim in configs:
         fl, roof = shapes[hidden]
@@ -160,7 +161,7 @@ def spread_child(address: str, node_ip: str, configs, seconds: float, bases) -> 
             out.append(_row(hidden, B, x_dim, "ray_exact_tcp", "spread", r, [flops(g) for g in layers],
                             [gemm_seconds(g) for g in layers], base))
     finally:
-        ray.shutdown()
+        shutdown_ray()
     return out
 
 

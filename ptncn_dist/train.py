@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -164,12 +165,15 @@ class Trainer:
             self.writer.write({"step": self.step, **rec, "placement": self.engine.stats().get("placement")})
 
     def _guarded(self, fn):
-        """fn(), recovering from lost workers until it succeeds or max_failures is reached."""
+        """fn(), recovering from lost workers until it succeeds or max_failures is reached.
+        A handled failure's traceback frames are cleared: they hold the ObjectRefs of the
+        failed call in a reference cycle that would otherwise outlive the Ray session."""
         while True:
             try:
                 return fn()
             except self.engine.failure_types() as exc:
                 self._recover(exc)
+                traceback.clear_frames(exc.__traceback__)
 
     def _checkpoint_due(self, before: int) -> bool:
         """A checkpoint is due when the last segment crossed a multiple of checkpoint_every (or

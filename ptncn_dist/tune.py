@@ -16,6 +16,7 @@ import math
 import os
 import time
 
+from .engines.placement import shutdown_ray
 from .errors import ConfigError, PtncnError
 from .tune_space import Dist, SearchSpace, read_space, trial_config
 
@@ -125,7 +126,7 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
         grid = tuner.fit()
         rows = write_results(grid, metric, out_dir)
     finally:
-        ray.shutdown()
+        shutdown_ray()
     return rows
 
 

@@ -1,6 +1,7 @@
 """Chaos on real processes: layer actors killed by pid, a worker node stopped, the driver
 killed, the newest checkpoint damaged. Each run must finish on exactly the weights of a run
 that never failed (float64)."""
+import gc
 import json
 import os
 import signal
@@ -11,10 +12,12 @@ import time
 import numpy as np
 import pytest
 import ray
+from ray.actor import ActorHandle
 
 from conftest import REPO
 from ptncn_dist import chaos
 from ptncn_dist.config import load
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.train import Trainer
 
 SETS = ["model.hidden=[48,32,24]", "data.frame=32", "data.batch=8", "data.seq_len=10", 'model.dtype="float64"',
@@ -34,8 +37,12 @@ def test_killed_layer_actors_recover_exactly(tmp_path):
     try:
         cfg = load(None, SETS + ['engine.name="ray"', "train.steps=600"])
         res = chaos.drill(cfg, faults=3, seed=1, run_dir=str(tmp_path), log=lambda *_: None)
+        gc.collect()
+        leftover = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (ray.ObjectRef, ActorHandle))]
     finally:
-        ray.shutdown()
+        shutdown_ray()
+    # nothing keeps the failed calls' refs or the closed actors' handles once the run is over
+    assert leftover == []
     assert res["faults_injected"] == 3 and res["recoveries"] == 3
     assert res["max_final_weight_difference"] == 0.0
     assert all("ActorDied" in r["cause"] or "RayActorError" in r["cause"] for r in res["recovery_log"])
@@ -43,6 +50,30 @@ def test_killed_layer_actors_recover_exactly(tmp_path):
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert sum(1 for r in logged if "recovery" in r) == 3
     assert json.load(open(tmp_path / "summary.json"))["recoveries"] == 3
+
+
+def test_shutdown_frees_ray_objects_in_cycles_while_the_session_lives():
+    """A Ray object freed by a garbage collection after its session is gone can crash the
+    process; `shutdown_ray` collects first, so a cycle holding an ObjectRef dies in-session."""
+    seen = []
+
+    class Cycle:
+        def __init__(self, ref):
+            self.ref, self.me = ref, self
+
+        def __del__(self):
+            seen.append(ray.is_initialized())
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.2",
+             log_to_driver=False, configure_logging=False)
+    try:
+        gc.disable()
+        Cycle(ray.put(np.zeros(4)))
+    finally:
+        shutdown_ray()
+        gc.enable()
+    gc.collect()
+    assert seen == [True]
 
 
 def test_compiled_graph_run_recovers_exactly(tmp_path):
@@ -54,7 +85,7 @@ def test_compiled_graph_run_recovers_exactly(tmp_path):
                                  "model.hidden=[32,24]"])
         res = chaos.drill(cfg, faults=1, seed=2, run_dir=str(tmp_path), log=lambda *_: None)
     finally:
-        ray.shutdown()
+        shutdown_ray()
     assert res["faults_injected"] == 1 and res["recoveries"] == 1
     assert res["max_final_weight_difference"] == 0.0
 

@@ -14,6 +14,7 @@ import pytest
 from conftest import DATA, REPO, need_data
 from ptncn_dist import metrics, references
 from ptncn_dist.config import load
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.data import open_streams
 from ptncn_dist.data.batch import Batch
 from ptncn_dist.engines.factory import build_engine
@@ -193,7 +194,7 @@ def private_ray():
     try:
         yield ray
     finally:
-        ray.shutdown()
+        shutdown_ray()
 
 
 @pytest.mark.parametrize("extra", [[], ['engine.transport="calls"', "engine.compiled=true"]],

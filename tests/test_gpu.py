@@ -4,6 +4,7 @@ import pytest
 
 from conftest import golden_files
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.golden import load_golden
 
 pytestmark = pytest.mark.gpu
@@ -59,4 +60,4 @@ def test_ray_gpu_layer_keeps_weights_on_device():
             np.testing.assert_allclose(w[k], a[k], atol=1e-9, err_msg=k)
         gpu.close()
     finally:
-        ray.shutdown()
+        shutdown_ray()

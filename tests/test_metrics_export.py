@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from ptncn_dist.config import load
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.engines.factory import build_engine
 
 pytest.importorskip("aiohttp", reason="the Ray metrics agent comes with ray[default]")
@@ -56,7 +57,7 @@ def test_layer_metrics_reach_a_prometheus_scrape():
         finally:
             engine.close()
     finally:
-        ray.shutdown()
+        shutdown_ray()
     for l, st in enumerate(stats, start=1):
         assert seen.get(("ptncn_layer_steps_total", l)) == 7, sorted(seen)
         assert seen[("ptncn_layer_bytes_sent_total", l)] == st["sent_bytes"] > 0

@@ -6,6 +6,7 @@ import ray
 
 from conftest import golden_files
 from ptncn_dist.config import load
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.data import open_streams
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
@@ -20,7 +21,7 @@ def ray_instance():
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False,
              configure_logging=False)
     yield
-    ray.shutdown()
+    shutdown_ray()
 
 
 def small(hidden, extra=()):

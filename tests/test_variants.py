@@ -7,6 +7,7 @@ import pytest
 import ray
 
 from ptncn_dist.config import load
+from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.errors import ConfigError
@@ -213,7 +214,7 @@ def ray_session():
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False,
              configure_logging=False)
     yield
-    ray.shutdown()
+    shutdown_ray()
 
 
 def ray_weights(hidden, extra):

@@ -38,6 +38,18 @@ def connect(engine_cfg, n_layers: int) -> bool:
     return True
 
 
+def shutdown_ray() -> None:
+    """Stop this process's Ray session after collecting garbage: an ObjectRef or actor handle
+    left in a reference cycle (a caught actor error's traceback holds several) must be freed
+    while the session that owns it is alive, not by a later collection once it is gone, which
+    can crash the process (ray-project/ray#31145 describes the same hazard with threads)."""
+    import gc
+
+    import ray
+    gc.collect()
+    ray.shutdown()
+
+
 def layer_options(engine_cfg, n_layers: int, degrade: bool = False):
     """Per layer the actor options (resources, scheduling strategy), and the placement group
     made for them (None for explicit placement). Waits for the group with a clear timeout.

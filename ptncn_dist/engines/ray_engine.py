@@ -13,7 +13,7 @@ from ..layer_spec import check_schedule
 from .base import Engine, StepDiverged, shard_name, token_ids
 from .graph_worker import GraphWorker
 from .layer_actor import MailboxWorker
-from .placement import connect, layer_options
+from .placement import connect, layer_options, shutdown_ray
 
 
 class RayEngine(Engine):
@@ -263,5 +263,5 @@ class RayEngine(Engine):
             ray.util.remove_placement_group(self.pg)
             self.pg = None
         if self.started_ray:
-            ray.shutdown()
+            shutdown_ray()
             self.started_ray = False
