@@ -116,21 +116,6 @@ def load(ckpt_dir: str, config_hash: str | None = None) -> Loaded:
     return Loaded(ckpt_dir, manifest, shards)
 
 
-def verify(ckpt_dir: str, config_hash: str | None = None) -> dict:
-    """Check a checkpoint's manifest and shard checksums without decoding the shards."""
-    manifest = read_manifest(ckpt_dir, config_hash)
-    for rec in manifest["shards"]:
-        path = os.path.join(ckpt_dir, rec["name"])
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise CheckpointError(f"{path}: cannot read shard: {exc.strerror}") from None
-        if len(data) != rec["bytes"] or hashlib.sha256(data).hexdigest() != rec["sha256"]:
-            raise CheckpointError(f"{path}: size or checksum does not match the manifest")
-    return manifest
-
-
 def latest_valid(root: str, config_hash: str | None = None, *, restore=None):
     """The newest checkpoint under `root` that verifies, warning about each damaged one skipped.
 

@@ -1,4 +1,4 @@
-"""msgpack encoding of plain data with NumPy arrays inside: what checkpoints and messages use.
+"""msgpack encoding of plain data with NumPy arrays inside: what checkpoints use.
 
 Arrays travel as {"__nd__": dtype, "shape": [...], "data": bytes}; only plain numeric dtypes are
 accepted on the way back, and nothing in a file can make the reader run code (no pickle).

@@ -3,7 +3,6 @@ weights, inputs, and what every step computed. Used to check any engine against 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 
 import numpy as np

@@ -48,7 +48,7 @@ class LayerCore:
     (exchange 2) -> `finish`. It holds no reference to any other layer: what it needs from a
     neighbour comes in as an argument, so the same object serves a single process and a Ray
     actor. The pipelined schedule (K = 1 only) replaces `finish` by `finish_pipelined` and
-    `take_neighbours` (see ray_engine).
+    `take_neighbours` (see `LocalEngine.step_pipelined`).
     """
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
-
 from .backend import get_dtype
 from .errors import ConfigError
 from .layer_spec import LayerSpec, init_params, layer_specs
@@ -23,11 +21,6 @@ def specs_from_config(model_cfg, x_dim: int, sparse_input: bool) -> list[LayerSp
 def initial_params(specs, model_cfg, seed: int) -> list[dict]:
     dtype = get_dtype(model_cfg.dtype)
     return [init_params(s, seed, model_cfg.weight_sd, model_cfg.error_weight_sd, dtype) for s in specs]
-
-
-def flat_weights(per_layer: list[dict]) -> dict[str, np.ndarray]:
-    """[{'M': ..}, {'M': ..}] -> {'M1': .., 'M2': ..}."""
-    return {f"{k}{l}": v for l, p in enumerate(per_layer, start=1) for k, v in p.items()}
 
 
 def split_weights(flat: dict, n_layers: int) -> list[dict]:

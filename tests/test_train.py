@@ -1,7 +1,6 @@
 """Training end to end on real data: it learns, logs, checkpoints, resumes exactly, and fails
 clearly on bad input."""
 import json
-import os
 import subprocess
 import sys
 
