@@ -140,12 +140,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# commands that live in their own modules, each with its own argument parser
+STUDIES = {"bench": "ptncn_dist.studies.bench", "chaos": "ptncn_dist.studies.chaos", "tune": "ptncn_dist.tune"}
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("bench", "chaos", "tune"):
+    if argv and argv[0] in STUDIES:
         from importlib import import_module
         try:
-            return import_module(f"ptncn_dist.{argv[0]}").main(argv[1:])
+            return import_module(STUDIES[argv[0]]).main(argv[1:])
         except PtncnError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2

@@ -15,7 +15,7 @@ import ray
 from ray.actor import ActorHandle
 
 from conftest import REPO
-from ptncn_dist import chaos
+from ptncn_dist.studies import chaos
 from ptncn_dist.config import load
 from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.train import Trainer

@@ -2,7 +2,8 @@
 before Ray starts), every ray row is set against them, and the CSV holds what was printed."""
 import csv
 
-from ptncn_dist.scaling import fit_cost_model, sweep, validate
+from ptncn_dist.studies.cost_model import fit_cost_model, validate
+from ptncn_dist.studies.scaling import sweep
 
 
 def test_sweep_rows_and_cost_model(tmp_path):

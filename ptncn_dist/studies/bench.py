@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import os
 import sys
@@ -19,13 +18,9 @@ import time
 
 import numpy as np
 
-from .config import load
-from .engines.factory import build_engine
-
-
-def _threads(n):
-    from threadpoolctl import threadpool_limits
-    return threadpool_limits(limits=n, user_api="blas") if n else contextlib.nullcontext()
+from ..config import load
+from ..engines.factory import build_engine
+from .harness import ENGINES, engine_rate, local_ray, pin_blas, ray_cpus
 
 
 def _time(fn, reps: int) -> float:
@@ -91,7 +86,7 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
     mask = np.ones((T, B), np.float32)
     shapes = ptb_gemm_shapes(V, d, d, B)
     step_s, roof_s = {o: [] for o in optims}, []
-    with _threads(threads):
+    with pin_blas(threads):
         engines = {o: build_engine(load(None, base + PTB_OPTIMS[o]), V, "tokens") for o in optims}
         for engine in engines.values():
             engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
@@ -112,7 +107,7 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
 
 
 def print_ptb(res: dict, steps: int, rounds: int) -> None:
-    from .adam_kernel import kernel_name
+    from ..adam_kernel import kernel_name
     optims = list(res["by_optim"])
     print(f"P-TNCN, 2 x 1000 tanh, batch 50, 49 symbols, softmax (the authors' PTB settings); "
           f"{', '.join(optims)}")
@@ -127,43 +122,6 @@ def print_ptb(res: dict, steps: int, rounds: int) -> None:
 
 
 # -- engines side by side -------------------------------------------------------------------------
-def _engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
-    cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', *sets])
-    rng = np.random.default_rng(0)
-    T = 50
-    x = (rng.random((T, batch, x_dim)) > 0.8).astype(np.float32)
-    mask = np.ones((T, batch), np.float32)
-    with _threads(threads):
-        engine = build_engine(cfg, x_dim, "frames")
-        try:
-            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
-            done, t0 = 0, time.perf_counter()
-            while done < steps:
-                n = min(T, steps - done)
-                engine.run_segment(x, mask, 0, n, learn=True, t_prime=1)
-                done += n
-            rate = done / (time.perf_counter() - t0)
-            return rate, engine.stats()
-        finally:
-            engine.close()
-
-
-ENGINES = {
-    "local_1thread": (["engine.blas_threads=0"], 1),
-    "local_all_threads": (["engine.blas_threads=0"], None),
-    "ray_exact": (['engine.name="ray"', 'engine.transport="calls"', "engine.cpus_per_layer=1",
-                   "engine.blas_threads=1"], None),
-    "ray_pipelined": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="calls"',
-                       "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
-    "ray_compiled": (['engine.name="ray"', "engine.compiled=true", "engine.cpus_per_layer=1",
-                      "engine.blas_threads=1"], None),
-    "ray_exact_tcp": (['engine.name="ray"', 'engine.transport="tcp"', "engine.cpus_per_layer=1",
-                       "engine.blas_threads=1"], None),
-    "ray_pipelined_tcp": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="tcp"',
-                           "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
-}
-
-
 class PingPong:
     """Two of these bounce a message by ordinary actor calls: the round trip is the least an
     exact step can cost with actor calls, since it has two neighbour hops in sequence."""
@@ -207,13 +165,8 @@ def actor_call_round_trip_ms(n: int = 300) -> float:
 
 
 def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | None = None) -> list[dict]:
-    import ray
     rows = []
-    from .engines.placement import SYSTEM_CONFIG, shutdown_ray
-    ray.init(address="local", num_cpus=max(8, os.cpu_count() or 1), include_dashboard=False,
-             _node_ip_address="127.0.0.2", log_to_driver=False, configure_logging=False,
-             _system_config=SYSTEM_CONFIG)
-    try:
+    with local_ray(ray_cpus([len(h) for h, _, _ in configs])):
         rtt = actor_call_round_trip_ms()
         print(f"ray actor call round trip {rtt:.3f} ms (an exact step has two neighbour hops in sequence)",
               flush=True)
@@ -221,7 +174,7 @@ def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | No
             base = None
             for name in engines:
                 sets, threads = ENGINES[name]
-                rate, stats = _engine_rate(hidden, batch, x_dim, steps, sets, threads)
+                rate, stats = engine_rate(hidden, batch, x_dim, steps, sets, threads)
                 base = base or rate
                 sent = sum(v for k, v in stats.items() if k.endswith("_sent_bytes_per_step"))
                 row = {"hidden": "x".join(map(str, hidden)), "layers": len(hidden), "batch": batch, "x_dim": x_dim,
@@ -229,8 +182,6 @@ def bench_engines(configs, steps: int, engines=tuple(ENGINES), out_csv: str | No
                        "vs_local_1thread": round(rate / base, 3), "bytes_sent_per_step": int(sent)}
                 rows.append(row)
                 print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
-    finally:
-        shutdown_ray()
     if out_csv:
         os.makedirs(os.path.dirname(os.path.abspath(out_csv)), exist_ok=True)
         with open(out_csv, "w", newline="") as fh:

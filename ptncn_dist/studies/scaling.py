@@ -18,62 +18,28 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 
 import numpy as np
 
-from .bench import ENGINES, _threads
-from .engines.placement import shutdown_ray
+from ..engines.placement import shutdown_ray
+from .cost_model import fit_cost_model, flops, gemm_seconds, model_layers, project, validate
+from .harness import ENGINES, engine_rate, local_ray, ray_cpus
+from .scaling_report import plots, report
 
 DEFAULT_OUT = os.path.join("experiments", "results", "scaling")
 
 
 # -- the arithmetic of one layer ------------------------------------------------------------------
-def layer_gemms(d_in: int, d: int, d_up: int, B: int) -> list[tuple[int, int, int]]:
-    """(m, k, n) of each matrix product one layer computes in a step (dense input)."""
-    g = [(B, d_in, d), (B, d, d), (B, d, d_in), (B, d_in, d),      # in@M, y@V, z@W, e@E
-         (d, B, d_in), (d_in, B, d), (d, B, d), (d_in, B, d)]      # dW, dE, dV, dM
-    if d_up:
-        g += [(B, d_up, d), (d_up, B, d)]                            # y_up@U, dU
-    return g
-
-
-def flops(gemms) -> float:
-    return sum(2.0 * m * k * n for m, k, n in gemms)
-
-
-def gemm_seconds(gemms, reps: int = 5) -> float:
-    """Single-threaded time of one pass over `gemms` (float32, preallocated outputs)."""
-    rng = np.random.default_rng(0)
-    ops = [(rng.random((m, k), dtype=np.float32), rng.random((k, n), dtype=np.float32),
-            np.empty((m, n), np.float32)) for m, k, n in gemms]
-    with _threads(1):
-        for a, b, c in ops:
-            np.matmul(a, b, out=c)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            for a, b, c in ops:
-                np.matmul(a, b, out=c)
-    return (time.perf_counter() - t0) / reps
-
-
-def model_layers(x_dim: int, hidden, B: int):
-    dims = [x_dim, *hidden]
-    return [layer_gemms(dims[l - 1], dims[l], dims[l + 1] if l + 1 < len(dims) else 0, B)
-            for l in range(1, len(dims))]
-
-
 # -- 1. the sweep ---------------------------------------------------------------------------------
 def measure(hidden, B: int, x_dim: int, engine: str, seconds: float, extra=()) -> dict:
-    from .bench import _engine_rate
     sets, threads = ENGINES[engine]
     probe_steps = 10
-    rate, _ = _engine_rate(hidden, B, x_dim, probe_steps, [*sets, *extra], threads)
+    rate, _ = engine_rate(hidden, B, x_dim, probe_steps, [*sets, *extra], threads)
     steps = int(min(400, max(20, rate * seconds)))
-    rate, stats = _engine_rate(hidden, B, x_dim, steps, [*sets, *extra], threads)
+    rate, stats = engine_rate(hidden, B, x_dim, steps, [*sets, *extra], threads)
     row = {"steps_per_s": rate, "steps": steps}
     for k in ("compute", "comm", "wait"):
         vals = [v for key, v in stats.items() if key.endswith(f"_{k}_ms_per_step")]
@@ -87,8 +53,6 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
     """Every (configuration, engine) pair. The single-process engines run first, before Ray
     starts: multi-threaded BLAS spin-waits, and the processes a Ray session leaves on a small
     machine would slow it by a third. Then the ray engines, in one Ray session."""
-    import ray
-    from .engines.placement import SYSTEM_CONFIG
     results: dict = {}
     shapes = {}
 
@@ -101,16 +65,13 @@ def sweep(configs, engines, seconds: float, spread_nodes: int, out: str, log=pri
         shapes[hidden] = ([flops(g) for g in layers], [gemm_seconds(g) for g in layers])
         for engine in [e for e in engines if not e.startswith("ray")]:
             run(hidden, B, x_dim, engine)
-    ray.init(address="local", num_cpus=16, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
-    try:
+    ray_engines = [e for e in engines if e.startswith("ray")]
+    with local_ray(ray_cpus([len(h) for h, _, _ in configs] if ray_engines else [])):
         for hidden, B, x_dim in configs:
-            for engine in [e for e in engines if e.startswith("ray")]:
+            for engine in ray_engines:
                 if engine == "ray_compiled" and len(hidden) > 2:
                     continue
                 run(hidden, B, x_dim, engine)
-    finally:
-        shutdown_ray()
     rows = []
     for hidden, B, x_dim in configs:
         fl, roof = shapes[hidden]
@@ -130,12 +91,12 @@ def sweep_spread(configs, nodes: int, seconds: float, rows, log) -> list[dict]:
     """ray exact (tcp links) with one layer per node of a real local cluster (STRICT_SPREAD), measured by a
     driver process that joins the cluster with its token (a process that already ran another
     Ray session cannot switch to token authentication)."""
-    from .local_cluster import LocalCluster
+    from ..local_cluster import LocalCluster
     todo = [c for c in configs if len(c[0]) <= nodes]
     bases = [next(r["steps_per_s"] for r in rows if r["hidden"] == _h(h) and r["batch"] == B
                   and r["engine"] == "local_1thread") for h, B, _ in todo]
     with LocalCluster(nodes=nodes, cpus_per_node=1) as cluster:
-        code = ("import json, sys; from ptncn_dist.scaling import spread_child; "
+        code = ("import json, sys; from ptncn_dist.studies.scaling import spread_child; "
                 f"print(json.dumps(spread_child({cluster.address!r}, {cluster.ip(0)!r}, {json.dumps(todo)}, "
                 f"{seconds}, {bases})))")
         res = subprocess.run([sys.executable, "-c", code], env={**os.environ, **cluster.env()},
@@ -292,7 +253,7 @@ def seqlen_study(lengths, out: str, log=print) -> list[dict]:
         log("torch is not installed (pip install 'ptncn_dist[torch]'): PyTorch BPTT rows skipped")
     for method in methods:
         for T in lengths:
-            code = f"import json; from ptncn_dist.scaling import seqlen_one; print(json.dumps(seqlen_one({method!r}, {T})))"
+            code = f"import json; from ptncn_dist.studies.scaling import seqlen_one; print(json.dumps(seqlen_one({method!r}, {T})))"
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1800)
             if res.returncode != 0:
                 log(f"{method} T={T} failed: {res.stderr.strip().splitlines()[-1:]}")
@@ -308,8 +269,8 @@ def seqlen_study(lengths, out: str, log=print) -> list[dict]:
 def mode_losses(steps: int = 1500, seeds=(0, 1), log=print) -> list[dict]:
     """Test BCE per frame after training the same 3-layer model with the exact and the pipelined
     schedule (single-process engine; the ray engine gives the same numbers)."""
-    from .config import load
-    from .train import train
+    from ..config import load
+    from ..train import train
     rows = []
     for mode in ("exact", "pipelined"):
         for seed in seeds:
@@ -322,197 +283,6 @@ def mode_losses(steps: int = 1500, seeds=(0, 1), log=print) -> list[dict]:
                          "test_bce": round(res.final_test["test_bce"], 2), "test_se": round(res.final_test["test_se"], 2)})
             log(f"{mode:9s} seed {seed}: test BCE {rows[-1]['test_bce']}")
     return rows
-
-
-# -- 3. the cost model ----------------------------------------------------------------------------
-RAY_MODELLED = ("ray_exact_tcp", "ray_pipelined_tcp")
-
-
-def _compute_s(m: dict, r: dict) -> float:
-    """The compute part of a step: the slowest layer, or all layers shared over the cores when
-    there are more layer workers than cores (as on this machine)."""
-    per_layer = r["max_layer_gflop"] / m["gflops_per_worker"] + m["compute_overhead_s"]
-    total = r["gflop_per_step"] / m["gflops_per_worker"] + r["layers"] * m["compute_overhead_s"]
-    return max(per_layer, total / max(1, min(r["layers"], m["cores"])))
-
-
-def fit_cost_model(rows: list[dict]) -> dict:
-    """Calibrate on the sweep. Compute: a layer's step time = its GFLOP / R + c (R, c fitted to
-    the per-layer compute times the runs with TCP links report); with more layers than cores the
-    layers share them. Messages: each step adds rounds * alpha + (bytes a layer sends) / beta
-    (alpha, beta fitted to what is left of the measured step times)."""
-    ray_rows = [r for r in rows if r["engine"] in RAY_MODELLED and r["placement"] == "pack"]
-    X = np.array([[r["max_layer_gflop"], 1.0] for r in ray_rows])
-    y = np.array([r["max_layer_compute_ms"] / 1e3 for r in ray_rows])
-    inv_r, c = np.linalg.lstsq(X, y, rcond=None)[0]
-    m = {"gflops_per_worker": 1.0 / max(inv_r, 1e-12), "compute_overhead_s": float(max(c, 0.0)),
-         "cores": os.cpu_count() or 1}
-    rounds = np.array([2.0 if "exact" in r["engine"] else 1.0 for r in ray_rows])
-    resid = np.array([1.0 / r["steps_per_s"] - _compute_s(m, r) for r in ray_rows])
-    A = np.stack([rounds, np.array([r["max_layer_bytes"] for r in ray_rows], dtype=float)], axis=1)
-    alpha, inv_beta = np.linalg.lstsq(A, resid, rcond=None)[0]
-    m.update(alpha_s_per_round=float(max(alpha, 0.0)), beta_bytes_per_s=float(1.0 / max(inv_beta, 1e-15)))
-    return m
-
-
-def predict(m: dict, r: dict) -> float:
-    rounds = 2 if "exact" in r["engine"] else 1
-    return 1.0 / (_compute_s(m, r) + rounds * m["alpha_s_per_round"] + r["max_layer_bytes"] / m["beta_bytes_per_s"])
-
-
-def validate(m: dict, rows: list[dict]) -> list[dict]:
-    out = []
-    for r in rows:
-        if r["engine"] not in RAY_MODELLED:
-            continue
-        p = predict(m, r)
-        out.append({"hidden": r["hidden"], "batch": r["batch"], "engine": r["engine"], "placement": r["placement"],
-                    "measured_steps_per_s": r["steps_per_s"], "predicted_steps_per_s": round(p, 3),
-                    "error_pct": round(100 * (p - r["steps_per_s"]) / r["steps_per_s"], 1)})
-    return out
-
-
-PROJECTION = {"width": 4096, "batch": 256, "gpu_tflops": 30.0, "software_overhead_s_per_round": None,
-              "network_latency_s": {"10 Gbit/s": 50e-6, "100 Gbit/s": 10e-6}}
-
-
-def project(m: dict, layers=(8, 16, 64)) -> list[dict]:
-    """Steps/s of L layers of width 4096, batch 256, one GPU per layer (exact schedule, 2 rounds),
-    against the same L layers on one GPU. Assumptions in PROJECTION and results.md."""
-    d, B = PROJECTION["width"], PROJECTION["batch"]
-    per_layer = flops(layer_gemms(d, d, d, B)) / 1e12
-    compute = per_layer / PROJECTION["gpu_tflops"]
-    msg = 5 * B * d * 4
-    out = []
-    for net, lat in PROJECTION["network_latency_s"].items():
-        bw = (10e9 if net.startswith("10 ") else 100e9) / 8
-        step = compute + 2 * (m["alpha_s_per_round"] + lat) + msg / bw
-        for L in layers:
-            single = 1.0 / (L * compute)
-            out.append({"network": net, "layers": L, "layer_parallel_steps_per_s": round(1.0 / step, 1),
-                        "one_gpu_steps_per_s": round(single, 1), "speedup": round(single and (1.0 / step) / single, 2),
-                        "compute_ms_per_layer": round(compute * 1e3, 3), "message_ms": round((msg / bw) * 1e3, 3)})
-    return out
-
-
-# -- plots and report -----------------------------------------------------------------------------
-def plots(out: str, sweep_rows, seq_rows, proj_rows) -> list[str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    written = []
-    if sweep_rows:
-        fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-        for engine in sorted({r["engine"] for r in sweep_rows}):
-            for placement in sorted({r["placement"] for r in sweep_rows if r["engine"] == engine}):
-                rs = [r for r in sweep_rows if r["engine"] == engine and r["placement"] == placement]
-                label = engine + ("" if placement in ("-", "pack") else f" ({placement})")
-                xs = [f"{r['hidden']}\nB{r['batch']}" for r in rs]
-                axes[0].plot(xs, [r["steps_per_s"] for r in rs], "o-", label=label)
-                axes[1].plot(xs, [r["speedup_vs_1thread"] for r in rs], "o-", label=label)
-                axes[2].plot(xs, [r["share_of_gemm_roof"] for r in rs], "o-", label=label)
-        for ax, t in zip(axes, ("steps/s", "speed-up vs 1 thread", "share of GEMM roof")):
-            ax.set_title(t)
-            ax.set_yscale("log" if t == "steps/s" else "linear")
-            ax.tick_params(axis="x", labelsize=6)
-            ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=7)
-        fig.tight_layout()
-        written.append(os.path.join(out, "sweep.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    if seq_rows:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for method in sorted({r["method"] for r in seq_rows}):
-            rs = [r for r in seq_rows if r["method"] == method]
-            axes[0].plot([r["T"] for r in rs], [r["tokens_per_s"] for r in rs], "o-", label=method)
-            axes[1].plot([r["T"] for r in rs], [r["peak_extra_mb"] for r in rs], "o-", label=method)
-        for ax, t in zip(axes, ("tokens/s", "peak memory above start (MB)")):
-            ax.set_xscale("log")
-            ax.set_xlabel("sequence length")
-            ax.set_title(t)
-            ax.grid(alpha=0.3)
-        axes[0].legend()
-        fig.tight_layout()
-        written.append(os.path.join(out, "seqlen.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    if proj_rows:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for net in sorted({r["network"] for r in proj_rows}):
-            rs = [r for r in proj_rows if r["network"] == net]
-            ax.plot([r["layers"] for r in rs], [r["layer_parallel_steps_per_s"] for r in rs], "o-", label=f"one GPU per layer, {net}")
-        rs = [r for r in proj_rows if r["network"] == proj_rows[0]["network"]]
-        ax.plot([r["layers"] for r in rs], [r["one_gpu_steps_per_s"] for r in rs], "k--", label="all layers on one GPU")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("layers")
-        ax.set_ylabel("steps/s (projected)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(os.path.join(out, "projection.png"))
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
-    return written
-
-
-def table(rows, keys) -> str:
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=()) -> str:
-    import ray
-    meta = {"command": "ptncn bench scaling " + " ".join(argv), "python": platform.python_version(),
-            "numpy": np.__version__, "ray": ray.__version__, "machine": platform.platform(),
-            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M")}
-    with open(os.path.join(out, "meta.json"), "w") as fh:
-        json.dump({**meta, "cost_model": model}, fh, indent=2)
-    parts = [f"# Layer-parallel scaling study\n\nCommand: `{meta['command']}` on {meta['cpus']} CPU cores "
-             f"({meta['machine']}), Python {meta['python']}, NumPy {meta['numpy']}, Ray {meta['ray']}, {meta['date']}.\n"]
-    if sweep_rows:
-        parts.append("## Sweep (steps/s side by side in one run)\n\n" + table(sweep_rows, [
-            "hidden", "batch", "engine", "placement", "workers", "steps_per_s", "speedup_vs_1thread", "efficiency",
-            "achieved_gflops", "share_of_gemm_roof", "max_layer_compute_ms", "max_layer_comm_ms",
-            "max_layer_wait_ms", "bytes_per_step"]) + "\n\n![sweep](sweep.png)\n")
-    if model:
-        mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
-        gbps = model["beta_bytes_per_s"] / 1e9
-        bytes_term = (f"{gbps:.2f} GB/s for the bytes a layer sends" if gbps < 1e4 else
-                      "no separate cost for the bytes a layer sends (on loopback their time does not "
-                      "show beside the per-round cost; the projection uses the network's line rate)")
-        parts.append("## Cost model\n\n"
-                     f"Calibrated on the ray rows with TCP links above (pack placement): per-worker rate "
-                     f"{model['gflops_per_worker']:.1f} GFLOP/s plus {1e3 * model['compute_overhead_s']:.2f} ms per layer "
-                     f"and step; with more layers than the {model['cores']} cores, the layers share them; "
-                     f"{1e3 * model['alpha_s_per_round']:.2f} ms per exchange round; {bytes_term}.\n"
-                     f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
-                     + table(checks, list(checks[0])) + "\n")
-    if proj_rows:
-        parts.append("## Projection to GPU nodes\n\nAssumptions, each a number a user can change in "
-                     "`ptncn_dist/scaling.py:PROJECTION`:\n"
-                     f"- width {PROJECTION['width']}, batch {PROJECTION['batch']}, every layer on its own GPU;\n"
-                     f"- a GPU sustains {PROJECTION['gpu_tflops']:.0f} TFLOP/s on these fp32 products;\n"
-                     "- a step has 2 exchange rounds (exact schedule). Each round costs the software overhead "
-                     "per round fitted above, plus the network latency (50 us at 10 Gbit/s, 10 us at 100 Gbit/s);\n"
-                     "- a layer's 5 messages of B x d float32 go at the full line rate;\n"
-                     "- the one-GPU line runs all L layers' products back to back at the same rate.\n\n"
-                     + table(proj_rows, list(proj_rows[0])) + "\n\n![projection](projection.png)\n")
-    if mode_rows:
-        parts.append("## Pipelined against exact: the loss\n\nThe same 3 x 256 tanh model on Bouncing MNIST "
-                     "(32 x 32 frames, batch 16, offline digits), trained with each schedule:\n\n"
-                     + table(mode_rows, list(mode_rows[0])) + "\n")
-    if seq_rows:
-        parts.append("## P-TNCN against BPTT as the sequence grows\n\nBatch 16, 256 hidden units, 50-symbol "
-                     "one-hot input. Peak memory is measured above what the process held before its first "
-                     "sequence, in a fresh process per point.\n\n"
-                     + table(seq_rows, ["method", "T", "tokens_per_s", "peak_extra_mb"]) + "\n\n![seqlen](seqlen.png)\n")
-    text = "\n".join(parts)
-    with open(os.path.join(out, "results.md"), "w") as fh:
-        fh.write(text)
-    return text
 
 
 def main(argv=None) -> int:

@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from .config import load
+from ..config import load
 
 
 def kill_actor_process(node_id: str, pid: int) -> None:
@@ -80,7 +80,7 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
           log=print) -> dict:
     """One uninterrupted reference run (single-process engine) and one run on `cfg`'s Ray engine
     with faults; returns the figures."""
-    from .train import Trainer
+    from ..train import Trainer
     quiet = lambda *_: None
     ref = Trainer(_with_engine(cfg, "local"), None, log=quiet)
     ref.run()
@@ -135,7 +135,7 @@ def main(argv=None) -> int:
     cluster = None
     kill_node = head_ip = None
     if args.kill == "node":
-        from .local_cluster import LocalCluster
+        from ..local_cluster import LocalCluster
         cluster = LocalCluster(nodes=args.nodes, cpus_per_node=1).start()
         os.environ.update(cluster.env())
         head_ip = cluster.ip(0)

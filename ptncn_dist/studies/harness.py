@@ -1,0 +1,82 @@
+"""What the studies share: BLAS pinning, the table of engines they compare, the training rate of
+one engine, and the one place that starts a private local Ray for them."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+
+import numpy as np
+
+from ..config import load
+from ..engines.factory import build_engine
+
+NODE_IP = "127.0.0.2"
+
+# name -> (config overrides, BLAS threads of the driver process: None = all)
+ENGINES = {
+    "local_1thread": (["engine.blas_threads=0"], 1),
+    "local_all_threads": (["engine.blas_threads=0"], None),
+    "ray_exact": (['engine.name="ray"', 'engine.transport="calls"', "engine.cpus_per_layer=1",
+                   "engine.blas_threads=1"], None),
+    "ray_pipelined": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="calls"',
+                       "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
+    "ray_compiled": (['engine.name="ray"', "engine.compiled=true", "engine.cpus_per_layer=1",
+                      "engine.blas_threads=1"], None),
+    "ray_exact_tcp": (['engine.name="ray"', 'engine.transport="tcp"', "engine.cpus_per_layer=1",
+                       "engine.blas_threads=1"], None),
+    "ray_pipelined_tcp": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="tcp"',
+                           "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
+}
+
+
+def pin_blas(n: int | None):
+    """A context in which NumPy's BLAS uses n threads (None: leave it as it is)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=n, user_api="blas") if n else contextlib.nullcontext()
+
+
+def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
+    """Training steps per second of one engine on random binary frames (after 10 warm-up steps),
+    and the engine's own per-layer figures."""
+    cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', *sets])
+    rng = np.random.default_rng(0)
+    T = 50
+    x = (rng.random((T, batch, x_dim)) > 0.8).astype(np.float32)
+    mask = np.ones((T, batch), np.float32)
+    with pin_blas(threads):
+        engine = build_engine(cfg, x_dim, "frames")
+        try:
+            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+            done, t0 = 0, time.perf_counter()
+            while done < steps:
+                n = min(T, steps - done)
+                engine.run_segment(x, mask, 0, n, learn=True, t_prime=1)
+                done += n
+            rate = done / (time.perf_counter() - t0)
+            return rate, engine.stats()
+        finally:
+            engine.close()
+
+
+def ray_cpus(layer_counts, cpus_per_layer: float = 1.0, least: int = 2) -> int:
+    """Logical CPUs a private Ray needs so that every layer actor of the largest model gets its
+    share: never fewer than this machine's cores or `least`."""
+    need = max([math.ceil(n * cpus_per_layer) for n in layer_counts] or [0])
+    return max(need, os.cpu_count() or 1, least)
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int):
+    """A private Ray on NODE_IP (a loopback address) with `num_cpus` logical CPUs, no dashboard
+    and the layer-message system config; shut down when the block ends, even on an error."""
+    import ray
+
+    from ..engines.placement import SYSTEM_CONFIG, shutdown_ray
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address=NODE_IP,
+             log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
+    try:
+        yield ray
+    finally:
+        shutdown_ray()
