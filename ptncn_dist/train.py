@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import traceback
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +19,7 @@ from .data import open_streams
 from .engines.base import StepDiverged
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
+from .recovery import Recovery
 
 
 STRIP_SEQS = 3
@@ -95,17 +95,27 @@ class Trainer:
         self.ckpt_root = cfg.train.checkpoint_dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
         self.config_hash = cfg.hash()
         self._last_ckpt_time = time.monotonic()
-        self.recoveries = 0
-        self.recovery_log: list[dict] = []
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
                 fh.write(to_toml(cfg))
         self.writer = metrics.MetricsWriter(os.path.join(run_dir, "metrics.jsonl")) if run_dir else None
         self.board = tboard.Board(run_dir if cfg.train.tensorboard else None, log)
+        self.recovery = Recovery(self.engine, restore=lambda: self.restore_latest(required=True),
+                                 step=lambda: self.step, max_failures=cfg.train.max_failures,
+                                 has_checkpoints=bool(self.ckpt_root), log=log,
+                                 record=self.writer.write if self.writer else (lambda rec: None))
         self.fitted, self.reference, self.strip = None, {}, None
         if resume:
             self.restore_latest(required=True)
+
+    @property
+    def recoveries(self) -> int:
+        return self.recovery.count
+
+    @property
+    def recovery_log(self) -> list[dict]:
+        return self.recovery.records
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> str | None:
@@ -132,49 +142,6 @@ class Trainer:
         self.log(f"resumed from {loaded.path} at step {self.step}")
         return True
 
-    # -- recovery -------------------------------------------------------------------------------
-    def _recover(self, exc: BaseException) -> None:
-        """A worker or node was lost: new workers on live nodes, every layer rolled back to the
-        last complete checkpoint together, and the run goes on from there (the data stream
-        replays the same batches, so the result equals a run that never failed)."""
-        limit = self.cfg.train.max_failures
-        if not self.ckpt_root:
-            raise exc
-        if 0 <= limit <= self.recoveries:
-            raise RuntimeError(f"giving up after {self.recoveries} recoveries (train.max_failures = {limit}): "
-                               f"{type(exc).__name__}: {exc}") from exc
-        t0, failed_at = time.monotonic(), self.step + getattr(self, "_in_flight", 0)
-        self.log(f"lost a worker at step {failed_at} ({type(exc).__name__}); rebuilding the layers")
-        for attempt in range(3):
-            try:
-                self.engine.rebuild()
-                break
-            except Exception as again:
-                if attempt == 2:
-                    raise
-                self.log(f"re-placement attempt {attempt + 1} failed ({type(again).__name__}); retrying")
-                time.sleep(5.0)
-        self.restore_latest(required=True)
-        self.recoveries += 1
-        rec = {"recovery": self.recoveries, "cause": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
-               "failed_by_step": failed_at, "resumed_from_step": self.step,
-               "steps_replayed": failed_at - self.step, "seconds": round(time.monotonic() - t0, 3)}
-        self.recovery_log.append(rec)
-        self.log(f"recovered in {rec['seconds']:.1f} s: replaying {rec['steps_replayed']} steps from step {self.step}")
-        if self.writer:
-            self.writer.write({"step": self.step, **rec, "placement": self.engine.stats().get("placement")})
-
-    def _guarded(self, fn):
-        """fn(), recovering from lost workers until it succeeds or max_failures is reached.
-        A handled failure's traceback frames are cleared: they hold the ObjectRefs of the
-        failed call in a reference cycle that would otherwise outlive the Ray session."""
-        while True:
-            try:
-                return fn()
-            except self.engine.failure_types() as exc:
-                self._recover(exc)
-                traceback.clear_frames(exc.__traceback__)
-
     def _checkpoint_due(self, before: int) -> bool:
         """A checkpoint is due when the last segment crossed a multiple of checkpoint_every (or
         checkpoint_minutes passed)."""
@@ -187,7 +154,7 @@ class Trainer:
     def _segment_end(self, T: int) -> int:
         """Where the current segment stops: the sequence end, or the next log / checkpoint /
         final step, whichever comes first."""
-        if getattr(self.engine, "whole_sequences", False):
+        if self.engine.whole_sequences:
             return T
         tc = self.cfg.train
         stops = [tc.steps, (self.step // tc.log_every + 1) * tc.log_every]
@@ -199,7 +166,7 @@ class Trainer:
         b = self.streams.train.batch(self.position)
         T = b.x.shape[0]
         end = self._segment_end(T)
-        self._in_flight = end - self.t
+        self.recovery.in_flight = end - self.t
         try:
             sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
                                               t_prime=self.cfg.model.t_prime)
@@ -266,7 +233,7 @@ class Trainer:
         self.log(f"data: {self.streams.description}")
         self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
         self._references()
-        initial = self._guarded(self._eval) if self.t == 0 else {}
+        initial = self.recovery.guarded(self._eval) if self.t == 0 else {}
         if initial and self.step == 0:
             self._record({"step": 0, **initial, **({"reference": self.reference} if self.reference else {})})
         if self.ckpt_root and not checkpoint.list_checkpoints(self.ckpt_root):
@@ -279,7 +246,7 @@ class Trainer:
         try:
             while self.step < tc.steps:
                 before = self.step
-                metrics.add_sums(window, self._guarded(self._train_segment))
+                metrics.add_sums(window, self.recovery.guarded(self._train_segment))
                 if self.step < before:
                     window = {}
                 if bar is not None:
@@ -296,7 +263,7 @@ class Trainer:
                     # the first sequence boundary at or after an evaluation point (not a log point)
                     t_eval = time.perf_counter()
                     rec = rec or {"step": self.step}
-                    rec.update(self._guarded(self._eval))
+                    rec.update(self.recovery.guarded(self._eval))
                     next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
                     t_window += time.perf_counter() - t_eval
                 if rec is not None:
@@ -306,13 +273,13 @@ class Trainer:
                         bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
                                         steps_s=f"{rate:.1f}")
                 if self.step >= before and self._checkpoint_due(before):
-                    self._guarded(self.save_checkpoint)
+                    self.recovery.guarded(self.save_checkpoint)
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t_start
-        self._guarded(self.save_checkpoint)
-        final = self._guarded(self._eval)
+        self.recovery.guarded(self.save_checkpoint)
+        final = self.recovery.guarded(self._eval)
         self._record({"step": self.step, "final": True, **final})
         rate = (self.step - steps_at_start) / max(elapsed, 1e-9)
         result = RunResult(self.run_dir, self.step, initial, final, rate, self.streams.description,
@@ -330,7 +297,7 @@ class Trainer:
                        "config_hash": self.config_hash}
             with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as fh:
                 json.dump(summary, fh, indent=2)
-            if self.cfg.engine.trace_steps and hasattr(self.engine, "write_trace"):
+            if self.cfg.engine.trace_steps and self.engine.traces:
                 n = self.engine.write_trace(os.path.join(self.run_dir, "trace.json"))
                 self.log(f"trace of the first {self.cfg.engine.trace_steps} steps ({n} events): "
                          f"{os.path.join(self.run_dir, 'trace.json')} (chrome://tracing or ui.perfetto.dev)")

@@ -43,6 +43,8 @@ class Engine(ABC):
     """A P-TNCN stack that can run steps. Subclasses differ in placement and transport only."""
 
     name = "engine"
+    whole_sequences = False  # True: it runs a sequence only from its start to its end (baselines)
+    traces = False  # True: it records a phase trace of the first engine.trace_steps steps
 
     @abstractmethod
     def run_segment(self, x: np.ndarray, mask: np.ndarray, t0: int, t1: int, *, learn: bool,
@@ -92,6 +94,10 @@ class Engine(ABC):
     def stats(self) -> dict:
         """Engine counters for metrics (bytes moved, placement, ...)."""
         return {}
+
+    def write_trace(self, path: str) -> int:
+        """Write the recorded phase trace as a Chrome trace file; returns the number of events."""
+        raise NotImplementedError(f"the {self.name} engine records no trace")
 
     def failure_types(self) -> tuple:
         """Exceptions that mean a worker was lost (recoverable by `rebuild` and a rollback)."""

@@ -18,6 +18,7 @@ from .placement import connect, layer_options, shutdown_ray
 
 class RayEngine(Engine):
     name = "ray"
+    traces = True
 
     def __init__(self, cfg, specs):
         import ray
