@@ -24,6 +24,9 @@ are (B, d) arrays of activations or errors, never weights. No derivative of phi 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from typing import Any
+
 import numpy as np
 
 from . import optim
@@ -39,6 +42,40 @@ __all__ = ["ACTIVATIONS", "OUTPUTS", "PARAM_NAMES", "LayerCore", "LayerSpec", "b
            "clip_factor", "correction", "forward", "init_params", "input_matmul", "is_ids", "layer_specs",
            "learn_generative", "learn_recurrent", "output_error", "predict_below", "stacked_blocks",
            "stacked_names", "stacked_rows", "state_error", "temporal_error"]
+
+
+@dataclass
+class StepState:
+    """What one layer has computed in the current step, phase by phase (None until then).
+
+    h, z: the uncorrected pre-activation and state; rows: the step's stacked inputs (the
+    recurrent update's left factor, consumed by it); v, s: the correction's current values after
+    k iterations; pred: s @ W; layer 1 only: x, xhat, e0_k (its output error at iteration k);
+    e_below, e_self: MODEL.md's e[l-1] and e[l] (first iteration); y, eps: the corrected state
+    and the temporal error."""
+
+    h: Any
+    z: Any
+    rows: Any
+    v: Any
+    s: Any
+    k: int = 0
+    pred: Any = None
+    x: Any = None
+    xhat: Any = None
+    e0_k: Any = None
+    e_below: Any = None
+    e_self: Any = None
+    y: Any = None
+    eps: Any = None
+
+
+@dataclass
+class PreviousStep:
+    """Pipelined schedule: what a layer's late W and E update needs from step t-1."""
+
+    z: Any
+    learn: bool
 
 
 class LayerCore:
@@ -72,7 +109,8 @@ class LayerCore:
         self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items() if k not in self.rows}
         self.stack_slots = optim.init_slots(opt_cfg, self.stack, xp)
         self.carry = None
-        self._t, self._prev = {}, {}
+        self._t: StepState | None = None
+        self._prev: PreviousStep | None = None
 
     def reset(self, batch: int) -> None:
         """Zero carried state: the start of every sequence (step t = 0)."""
@@ -80,7 +118,7 @@ class LayerCore:
         inp = xp.full((batch,), -1, dtype=np.int64) if s.sparse_input else xp.zeros((batch, s.d_in), self.dtype)
         up = xp.zeros((batch, s.d_up), self.dtype) if s.d_up else None
         self.carry = {"inp": inp, "y": xp.zeros((batch, s.d), self.dtype), "y_up": up}
-        self._t, self._prev = {}, {}
+        self._t, self._prev = None, None
 
     def forward(self, x=None, m=None):
         """Phase 1. Returns (z, pred): z for the layer above, pred for the layer below (None for
@@ -94,18 +132,18 @@ class LayerCore:
         c = self.carry
         rows = stacked_rows(self.spec, self.xp, c["inp"], c["y"], c["y_up"])
         h, z = forward(self.spec, self.xp, self.p, self.stack, rows, c["inp"])
-        self._t = {"h": h, "z": z, "rows": rows, "v": h, "s": z, "k": 0}
+        self._t = StepState(h=h, z=z, rows=rows, v=h, s=z)
         return z
 
     def predict(self, x=None, m=None):
         """Phase 1b: the prediction of the layer below (uses W only); layer 1 forms the forecast
         xhat and e0 from z, i.e. from step t-1's state only, and keeps x for later iterations."""
         t = self._t
-        t["pred"] = pred = predict_below(self.p, t["s"])
+        t.pred = pred = predict_below(self.p, t.s)
         if self.spec.is_bottom:
-            t["x"] = x
-            t["xhat"], t["e_below"] = output_error(self.spec, self.xp, pred, x, m)
-            t["e0_k"] = t["e_below"]
+            t.x = x
+            t.xhat, t.e_below = output_error(self.spec, self.xp, pred, x, m)
+            t.e0_k = t.e_below
             return None
         return pred
 
@@ -114,14 +152,14 @@ class LayerCore:
         state s of the layer below (`z_below`, l >= 2) and the prediction of the layer above
         (l < L). The errors of the first iteration are MODEL.md's e[l-1], e[l] and are kept."""
         s, t, xp = self.spec, self._t, self.xp
-        e_below = t["e0_k"] if s.is_bottom else state_error(t["pred"], z_below, m)
-        e_self = None if s.is_top else state_error(pred_above, t["s"], m)
-        if t["k"] == 0:
-            t["e_self"] = e_self
+        e_below = t.e0_k if s.is_bottom else state_error(t.pred, z_below, m)
+        e_self = None if s.is_top else state_error(pred_above, t.s, m)
+        if t.k == 0:
+            t.e_self = e_self
             if not s.is_bottom:
-                t["e_below"] = e_below
-        t["v"], t["s"] = correction(s, xp, self.p, t["h"], t["v"], e_below, e_self)
-        t["k"] += 1
+                t.e_below = e_below
+        t.v, t.s = correction(s, xp, self.p, t.h, t.v, e_below, e_self)
+        t.k += 1
 
     def iterate(self, m, z_below=None, pred_above=None):
         """An inference iteration k < K (only when inference_steps > 1), given the neighbours'
@@ -129,11 +167,11 @@ class LayerCore:
         up, its prediction s @ W down (None for layer 1, which forms its e0 from it itself)."""
         self._correct_once(m, z_below, pred_above)
         t = self._t
-        t["pred"] = pred = predict_below(self.p, t["s"])
+        t.pred = pred = predict_below(self.p, t.s)
         if self.spec.is_bottom:
-            t["e0_k"] = output_error(self.spec, self.xp, pred, t["x"], m)[1]
-            return t["s"], None
-        return t["s"], pred
+            t.e0_k = output_error(self.spec, self.xp, pred, t.x, m)[1]
+            return t.s, None
+        return t.s, pred
 
     def correct(self, m, z_below=None, pred_above=None):
         """Phase 2, the last correction iteration, given the layer below's current state
@@ -141,9 +179,9 @@ class LayerCore:
         go up, y goes down."""
         self._correct_once(m, z_below, pred_above)
         t = self._t
-        t["y"] = t["s"]
-        t["eps"] = temporal_error(t["z"], t["y"], m)
-        return t["y"], t["eps"]
+        t.y = t.s
+        t.eps = temporal_error(t.z, t.y, m)
+        return t.y, t.eps
 
     def finish(self, do_learn: bool, x=None, y_below=None, eps_below=None, y_above=None) -> None:
         """Phase 3 of the exact schedule: the local updates (when `do_learn`), then carry step
@@ -157,7 +195,7 @@ class LayerCore:
         """The two signals of step t whose outer product updates W and E: (z, e0) for layer 1,
         (z, eps[l-1]) above it."""
         t = self._t
-        return t["z"], t["e_below"] if self.spec.is_bottom else eps_below
+        return t.z, t.e_below if self.spec.is_bottom else eps_below
 
     def learn_generative(self, pair) -> None:
         """W and E from a `generative_pair` (possibly kept from the previous step: W and E are
@@ -166,15 +204,19 @@ class LayerCore:
 
     def learn_recurrent(self) -> None:
         """M, V, U from the layer's own eps and what it carried into step t (as the forward
-        phase laid it out side by side)."""
+        phase laid it out side by side). Once per step: the update may scale the step's stacked
+        inputs in place, so a second call is refused rather than applied to scaled inputs."""
         t = self._t
+        if t.rows is None:
+            raise RuntimeError(f"layer {self.spec.index}: M, V, U already learned from this step")
+        rows, t.rows = t.rows, None
         learn_recurrent(self.spec, self.xp, self.p, self.slots, self.stack, self.stack_slots, self.opt_cfg,
-                        self.carry["inp"], t.pop("rows"), t["eps"])
+                        self.carry["inp"], rows, t.eps)
 
     def carry_forward(self, x=None, y_below=None, y_above=None) -> None:
         c = self.carry
         c["inp"] = x if self.spec.is_bottom else y_below
-        c["y"] = self._t["y"]
+        c["y"] = self._t.y
         c["y_up"] = y_above
 
     def finish_pipelined(self, do_learn: bool, x=None, eps_below_prev=None) -> None:
@@ -185,15 +227,15 @@ class LayerCore:
         s, t, c, xp = self.spec, self._t, self.carry, self.xp
         if s.is_bottom:
             if do_learn:
-                learn_generative(s, xp, self.p, self.slots, self.opt_cfg, t["z"], t["e_below"])
-        elif eps_below_prev is not None and self._prev.get("learn"):
-            learn_generative(s, xp, self.p, self.slots, self.opt_cfg, self._prev["z"], eps_below_prev)
+                learn_generative(s, xp, self.p, self.slots, self.opt_cfg, t.z, t.e_below)
+        elif eps_below_prev is not None and self._prev is not None and self._prev.learn:
+            learn_generative(s, xp, self.p, self.slots, self.opt_cfg, self._prev.z, eps_below_prev)
         if do_learn:
             self.learn_recurrent()
         if s.is_bottom:
             c["inp"] = x
-        c["y"] = t["y"]
-        self._prev = {"z": t["z"], "learn": do_learn}
+        c["y"] = t.y
+        self._prev = PreviousStep(z=t.z, learn=do_learn)
 
     def take_neighbours(self, y_below=None, y_above=None) -> None:
         """Pipelined: the neighbours' corrected states of step t-1, carried into step t."""
@@ -245,17 +287,17 @@ class LayerCore:
         carry = state.get("carry")
         self.carry = None if carry is None else {
             k: None if v is None else xp.asarray(v) for k, v in carry.items()}
-        self._t = {}
+        self._t = None
 
     @property
     def iteration(self) -> int:
         """How many correction iterations of the current step have run."""
-        return self._t.get("k", 0)
+        return 0 if self._t is None else self._t.k
 
     @property
     def xhat(self):
-        return self._t.get("xhat")
+        return None if self._t is None else self._t.xhat
 
     def step_values(self) -> dict:
         """What the last step computed (h, z, y, eps, e_self, ...), for tests and inspection."""
-        return dict(self._t)
+        return {} if self._t is None else {f.name: getattr(self._t, f.name) for f in fields(self._t)}

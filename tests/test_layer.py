@@ -174,3 +174,24 @@ def test_frame_loss_sums_match_the_formula():
     assert got["count"] == 5
     assert got["bce"] == pytest.approx(float(bce @ m[:, 0]), rel=1e-5)
     assert got["se"] == pytest.approx(float(se @ m[:, 0]), rel=1e-5)
+
+
+def test_each_phase_runs_on_its_own_and_the_recurrent_update_runs_once():
+    """Phases are separate calls on typed step state; M, V, U learn once per step (a second call
+    would apply the update to inputs the first one scaled), and it says so."""
+    engine = make_engine(6, [5, 4], sparse=False, update_radius=1e-3)
+    layer = engine.layers[1]
+    rng = np.random.default_rng(0)
+    layer.reset(3)
+    layer.carry["inp"], layer.carry["y"] = rng.normal(size=(3, 5)), rng.normal(size=(3, 4))
+    z = layer.forward_state()
+    assert layer.step_values()["z"] is z and layer.iteration == 0
+    pred = layer.predict()
+    z_below = rng.normal(size=(3, 5))
+    y, eps = layer.correct(np.ones((3, 1)), z_below=z_below, pred_above=None)
+    assert layer.iteration == 1 and pred.shape == (3, 5) and y.shape == eps.shape == (3, 4)
+    before = layer.p["M"].copy()
+    layer.learn_recurrent()
+    assert not np.array_equal(layer.p["M"], before)
+    with pytest.raises(RuntimeError, match="layer 2: M, V, U already learned from this step"):
+        layer.learn_recurrent()
