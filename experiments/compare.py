@@ -340,12 +340,16 @@ def run_job(job: dict, workdir: Path, threads: int) -> dict:
     return out
 
 
-def run_all(jobs: list, threads: int, log=print) -> list:
-    """Run the jobs one after another (timings stay clean); [(job, result)]."""
-    done = []
-    with tempfile.TemporaryDirectory(prefix="ptncn-compare-") as tmp:
-        for i, job in enumerate(jobs, start=1):
-            res = run_job(job, Path(tmp), threads)
+def run_all(jobs: list, threads: int, log=print, parallel: int = 1) -> list:
+    """Run the jobs one after another (timings stay clean), or `parallel` at a time (quicker,
+    but each job's wall time then includes the others' contention); [(job, result)] in job order."""
+    from concurrent.futures import ThreadPoolExecutor
+    with tempfile.TemporaryDirectory(prefix="ptncn-compare-") as tmp, \
+            ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        futures = [pool.submit(run_job, job, Path(tmp), threads) for job in jobs]
+        done = []
+        for i, (job, fut) in enumerate(zip(jobs, futures), start=1):
+            res = fut.result()
             log(f"[{i}/{len(jobs)}] {job['id']}: {res['status']} ({res['wall_s']:.1f} s, "
                 f"{res['peak_rss_mib']:.0f} MiB){progress_note(res)}")
             done.append((job, res))
@@ -836,6 +840,8 @@ def parse_args(argv):
                    help="comma-separated subset of " + ",".join(METHOD_KEYS))
     p.add_argument("--threads", type=int, help="BLAS threads per job (jobs run one at a time); "
                                                 "default 1, or every core at --scale full")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="jobs run at a time (default 1: timings stay clean; more for a quick check)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild results.md, results.csv and the plots from OUT/raw.json; run nothing")
     p.add_argument("--dry-run", action="store_true",
@@ -844,6 +850,8 @@ def parse_args(argv):
     unknown = set(args.methods.split(",")) - set(METHOD_KEYS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {list(METHOD_KEYS)}")
+    if args.parallel < 1:
+        p.error("--parallel must be >= 1")
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be >= 1")
     if args.threads is None:
@@ -866,7 +874,7 @@ def main(argv=None, log=print) -> Path:
             "command": " ".join(["python", "experiments/compare.py"] + [shlex.quote(a) for a in argv]),
             "argv": argv, "scale": asdict(scale), "seeds": seeds, "methods": [asdict(m) for m in methods],
             "ptncn_optimizer": list(PTNCN_OPTIM), "tuning": TUNING_NOTE, "data_root": args.data,
-            "blas_threads_per_job": args.threads,
+            "blas_threads_per_job": args.threads, "jobs_at_a_time": args.parallel,
             "memory_measure": ("peak RSS of each job's process via os.wait4 rusage.ru_maxrss (KiB on Linux); "
                                "seq_memory_mib: tracemalloc peak while learning one extra training sequence"),
             "software": rep.software_versions(), "machine": rep.machine_info(), "git": rep.git_state(REPO),
@@ -877,7 +885,7 @@ def main(argv=None, log=print) -> Path:
         return out
     t0 = time.perf_counter()
     log(f"{args.experiment} ({scale.name}): {len(jobs)} jobs, seeds {seeds} -> {out}")
-    done = run_all(jobs, args.threads, log)
+    done = run_all(jobs, args.threads, log, args.parallel)
     meta["total_wall_s"] = round(time.perf_counter() - t0, 1)
     write_results(args.experiment, scale, seeds, done, out, meta, args.threads)
     log(f"wrote {out}/results.md ({meta['total_wall_s']} s)")

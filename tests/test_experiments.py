@@ -34,8 +34,8 @@ compare = load_compare()
 
 def run(experiment: str, out, *extra) -> list[dict]:
     """Run the smoke scale of `experiment` into `out`; its CSV rows (after the file checks)."""
-    compare.main([experiment, "--scale", "smoke", "--out", str(out), "--data", str(DATA), *extra],
-                 log=lambda *a: None)
+    compare.main([experiment, "--scale", "smoke", "--out", str(out), "--data", str(DATA), "--parallel", "2",
+                  *extra], log=lambda *a: None)
     for name in ("results.md", "results.csv", "meta.json"):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png")), "no plot written"
