@@ -43,6 +43,14 @@ BY_T = "by_t"
 BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 32), (33, None))
 
 
+def step_loss_sums(xp, xhat, x, m) -> dict:
+    """Loss sums of one step from layer 1's forecast: BCE/SE for frames (x rows), NLL for
+    tokens (x ids, -1 where there is none)."""
+    if x.dtype.kind in "iu":
+        return token_loss_sums(xhat, xp.where(x >= 0, x, 0), m, xp)
+    return frame_loss_sums(xhat, x, m, xp)
+
+
 def add_sums(total: dict, part: dict) -> dict:
     """Add loss sums into `total`; nested dicts (the per-position sums) are added key by key."""
     for k, v in part.items():

@@ -2,19 +2,11 @@
 its state (weights, optimizer slots, carried state) as host arrays for checkpoints."""
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
 
 import numpy as np
 
-from .. import checkpoint, metrics
-
-
-def step_loss_sums(xp, xhat, x, m) -> dict:
-    """Loss sums of one step from layer 1's forecast: BCE/SE for frames, NLL for tokens."""
-    if x.dtype.kind in "iu":
-        return metrics.token_loss_sums(xhat, xp.where(x >= 0, x, 0), m, xp)
-    return metrics.frame_loss_sums(xhat, x, m, xp)
+from .. import checkpoint
 
 
 class StepDiverged(Exception):
@@ -23,11 +15,6 @@ class StepDiverged(Exception):
     def __init__(self, t: int):
         super().__init__(f"non-finite loss at sequence step {t}")
         self.t = t
-
-
-def check_finite(sums: dict, t: int) -> None:
-    if not all(math.isfinite(v) for v in sums.values()):
-        raise StepDiverged(t)
 
 
 def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:

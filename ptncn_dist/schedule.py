@@ -1,0 +1,194 @@
+"""The order of a P-TNCN step for one layer, written once: which phase runs, what is sent to
+whom, what is awaited. Every engine drives these generators; they differ only in how a message
+travels (ptncn_dist/transports/), never in the arithmetic (ptncn_dist/layer.py) or the order.
+
+A step is a generator. It runs the layer's phases, hands outgoing messages to `send(to, clock,
+iteration, items)` and, where it needs its neighbours, yields an `Await`: the keys of the
+messages it waits for (None for a neighbour it does not have). The driver answers with the
+arrays, in the same order. Drivers: `run_lockstep` (all layers in one process), the layer actor
+(awaits its mailbox), the compiled graph (one graph node per round).
+
+Exact schedule (MODEL.md; two exchanges per step, plus one per extra iteration with K > 1):
+  forward_state -> send z up; learn W, E of step t-1; predict -> send prediction down
+  await z from below, prediction from above (iteration 0)
+  [iterate -> send s^k up, s^k @ W down -> await the same from the neighbours]  K - 1 times
+  correct -> send eps and y up, y down; learn M, V, U (while those messages travel)
+  await y and eps from below, y from above; keep (z, eps_below) for W, E; carry forward
+W and E of step t learn at the start of step t+1 (`flush` at the end of a segment): they are
+not used between the two, and the layer's z leaves for the layer above a round earlier.
+
+Pipelined schedule (K = 1; one exchange per step): at step t a layer awaits what its neighbours
+sent at step t-1 (nothing at a sequence's first step: zeros), runs its whole step, then sends
+(z, eps, y) up and (pred, y) down (nothing after a sequence's last step). What that changes in
+the model: `LayerCore.finish_pipelined`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+
+from . import metrics
+from .backend import to_numpy
+
+Key = tuple  # (clock, iteration, kind, sender): one message in a mailbox
+Send = Callable[[int, int, int, list], None]  # send(to, clock, iteration, [(kind, array), ...])
+
+
+@dataclass(frozen=True)
+class Await:
+    """What a step waits for: message keys (None: no such neighbour), with a name for traces."""
+
+    name: str
+    keys: tuple
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step of a segment: its position, whether it learns, and where its sequence ends."""
+
+    t: int
+    learn: bool
+    first: bool
+    last: bool
+
+
+def plan(t0: int, t1: int, length: int, learn: bool, t_prime: int) -> list[StepPlan]:
+    """Steps t0..t1-1 of sequences of `length` steps; learning from t_prime on when `learn`."""
+    return [StepPlan(t, learn and t >= t_prime, t == 0, t == length - 1) for t in range(t0, t1)]
+
+
+class LayerSchedule:
+    """One layer's place in the schedule: its LayerCore, where its messages go, its clock (steps
+    run, the key of its messages) and the W, E update it holds over to the next step."""
+
+    def __init__(self, core, send: Send, mode: str):
+        self.core, self.send, self.mode = core, send, mode
+        self.l = core.spec.index
+        self.below, self.above = not core.spec.is_bottom, not core.spec.is_top
+        self.clock = 0
+        self.pending = None
+
+    def step(self, x, m, p: StepPlan) -> Iterator[Await]:
+        if self.mode == "exact":
+            return self.exact(x, m, p.learn)
+        return self.pipelined(x, m, p)
+
+    def _states(self, c: int, k: int) -> tuple:
+        return ((c, k, "z", self.l - 1) if self.below else None,
+                (c, k, "pred", self.l + 1) if self.above else None)
+
+    def exact(self, x, m, do_learn: bool) -> Iterator[Await]:
+        core, l, c, send = self.core, self.l, self.clock, self.send
+        z = core.forward_state()
+        if self.above:
+            send(l + 1, c, 0, [("z", z)])
+        self.flush()
+        pred = core.predict(x, m)
+        if self.below:
+            send(l - 1, c, 0, [("pred", pred)])
+        z_below, pred_above = yield Await("wait z, pred", self._states(c, 0))
+        for k in range(1, core.spec.inference_steps):
+            s, pred_k = core.iterate(m, z_below=z_below, pred_above=pred_above)
+            if self.above:
+                send(l + 1, c, k, [("z", s)])
+            if self.below:
+                send(l - 1, c, k, [("pred", pred_k)])
+            z_below, pred_above = yield Await("wait s, pred", self._states(c, k))
+        y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
+        if self.above:
+            send(l + 1, c, 0, [("eps", eps), ("y", y)])
+        if self.below:
+            send(l - 1, c, 0, [("y", y)])
+        if do_learn:
+            core.learn_recurrent()
+        y_below, eps_below, y_above = yield Await("wait y, eps", (
+            (c, 0, "y", l - 1) if self.below else None, (c, 0, "eps", l - 1) if self.below else None,
+            (c, 0, "y", l + 1) if self.above else None))
+        if do_learn:
+            self.pending = core.generative_pair(eps_below)
+        core.carry_forward(x, y_below, y_above)
+        self.clock += 1
+
+    def pipelined(self, x, m, p: StepPlan) -> Iterator[Await]:
+        core, l, c, send = self.core, self.l, self.clock, self.send
+        z_below = eps_below = pred_above = None
+        if not p.first:
+            z_below, eps_below, y_below, pred_above, y_above = yield Await("wait for step t-1", tuple(
+                [(c - 1, 0, k, l - 1) if self.below else None for k in ("z", "eps", "y")]
+                + [(c - 1, 0, k, l + 1) if self.above else None for k in ("pred", "y")]))
+            core.take_neighbours(y_below=y_below, y_above=y_above)
+        z, pred = core.forward(x, m) if not self.below else core.forward()
+        xp, dtype = core.xp, core.dtype
+        if self.below and z_below is None:
+            z_below = xp.zeros((z.shape[0], core.spec.d_in), dtype)
+        if self.above and pred_above is None:
+            pred_above = xp.zeros_like(z)
+        y, eps = core.correct(m, z_below=z_below, pred_above=pred_above)
+        core.finish_pipelined(p.learn, x=x, eps_below_prev=eps_below)
+        if not p.last:
+            if self.above:
+                send(l + 1, c, 0, [("z", z), ("eps", eps), ("y", y)])
+            if self.below:
+                send(l - 1, c, 0, [("pred", pred), ("y", y)])
+        self.clock += 1
+
+    def flush(self) -> None:
+        """Apply a W, E update still held from the last step (also at the end of a segment)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self.core.learn_generative(pending)
+
+    def restart(self) -> None:
+        """Forget held updates and the clock (new weights or a restored state)."""
+        self.pending, self.clock = None, 0
+
+
+def advance(gen: Iterator[Await], answer) -> Await | None:
+    """Run a step until it waits again (its Await) or ends (None)."""
+    try:
+        return next(gen) if answer is None else gen.send(answer)
+    except StopIteration:
+        return None
+
+
+def run_lockstep(steps: list[Iterator[Await]], boxes: list[dict]) -> None:
+    """Drive every layer's step in one thread: each runs until it waits, then resumes once every
+    message it waits for is in its mailbox (`boxes[i]`, keyed as the Await keys)."""
+    waits = [advance(g, None) for g in steps]
+    while any(w is not None for w in waits):
+        progress = False
+        for i, w in enumerate(waits):
+            box = boxes[i]
+            if w is not None and all(k is None or k in box for k in w.keys):
+                waits[i] = advance(steps[i], tuple(None if k is None else box.pop(k) for k in w.keys))
+                progress = True
+        if not progress:
+            stuck = {i + 1: w.keys for i, w in enumerate(waits) if w is not None}
+            raise RuntimeError(f"schedule deadlock: layers wait for messages nobody sent: {stuck}")
+
+
+@dataclass
+class SegmentLoss:
+    """Layer 1's tally over a segment: loss sums from t_prime on (per position too with `by_t`),
+    the first non-finite step, and each step's forecast when asked."""
+
+    by_t: bool = False
+    keep: bool = False
+    sums: dict = field(default_factory=dict)
+    xhats: list = field(default_factory=list)
+    diverged: int | None = None
+
+    def add(self, xp, xhat, x, m, t: int, t_prime: int) -> None:
+        part = metrics.step_loss_sums(xp, xhat, x, m)
+        if self.diverged is None and not all(np.isfinite(v) for v in part.values()):
+            self.diverged = t
+        if t >= t_prime:
+            metrics.accumulate(self.sums, part, t, by_t=self.by_t)
+        if self.keep:
+            self.xhats.append(np.array(to_numpy(xhat), copy=True))
+
+    def result(self) -> dict:
+        return {"sums": self.sums, "xhats": self.xhats, "diverged": self.diverged}
+

@@ -1,0 +1,1 @@
+"""How a layer's messages travel: in-process, Ray actor calls, direct ZeroMQ links, compiled graphs."""
