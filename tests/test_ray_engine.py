@@ -1,5 +1,6 @@
 """The Ray engine (one actor per layer) against the single-process engine: golden runs, a few
-hundred steps of Bouncing MNIST for 1..4 layers, both transports, pipelined mode, locality."""
+hundred steps of Bouncing MNIST for 1..4 layers, every transport, pipelined mode, locality, and
+the direct links under attack."""
 import numpy as np
 import pytest
 import ray
@@ -184,63 +185,93 @@ def test_actor_call_transport_equals_local(mode):
         np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
 
 
-def test_tcp_link_refuses_a_wrong_token():
-    """A connection that does not present the run's token is closed before any message is read."""
-    import asyncio
-    from ptncn_dist.engines.tcp_links import TcpLinks, frame
+def _attack(offers, stop):
+    """Against every layer's link sockets until `stop` is set: a CURVE client with a key the
+    layer never allowed sends well-formed messages, plain TCP garbage is written, and idle
+    connections pile up (held until the end)."""
+    import socket
+    import zmq
     from ptncn_dist.messages import Message
+    ctx, idle = zmq.Context(), []
+    try:
+        pub, sec = zmq.curve_keypair()
+        rogues = []
+        for offer in offers:
+            for host, port, server_key in offer["sockets"].values():
+                s = ctx.socket(zmq.PUSH)
+                s.curve_publickey, s.curve_secretkey, s.curve_serverkey = pub, sec, server_key
+                s.linger = 0
+                s.connect(f"tcp://{host}:{port}")
+                rogues.append(s)
+                for _ in range(100):
+                    c = socket.create_connection((host, port))
+                    idle.append(c)
+                g = socket.create_connection((host, port))
+                g.sendall(b"\xff" * 4096)
+                idle.append(g)
+        msg = Message(0, 1, "z", np.full((4, 24), 1e9)).encode()
+        while not stop.is_set():
+            for s in rogues:
+                try:
+                    s.send(msg, zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
+            stop.wait(0.01)
+    finally:
+        for c in idle:
+            c.close()
+        ctx.destroy(linger=0)
 
-    async def scenario():
-        got = []
-        server = TcpLinks(b"t" * 32, got.append)
-        host, port = await server.listen("127.0.0.2")
-        msg = Message(0, 1, "z", np.ones((2, 3))).encode()
-        for token in (b"x" * 32, b"t" * 32):
-            _, w = await asyncio.open_connection(host, port)
-            w.write(frame(token) + frame(msg))
-            await w.drain()
-            await asyncio.sleep(0.2)
-            w.close()
-        server.close()
-        return got
 
-    got = asyncio.run(scenario())
-    assert len(got) == 1 and Message.decode(got[0]).kind == "z"
+def test_links_keep_the_run_going_under_wrong_keys_garbage_and_idle_floods():
+    """While a rogue key, garbage bytes and hundreds of idle connections hit every layer's
+    sockets, the run over direct links equals the single-process engine to 1e-9."""
+    import threading
+    cfg_l = load(None, small([24, 16, 12]))
+    cfg_r = load(None, small([24, 16, 12]) + ['engine.name="ray"', 'engine.transport="tcp"'])
+    streams = open_streams(cfg_l.data, 0)
+    local = build_engine(cfg_l, streams.train.dim, "frames")
+    remote = build_engine(cfg_r, streams.train.dim, "frames")
+    stop = threading.Event()
+    attacker = threading.Thread(target=_attack, args=(remote.link_offers, stop))
+    attacker.start()
+    try:
+        for pos in range(6):
+            b = streams.train.batch(pos)
+            a, _ = local.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+            r, _ = remote.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+            assert r["bce"] == pytest.approx(a["bce"], rel=1e-9)
+        stats = remote.actor_stats()
+    finally:
+        stop.set()
+        attacker.join(60)
+        remote.close()
+    assert not attacker.is_alive()
+    assert all(not s["dropped"] for s in stats), "a rogue message got past CURVE into a mailbox"
 
 
-def test_tcp_link_delivers_while_the_loop_computes_and_survives_a_lost_peer():
-    """A large message is read by the link's thread while the receiving loop is busy, so one
-    turn of the loop hands it over; a send to a peer that is gone raises nothing and drops
-    that link."""
-    import asyncio
-    from ptncn_dist.engines.tcp_links import TcpLinks
+def test_malformed_messages_are_dropped_and_the_run_goes_on():
+    """Messages of the wrong shape, kind, sender or clock, and undecodable bytes, delivered
+    into layer 2's mailbox by actor calls: each is dropped and counted; results still equal."""
     from ptncn_dist.messages import Message
-
-    async def scenario():
-        got = []
-        receiver = TcpLinks(b"k" * 32, got.append)
-        sender = TcpLinks(b"k" * 32, got.append)
-        host, port = await receiver.listen("127.0.0.2")
-        await sender.listen("127.0.0.2")
-        await sender.connect(2, host, port)
-        big = Message(3, 1, "y", np.arange(64 * 4096, dtype=np.float32).reshape(64, 4096)).encode()
-        sender.send(2, [big])
-        a = np.ones((400, 400))
-        for _ in range(200):
-            a = a @ a / 400.0
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        delivered = list(got)
-        receiver.close()
-        for _ in range(50):
-            sender.send(2, [big])
-            if 2 not in sender.peers:
-                break
-            await asyncio.sleep(0.01)
-        dropped = 2 not in sender.peers
-        sender.close()
-        return delivered, dropped
-
-    delivered, dropped = asyncio.run(scenario())
-    assert len(delivered) == 1 and Message.decode(delivered[0]).array[63, 4095] == 64 * 4096 - 1
-    assert dropped
+    cfg_l = load(None, small([24, 16, 12]))
+    cfg_r = load(None, small([24, 16, 12]) + ['engine.name="ray"', 'engine.transport="calls"'])
+    streams = open_streams(cfg_l.data, 0)
+    local = build_engine(cfg_l, streams.train.dim, "frames")
+    remote = build_engine(cfg_r, streams.train.dim, "frames")
+    bad = [Message(0, 1, "z", np.ones((4, 5))).encode(), Message(0, 1, "pred", np.ones((4, 24))).encode(),
+           Message(0, 3, "y", np.ones((4, 12))).encode(), Message(50, 1, "z", np.ones((4, 24))).encode(),
+           b"\x00garbage"]
+    try:
+        layer2 = remote.actors[1]
+        ray.get(layer2.receive.remote(1, *bad))
+        for pos in range(3):
+            b = streams.train.batch(pos)
+            a, _ = local.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+            r, _ = remote.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+            assert r["bce"] == pytest.approx(a["bce"], rel=1e-9)
+        dropped = remote.actor_stats()[1]["dropped"]
+    finally:
+        remote.close()
+    assert dropped == {"wrong shape": 1, "kind or sender not expected": 1, "claims another sender": 1,
+                       "clock out of window": 1, "undecodable": 1}

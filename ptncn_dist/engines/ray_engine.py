@@ -11,8 +11,10 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ..layer_spec import check_schedule
 from .base import Engine, StepDiverged, shard_name, token_ids
+from ..messages import MessageError
+from ..transports.compiled import CompiledGraph
 from .graph_worker import GraphWorker
-from .layer_actor import MailboxWorker
+from .layer_actor import LayerWorker
 from .placement import connect, layer_options, shutdown_ray
 
 
@@ -32,52 +34,38 @@ class RayEngine(Engine):
         self.started_ray = connect(ec, len(specs))
         self.options, self.pg = layer_options(ec, len(specs))
         self.threads = ec.blas_threads or max(1, int(ec.cpus_per_layer))
+        self.max_batch = max(cfg.data.batch, cfg.data.eval_batch)
         self.graph = None
+        self._graph_stats = None
+        self.link_offers: list = []
         self.actors = []
         self._make_actors()
 
     def _make_actors(self) -> None:
         ray, cfg = self.ray, self.cfg
-        m = cfg.model
+        m, ec = cfg.model, cfg.engine
         args = (dataclasses.asdict(cfg.optim), cfg.train.seed, m.dtype, m.device, m.weight_sd,
                 m.error_weight_sd, self.threads)
+        kw = {"mode": ec.mode, "trace_steps": ec.trace_steps, "max_batch": self.max_batch}
         if self.compiled:
             cls = ray.remote(GraphWorker)
-            self.actors = [cls.options(**opts).remote(spec, *args) for spec, opts in zip(self.specs, self.options)]
+            self.actors = [cls.options(**opts).remote(spec, *args, **kw) for spec, opts in zip(self.specs, self.options)]
         else:
-            cls = ray.remote(MailboxWorker)
-            self.actors = [cls.options(**opts, max_concurrency=64).remote(spec, *args, mode=cfg.engine.mode,
-                                                                          trace_steps=cfg.engine.trace_steps)
+            cls = ray.remote(LayerWorker)
+            self.actors = [cls.options(**opts, max_concurrency=64).remote(spec, *args, **kw)
                            for spec, opts in zip(self.specs, self.options)]
             n = len(self.actors)
+            near = lambda i: {j + 1: self.actors[j] for j in (i - 1, i + 1) if 0 <= j < n}
             ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
                      for i, a in enumerate(self.actors)])
-            if cfg.engine.transport == "tcp":
-                import secrets
-                token = secrets.token_bytes(32)
-                addrs = ray.get([a.open_link.remote(token) for a in self.actors])
-                ray.get([a.link_to.remote(addrs[i - 1] if i else None, addrs[i + 1] if i + 1 < n else None)
-                         for i, a in enumerate(self.actors)])
+            if ec.transport == "tcp":
+                offers = self.link_offers = ray.get([a.open_links.remote() for a in self.actors])
+                mine = lambda i: {l: offers[l - 1] for l in near(i)}
+                ray.get([a.allow_links.remote(mine(i)) for i, a in enumerate(self.actors)])
+                ray.get([a.connect_links.remote(mine(i)) for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
 
     # -- compiled graph ---------------------------------------------------------------------------
-    def _build_graph(self, x, mask):
-        """The exact step as a compiled graph: forward, K - 1 iterate (K = model.inference_steps),
-        correct and finish nodes per layer, each fed by its neighbours' previous nodes only."""
-        from ray.dag import InputNode, MultiOutputNode
-        n = len(self.actors)
-        with InputNode() as inp:
-            prev = [a.g_forward.bind(inp) for a in self.actors]
-            near = lambda nodes, i: [nodes[j] for j in (i - 1, i + 1) if 0 <= j < n]
-            for _ in range(self.specs[0].inference_steps - 1):
-                prev = [a.g_iterate.bind(inp, prev[i], *near(prev, i)) for i, a in enumerate(self.actors)]
-            cor = [a.g_correct.bind(inp, prev[i], *near(prev, i)) for i, a in enumerate(self.actors)]
-            fin = [a.g_finish.bind(inp, cor[i], *near(cor, i)) for i, a in enumerate(self.actors)]
-            dag = MultiOutputNode(fin)
-        widest = max([x[0].nbytes, mask[0].nbytes] + [4 * mask.shape[1] * s.d * 8 for s in self.specs])
-        self.graph = dag.experimental_compile(_buffer_size_bytes=max(1 << 20, 4 * widest),
-                                              _max_inflight_executions=min(10, self.cfg.engine.in_flight))
-
     def _teardown(self) -> None:
         if self.graph is not None:
             graph, self.graph = self.graph, None
@@ -99,31 +87,15 @@ class RayEngine(Engine):
     def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat, by_t=False):
         if self.graph is None:
             try:
-                self._build_graph(x, mask)
+                self.graph = CompiledGraph(self.ray, self.actors, self.specs, mask.shape[1], x[0].nbytes,
+                                           self.cfg.engine.in_flight)
             except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
                 self._fall_back_to_calls(exc)
                 return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat,
                                         by_t=by_t)
-        depth = min(10, self.cfg.engine.in_flight)
-        sums, xhats, pending, diverged = {}, [], [], None
-        from .. import metrics
-
-        def collect(ref, t):
-            nonlocal diverged
-            first = self.ray.get(ref, timeout=self.cfg.engine.segment_timeout_s)[0]
-            if first["sums"]:
-                metrics.accumulate(sums, first["sums"], t, by_t=by_t)
-            if diverged is None and first["diverged"] is not None:
-                diverged = first["diverged"]
-            if keep_xhat:
-                xhats.append(np.array(first["xhat"], copy=True))
-
-        for t in range(t0, t1):
-            pending.append((self.graph.execute((x[t], mask[t], learn and t >= t_prime, t == 0, t, t_prime)), t))
-            if len(pending) >= depth:
-                collect(*pending.pop(0))
-        for ref, t in pending:
-            collect(ref, t)
+        sums, xhats, diverged = self.graph.run(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t,
+                                               self.cfg.engine.segment_timeout_s)
+        self._graph_stats = self.graph.stats
         if diverged is not None:
             raise StepDiverged(diverged)
         return sums, xhats
@@ -133,6 +105,9 @@ class RayEngine(Engine):
         if x.dtype.kind in "iu":
             x = token_ids(x, mask)
         mask = np.ascontiguousarray(mask)
+        if mask.shape[1] > self.max_batch:
+            raise ConfigError(f"a batch of {mask.shape[1]} sequences is more than the layer actors take "
+                              f"({self.max_batch}: the larger of data.batch and data.eval_batch)")
         if self.compiled:
             return self._run_graph(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
         x_ref = ray.put(x)
@@ -161,7 +136,8 @@ class RayEngine(Engine):
         ex = self.ray.exceptions
         names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "ObjectLostError",
                  "GetTimeoutError", "RayChannelError", "NodeDiedError", "OwnerDiedError")
-        return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+        from ..transports.links import LinkError
+        return tuple(getattr(ex, n) for n in names if hasattr(ex, n)) + (MessageError, LinkError)
 
     def rebuild(self) -> None:
         """Replace every layer actor (dead or alive) with a fresh one on a live node; the caller
@@ -227,7 +203,7 @@ class RayEngine(Engine):
         return self._call("stats")
 
     def stats(self):
-        per = self.actor_stats()
+        per = self._graph_stats if self.graph is not None and self._graph_stats else self.actor_stats()
         steps = max(1, per[0]["steps"])
         out = {"placement": [{k: p[k] for k in ("layer", "ip", "node_id", "device")} for p in self.placement]}
         for l, s in enumerate(per, start=1):

@@ -1,0 +1,47 @@
+"""The direct data plane as a transport: encoded messages over the layer's `SecureLinks`
+(ZeroMQ, CURVE), with the key exchange done through Ray actor calls (which Ray authenticates):
+each layer offers its client key and one server socket per neighbour, each receiver allows
+exactly its neighbour's client key on that neighbour's socket, then each sender connects.
+A frame arrives on the link's receiver thread and is handed to the actor's event loop, where
+the mailbox checks it like any other message."""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Encoded
+from .links import SecureLinks, max_frame_bytes
+
+
+class LinkTransport(Encoded):
+    def __init__(self, worker, host: str, loop):
+        super().__init__(worker.l, worker.counters, worker.clock_t)
+        self.worker, self.loop = worker, loop
+        spec = worker.spec
+        batch = worker.box.max_batch or 4096
+        itemsize = np.dtype(worker.dtype).itemsize
+        widths = {}
+        if not spec.is_bottom:
+            widths[spec.index - 1] = spec.d_in
+        if not spec.is_top:
+            widths[spec.index + 1] = max(spec.d, spec.d_up)
+        self.links = SecureLinks(spec.index, self._on_message, host)
+        sockets = {peer: self.links.incoming(peer, max_frame_bytes(batch, w, itemsize)) for peer, w in widths.items()}
+        self.offer = {"client": self.links.client_key(), "sockets": sockets}
+        self.links.start()
+
+    def allow(self, offers: dict) -> None:
+        for peer, offer in offers.items():
+            self.links.allow(peer, offer["client"])
+
+    def connect(self, offers: dict) -> None:
+        for peer, offer in offers.items():
+            self.links.connect(peer, *offer["sockets"][self.layer])
+
+    def _on_message(self, peer: int, data: bytes) -> None:
+        self.loop.call_soon_threadsafe(self.worker.receive, peer, data)
+
+    def deliver(self, to: int, datas: list[bytes]) -> None:
+        self.links.send(to, datas)
+
+    def close(self) -> None:
+        self.links.close()
