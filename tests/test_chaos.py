@@ -20,6 +20,8 @@ from ptncn_dist.config import load
 from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.train import Trainer
 
+pytestmark = pytest.mark.slow
+
 SETS = ["model.hidden=[48,32,24]", "data.frame=32", "data.batch=8", "data.seq_len=10", 'model.dtype="float64"',
         "train.eval_batches=1", "train.eval_every=0", "train.log_every=10", "train.checkpoint_every=20",
         "train.plots=false", "train.progress=false", "train.max_failures=-1", "engine.cpus_per_layer=0.5"]

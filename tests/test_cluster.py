@@ -12,7 +12,7 @@ import pytest
 from conftest import REPO
 from ptncn_dist.local_cluster import LocalCluster
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SETS = ["model.hidden=[24,16,12]", "data.frame=32", "data.batch=4", "data.seq_len=10", 'model.dtype="float64"',
         "train.progress=false", "train.plots=false", "train.eval_batches=1", "train.log_every=10",

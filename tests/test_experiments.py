@@ -16,6 +16,8 @@ import pytest
 
 from conftest import DATA, REPO
 
+pytestmark = pytest.mark.slow
+
 EXPERIMENTS_DIR = REPO / "experiments"
 LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn")
 

@@ -178,6 +178,23 @@ def test_unplaceable_spread_times_out_clearly():
             cfg.model, 64, False))
 
 
+def test_compiled_graph_is_built_once_and_reports_counters_without_a_teardown():
+    """60 steps logged every 10 (no checkpoints): one graph build, and the logged byte counts
+    are the actors' own."""
+    cfg = load(None, small([16, 12], ["train.log_every=10", "train.steps=60", "train.checkpoint_every=0",
+                                      "train.eval_every=0", 'engine.name="ray"', "engine.compiled=true"]))
+    tr = Trainer(cfg, None, log=lambda *_: None)
+    try:
+        tr.run()
+        eng = tr.engine
+        assert eng.compiled and eng.graph_builds == 1
+        logged = eng.stats()
+        assert eng.graph is not None
+        assert logged["layer2_sent_bytes_per_step"] > 0
+    finally:
+        tr.close()
+
+
 @pytest.mark.parametrize("mode", ["exact", "pipelined"])
 def test_actor_call_transport_equals_local(mode):
     a, b, _, _ = run_both([24, 16, 12], 100, extra=[f'engine.mode="{mode}"'], ray_extra=['engine.transport="calls"'])

@@ -2,10 +2,13 @@
 before Ray starts), every ray row is set against them, and the CSV holds what was printed."""
 import csv
 
+import pytest
+
 from ptncn_dist.studies.cost_model import fit_cost_model, validate
 from ptncn_dist.studies.scaling import sweep
 
 
+@pytest.mark.slow
 def test_sweep_rows_and_cost_model(tmp_path):
     engines = ("local_1thread", "ray_exact_tcp", "ray_pipelined_tcp")
     rows = sweep([((8, 8), 4, 16), ((8,), 4, 16)], engines, 0.2, 0, str(tmp_path), log=lambda *_: None)
