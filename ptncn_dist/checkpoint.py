@@ -5,6 +5,12 @@ temporary name, flushed, fsynced and renamed, so a reader never sees half a file
 exists only once its manifest does. The manifest records the step, the data position, the config
 hash and every shard's name, size and sha256. Loading verifies all of them and never runs code
 from a file (msgpack, no pickle); a damaged newest checkpoint falls back to the previous one.
+
+Format 2 (written now): a layer shard's payload is {"params": {name: array}, "slots": {name:
+{slot: value}}, "carry": ...} with plain optimizer slots (`LayerWeights.state`): momentum and nag
+keep the true velocity as "v". Format 1 kept their velocity as the optimizer holds it, "v" and
+"v_scale"; it is still read, as the true velocity v * v_scale. A newer format is refused with a
+`FormatError`, never skipped as damaged.
 """
 from __future__ import annotations
 
@@ -19,9 +25,42 @@ from dataclasses import dataclass
 from .codec import packb, unpackb
 from .errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2
+READABLE = (1, 2)
 MANIFEST = "manifest.msgpack"
 _DIR = re.compile(r"^ckpt-(\d+)$")
+
+
+class FormatError(CheckpointError):
+    """A file in a format this version does not read (written by a newer one)."""
+
+
+def _check_format(path: str, obj, what: str) -> int:
+    """The format of a decoded shard or manifest, or CheckpointError saying what is wrong."""
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if not isinstance(fmt, int) or isinstance(fmt, bool):
+        raise CheckpointError(f"{path}: not a checkpoint {what} (no format number)")
+    if fmt > FORMAT:
+        raise FormatError(f"{path}: {what} format {fmt}, written by a newer version of ptncn_dist; "
+                          f"this version reads formats {', '.join(map(str, READABLE))}")
+    if fmt not in READABLE:
+        raise CheckpointError(f"{path}: {what} format {fmt} is no format ptncn_dist wrote")
+    return fmt
+
+
+def _from_format_1(payload):
+    """A format-1 layer payload with format 2's slots: each momentum / nag slot pair (v,
+    v_scale) becomes the true velocity v * v_scale. Other payloads pass unchanged."""
+    slots = payload.get("slots") if isinstance(payload, dict) else None
+    if not isinstance(slots, dict):
+        return payload
+    plain = {}
+    for name, sl in slots.items():
+        if isinstance(sl, dict) and "v_scale" in sl:
+            sl = {k: v for k, v in sl.items() if k != "v_scale"}
+            sl["v"] = (sl["v"] * slots[name]["v_scale"]).astype(sl["v"].dtype, copy=False)
+        plain[name] = sl
+    return {**payload, "slots": plain}
 
 
 def checkpoint_dir(root: str, step: int) -> str:
@@ -58,9 +97,10 @@ def read_shard(ckpt_dir: str, record: dict) -> dict:
     if hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise CheckpointError(f"{path}: checksum does not match the manifest (file altered)")
     obj = unpackb(data)
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT or "payload" not in obj:
-        raise CheckpointError(f"{path}: not a format-{FORMAT} shard")
-    return obj["payload"]
+    fmt = _check_format(path, obj, "shard")
+    if "payload" not in obj:
+        raise CheckpointError(f"{path}: a format-{fmt} shard without a payload")
+    return _from_format_1(obj["payload"]) if fmt == 1 else obj["payload"]
 
 
 def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str,
@@ -82,8 +122,7 @@ def read_manifest(ckpt_dir: str, config_hash: str | None = None) -> dict:
         raise CheckpointError(f"{path}: cannot read manifest: {exc.strerror}") from None
     except CheckpointError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a format-{FORMAT} manifest")
+    _check_format(path, manifest, "manifest")
     if config_hash is not None and manifest["config_hash"] != config_hash:
         raise CheckpointError(f"{path}: written by a run with config hash {manifest['config_hash']}, "
                               f"this run's is {config_hash} (model, optimizer, data or seed differ)")
@@ -121,7 +160,9 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None):
 
     With `restore(path, manifest)` (an engine's `load_shards`, where each layer reads and checks
     its own shard) the shards are read by it, not here. Returns None when there is no checkpoint
-    at all; raises CheckpointError naming the bad files when some exist but none verifies.
+    at all; raises CheckpointError naming the bad files when some exist but none verifies. A
+    checkpoint in a format this version cannot read raises its FormatError at once: falling back
+    past it would quietly drop the progress of the run that wrote it.
     """
     errors = []
     for path in reversed(list_checkpoints(root)):
@@ -131,6 +172,8 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None):
             manifest = read_manifest(path, config_hash)
             restore(path, manifest)
             return Loaded(path, manifest, {})
+        except FormatError:
+            raise
         except CheckpointError as exc:
             warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
             errors.append(str(exc))

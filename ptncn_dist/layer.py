@@ -1,7 +1,8 @@
 """One P-TNCN layer's state and its step, phase by phase (`LayerCore`), and the names the
 package has always imported from here. The arithmetic lives in pure functions: `layer_spec`
 (what a layer is), `activations` (phi, out, standardize), `layer_step` (h, z, predictions,
-errors, the state correction), `layer_learn` (the local updates). ../shared/MODEL.md is the
+errors, the state correction), `layer_learn` (the local updates); `weights` holds the weights in
+the layout the step runs on, with their optimizer slots. ../shared/MODEL.md is the
 specification; README "Variants beyond MODEL.md" lists the options it does not name.
 
 A step is three phases, separated by the rounds of neighbour exchange that every engine
@@ -32,11 +33,11 @@ import numpy as np
 from . import optim
 from .activations import ACTIVATIONS, OUTPUTS, check_names
 from .backend import to_numpy
-from .errors import ConfigError
 from .layer_learn import bound_rows, clip_factor, learn_generative, learn_recurrent
 from .layer_spec import PARAM_NAMES, LayerSpec, init_params, layer_specs, stacked_blocks, stacked_names
 from .layer_step import (correction, forward, input_matmul, is_ids, output_error, predict_below,
                          stacked_rows, state_error, temporal_error)
+from .weights import LayerWeights
 
 __all__ = ["ACTIVATIONS", "OUTPUTS", "PARAM_NAMES", "LayerCore", "LayerSpec", "bound_rows", "check_names",
            "clip_factor", "correction", "forward", "init_params", "input_matmul", "is_ids", "layer_specs",
@@ -90,27 +91,29 @@ class LayerCore:
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
         self.spec, self.opt_cfg, self.xp, self.dtype = spec, opt_cfg, xp, dtype
-        given = {k: xp.asarray(v, dtype=dtype) for k, v in params.items()}
-        expected = spec.shapes()
-        for name, shape in expected.items():
-            if name not in given or tuple(given[name].shape) != shape:
-                got = None if name not in given else tuple(given[name].shape)
-                raise ConfigError(f"layer {spec.index}: weight {name} must have shape {shape}, got {got}")
-        self.rows = dict(stacked_blocks(spec))
-        height = sum(expected[name][0] for name in self.rows)
-        self.stack = xp.empty((height, spec.d), dtype, order="F")
-        self.p = {}
-        for name in expected:
-            if name in self.rows:
-                self.stack[self.rows[name]] = given[name]
-                self.p[name] = self.stack[self.rows[name]]
-            else:
-                self.p[name] = xp.ascontiguousarray(given[name])
-        self.slots = {k: optim.init_slots(opt_cfg, v, xp) for k, v in self.p.items() if k not in self.rows}
-        self.stack_slots = optim.init_slots(opt_cfg, self.stack, xp)
+        self.weights = LayerWeights(spec, params, opt_cfg, xp, dtype)
         self.carry = None
         self._t: StepState | None = None
         self._prev: PreviousStep | None = None
+
+    @property
+    def p(self) -> dict:
+        """Every weight by name (the stacked ones are views into `stack`)."""
+        return self.weights.p
+
+    @property
+    def stack(self):
+        """M, V, U as row blocks of one column-major array (`layer_spec.stacked_blocks`)."""
+        return self.weights.stack
+
+    @property
+    def slots(self) -> dict:
+        """The optimizer slots of the weights outside the stack, by name."""
+        return self.weights.slots
+
+    @property
+    def stack_slots(self) -> dict:
+        return self.weights.stack_slots
 
     def reset(self, batch: int) -> None:
         """Zero carried state: the start of every sequence (step t = 0)."""
@@ -245,48 +248,23 @@ class LayerCore:
             self.carry["y_up"] = y_above
 
     def set_params(self, params: dict) -> None:
-        """New weights (shapes checked), optimizer slots back to zero."""
-        fresh = {k: optim.init_slots(self.opt_cfg, v, self.xp) for k, v in self.p.items()}
-        self.load_state({"params": params, "slots": fresh, "carry": None})
-
-    def slot_views(self) -> dict:
-        """Each weight's optimizer slots by weight name (views into the stack's slots for the
-        stacked weights; scalars such as a step count are shared by the stack)."""
-        out = dict(self.slots)
-        for name, rows in self.rows.items():
-            out[name] = {n: v[rows] if hasattr(v, "shape") else v for n, v in self.stack_slots.items()}
-        return out
+        """New weights (names and shapes checked), optimizer slots back to zero."""
+        self.weights.set_params(params)
+        self.carry, self._t = None, None
 
     def state(self) -> dict:
-        """Weights, optimizer slots and carried state as host (NumPy) copies, by weight name."""
+        """Plain weights, plain optimizer slots by weight name (`LayerWeights.state`) and the
+        carried state, as host (NumPy) copies."""
         host = lambda v: np.array(to_numpy(v), copy=True) if hasattr(v, "shape") else v
-        return {"params": {k: host(v) for k, v in self.p.items()},
-                "slots": {k: {n: host(v) for n, v in sl.items() if not n.startswith("_")}
-                          for k, sl in self.slot_views().items()},
+        return {**self.weights.state(),
                 "carry": None if self.carry is None else {k: host(v) for k, v in self.carry.items()}}
 
     def load_state(self, state: dict) -> None:
-        """Restore what `state` returned, in place (shapes are checked)."""
-        xp = self.xp
-        for k, v in state["params"].items():
-            if k not in self.p or tuple(v.shape) != tuple(self.p[k].shape):
-                raise ConfigError(f"layer {self.spec.index}: saved weight {k} has shape {tuple(v.shape)}, "
-                                  f"the model needs {None if k not in self.p else tuple(self.p[k].shape)}")
-            self.p[k][...] = xp.asarray(v)
-        views = self.slot_views()
-        for k, sl in state["slots"].items():
-            if k not in views:
-                raise ConfigError(f"layer {self.spec.index}: saved optimizer slots for unknown weight {k!r}")
-            for n, v in sl.items():
-                if n.startswith("_"):
-                    continue
-                if hasattr(v, "shape"):
-                    views[k][n][...] = xp.asarray(v)
-                else:
-                    (self.stack_slots if k in self.rows else self.slots[k])[n] = v
+        """Restore what `state` returned, in place (names and shapes are checked)."""
+        self.weights.load_state(state)
         carry = state.get("carry")
         self.carry = None if carry is None else {
-            k: None if v is None else xp.asarray(v) for k, v in carry.items()}
+            k: None if v is None else self.xp.asarray(v) for k, v in carry.items()}
         self._t = None
 
     @property

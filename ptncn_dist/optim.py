@@ -6,7 +6,8 @@ takes a gradient that is zero except on the (unique) rows `rows`, as a one-hot i
 gives the same result as `apply` on the dense gradient without ever forming it. Both update `p`
 and the slots in place with BLAS axpy passes, so a step allocates no weight-sized arrays.
 Adam runs in row blocks (see `_adam`): each block's gradient lands in a block-sized scratch
-and its m, v and p are updated while the block is in cache.
+and its m, v and p are updated while the block is in cache. `slot_names` and `fold_scale` give
+the slots as a checkpoint keeps them, with the true velocity.
 """
 from __future__ import annotations
 
@@ -58,9 +59,28 @@ def init_slots(cfg: OptimConfig, p, xp) -> dict:
     return {"m": xp.zeros_like(p), "v": xp.zeros_like(p), "t": 0}
 
 
+ARRAY_SLOTS = ("m", "v")
+
+
+def slot_names(cfg: OptimConfig) -> tuple[str, ...]:
+    """The slots of one weight as a checkpoint holds them: the true velocity v (momentum, nag),
+    m, v and the step count t (adam), none (sgd). Arrays are those in `ARRAY_SLOTS`."""
+    return {"sgd": (), "momentum": ("v",), "nag": ("v",), "adam": ("m", "v", "t")}[cfg.name]
+
+
 def velocity(slots: dict):
     """The true momentum / nag velocity (a new array)."""
     return slots["v"] * slots["v_scale"]
+
+
+def fold_scale(slots: dict) -> None:
+    """Multiply a momentum / nag velocity's scale into v, in place, so that v is the true
+    velocity and v_scale is 1 (the pass `_decay` makes when the scale gets small). The true
+    velocity is unchanged up to one rounding; other optimizers' slots are left alone."""
+    s = slots.get("v_scale")
+    if s is not None and s != 1.0:
+        scal(float(s), slots["v"])
+        slots["v_scale"] = 1.0
 
 
 def _decay(slots: dict, mu: float):

@@ -1,4 +1,6 @@
-"""Checkpoints: msgpack shards + manifest, verified on load, damaged ones skipped."""
+"""Checkpoints: msgpack shards + manifest, verified on load, damaged ones skipped; format 2's
+plain optimizer slots (the true velocity), format 1 still read, newer formats refused."""
+import hashlib
 import os
 
 import msgpack
@@ -94,7 +96,6 @@ def test_loading_never_runs_code(tmp_path):
     path = os.path.join(d, "layer-1.msgpack")
     open(path, "wb").write(evil)
     manifest = unpackb(open(os.path.join(d, "manifest.msgpack"), "rb").read())
-    import hashlib
     manifest["shards"][0].update(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
     open(os.path.join(d, "manifest.msgpack"), "wb").write(packb(manifest))
     with pytest.raises(CheckpointError):
@@ -106,3 +107,141 @@ def test_object_dtype_rejected():
     record = msgpack.packb({"__nd__": "|O", "shape": [1], "data": b"\x00" * 8})
     with pytest.raises(CheckpointError, match="not allowed"):
         unpackb(record)
+
+
+def momentum_engine(opt, sparse=False):
+    """Three layers (the middle one stacks M, V and U), float64; token ids when `sparse`."""
+    from ptncn_dist.engines.local import LocalEngine
+    from ptncn_dist.layer import init_params, layer_specs
+    from ptncn_dist.optim import OptimConfig
+    specs = layer_specs(7, [6, 5, 4], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
+    params = [init_params(s, 4, 0.3, 0.3, np.float64) for s in specs]
+    return LocalEngine(specs, params, OptimConfig(opt, 0.05, 0.9), np, np.float64)
+
+
+def sequences(sparse, T=9, B=3):
+    rng = np.random.default_rng(20)
+    x = rng.integers(0, 7, (T, B)) if sparse else rng.random((T, B, 7))
+    return x, np.ones((T, B))
+
+
+def save(engine, root, step):
+    d = checkpoint.checkpoint_dir(root, step)
+    checkpoint.write_manifest(d, step=step, position={"batch": 0, "t": step}, config_hash="h",
+                              shards=engine.save_shards(d))
+
+
+def raw_velocities(engine):
+    """Each layer's velocity by weight name, from the optimizer's own (v, v_scale) slots."""
+    from ptncn_dist import optim
+    out = []
+    for layer in engine.layers:
+        rows = layer.weights.rows
+        out.append({name: optim.velocity(layer.stack_slots)[rows[name]] if name in rows
+                    else optim.velocity(layer.slots[name]) for name in layer.p})
+    return out
+
+
+def assert_same(a, b, exact=True):
+    check = np.testing.assert_array_equal if exact else (
+        lambda x, y, err_msg: np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-15, err_msg=err_msg))
+    for l, (sa, sb) in enumerate(zip(a.layer_states(), b.layer_states()), start=1):
+        for name in sa["params"]:
+            check(sa["params"][name], sb["params"][name], err_msg=f"{name}{l}")
+            check(sa["slots"][name]["v"], sb["slots"][name]["v"], err_msg=f"v of {name}{l}")
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("opt", ["momentum", "nag"])
+def test_momentum_resumes_bit_identically_from_the_true_velocity(tmp_path, opt, sparse):
+    """A run saved mid-sequence and resumed from its shards continues bit for bit as the run
+    that saved it. The shards hold the true velocity, the optimizer's own v * v_scale, and no
+    scale; a run that never saved differs only by that one rounding of the velocity."""
+    x, mask = sequences(sparse)
+    saved, resumed, never = (momentum_engine(opt, sparse) for _ in range(3))
+    for e in (saved, never):
+        e.run_segment(x, mask, 0, 5, learn=True, t_prime=1)
+    assert saved.layers[1].stack_slots["v_scale"] != 1.0
+    want = raw_velocities(saved)
+    save(saved, str(tmp_path), 5)
+    loaded = checkpoint.latest_valid(str(tmp_path), "h", restore=resumed.load_shards)
+    assert loaded.manifest["format"] == checkpoint.FORMAT == 2
+    for l, rec in enumerate(loaded.manifest["shards"]):
+        shard = checkpoint.read_shard(loaded.path, rec)
+        for name, sl in shard["slots"].items():
+            assert set(sl) == {"v"}, name
+            np.testing.assert_array_equal(sl["v"], want[l][name], err_msg=f"{name}{l + 1}")
+    for e in (saved, resumed, never):
+        e.run_segment(x, mask, 5, 9, learn=True, t_prime=1)
+    assert_same(saved, resumed)
+    assert_same(saved, never, exact=False)
+
+
+def write_format_1(engine, root, step):
+    """A checkpoint as format 1 wrote it: each layer's momentum slots as the optimizer holds
+    them, v and v_scale (the stacked weights' rows of the stack's v, sharing its scale)."""
+    d = checkpoint.checkpoint_dir(root, step)
+    os.makedirs(d)
+    records = []
+    for l, layer in enumerate(engine.layers, start=1):
+        rows = layer.weights.rows
+        slots = {name: {"v": (layer.stack_slots["v"][rows[name]] if name in rows else layer.slots[name]["v"]).copy(),
+                        "v_scale": (layer.stack_slots if name in rows else layer.slots[name])["v_scale"]}
+                 for name in layer.p}
+        payload = {"params": {k: v.copy() for k, v in layer.p.items()}, "slots": slots,
+                   "carry": {k: None if v is None else v.copy() for k, v in layer.carry.items()}}
+        data = packb({"format": 1, "name": f"layer-{l}.msgpack", "payload": payload})
+        open(os.path.join(d, f"layer-{l}.msgpack"), "wb").write(data)
+        records.append({"name": f"layer-{l}.msgpack", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+    manifest = {"format": 1, "step": step, "position": {"batch": 0, "t": step}, "config_hash": "h",
+                "shards": records, "created": 0.0, "extra": {}}
+    open(os.path.join(d, checkpoint.MANIFEST), "wb").write(packb(manifest))
+
+
+@pytest.mark.parametrize("opt", ["momentum", "nag"])
+def test_format_1_checkpoint_still_resumes(tmp_path, opt):
+    """A format-1 checkpoint (scaled velocity) loads as the true velocity v * v_scale and the
+    run goes on as the run that wrote it, up to that rounding."""
+    x, mask = sequences(False)
+    old, resumed = momentum_engine(opt), momentum_engine(opt)
+    old.run_segment(x, mask, 0, 4, learn=True, t_prime=1)
+    assert old.layers[0].slots["W"]["v_scale"] != 1.0
+    want = raw_velocities(old)
+    write_format_1(old, str(tmp_path), 4)
+    loaded = checkpoint.latest_valid(str(tmp_path), "h", restore=resumed.load_shards)
+    assert loaded.manifest["format"] == 1
+    for l, st in enumerate(resumed.layer_states()):
+        for name, sl in st["slots"].items():
+            assert set(sl) == {"v"}
+            np.testing.assert_array_equal(sl["v"], want[l][name], err_msg=f"{name}{l + 1}")
+    for e in (old, resumed):
+        e.run_segment(x, mask, 4, 9, learn=True, t_prime=1)
+    assert_same(old, resumed, exact=False)
+
+
+@pytest.mark.parametrize("what", ["manifest", "shard"])
+def test_newer_format_is_refused_not_skipped(tmp_path, what):
+    """A checkpoint from a newer writer stops the load with a FormatError naming the file and
+    the formats this version reads; it is not taken for a damaged one and passed over."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    path = os.path.join(newest, checkpoint.MANIFEST if what == "manifest" else "layer-1.msgpack")
+    obj = unpackb(open(path, "rb").read())
+    obj["format"] = 3
+    data = packb(obj)
+    open(path, "wb").write(data)
+    if what == "shard":
+        manifest = unpackb(open(os.path.join(newest, checkpoint.MANIFEST), "rb").read())
+        manifest["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+        open(os.path.join(newest, checkpoint.MANIFEST), "wb").write(packb(manifest))
+    newer = rf"{what} format 3, written by a newer version.*reads formats 1, 2"
+    with pytest.raises(checkpoint.FormatError, match=newer):
+        checkpoint.latest_valid(root)
+
+
+def test_file_without_format_is_not_a_checkpoint(tmp_path):
+    d = write(str(tmp_path), 10, 10)
+    open(os.path.join(d, checkpoint.MANIFEST), "wb").write(packb({"step": 10}))
+    with pytest.raises(CheckpointError, match="not a checkpoint manifest"):
+        checkpoint.read_manifest(d)

@@ -195,3 +195,108 @@ def test_each_phase_runs_on_its_own_and_the_recurrent_update_runs_once():
     assert not np.array_equal(layer.p["M"], before)
     with pytest.raises(RuntimeError, match="layer 2: M, V, U already learned from this step"):
         layer.learn_recurrent()
+
+
+def weights_for(opt, spec=None, mu=0.9):
+    """LayerWeights of a middle layer (M, V, U stacked; W, E apart) and its initial weights."""
+    from ptncn_dist.weights import LayerWeights
+    spec = spec or layer_specs(6, [5, 4, 3])[1]
+    params = init_params(spec, 3, 0.2, 0.2, np.float64)
+    return LayerWeights(spec, params, OptimConfig(opt, 0.05, mu), np, np.float64), params
+
+
+def drive(w, rng, steps):
+    """`steps` low-rank updates of the stack and of W through the optimizer; returns the
+    dense gradients each weight received, by name."""
+    spec, grads = w.spec, {name: [] for name in w.p}
+    for _ in range(steps):
+        a, b = rng.standard_normal((3, w.stack.shape[0])), rng.standard_normal((3, spec.d))
+        optim.apply_outer(w.opt_cfg, w.stack, a, b, 0.3, w.stack_slots, np)
+        for name, rows in w.rows.items():
+            grads[name].append(0.3 * a[:, rows].T @ b)
+        a, b = rng.standard_normal((3, spec.d)), rng.standard_normal((3, spec.d_in))
+        optim.apply_outer(w.opt_cfg, w.p["W"], a, b, 0.7, w.slots["W"], np)
+        grads["W"].append(0.7 * a.T @ b)
+    return grads
+
+
+@pytest.mark.parametrize("opt", optim.OPTIMIZERS)
+def test_weights_state_is_plain_and_round_trips(opt):
+    """`state` names plain weights and each weight's plain slots (no scale, no scratch), and a
+    fresh LayerWeights loaded from it holds the same state and takes the same next update."""
+    w, params = weights_for(opt)
+    drive(w, np.random.default_rng(10), 4)
+    st = w.state()
+    assert set(st["params"]) == set(st["slots"]) == {"M", "V", "U", "W", "E"}
+    for name, sl in st["slots"].items():
+        assert tuple(sl) == optim.slot_names(w.opt_cfg), name
+        for n, v in sl.items():
+            if n in optim.ARRAY_SLOTS:
+                assert v.shape == st["params"][name].shape and isinstance(v, np.ndarray), (name, n)
+    fresh, _ = weights_for(opt)
+    fresh.load_state(st)
+    for name, v in fresh.state()["params"].items():
+        np.testing.assert_array_equal(v, st["params"][name], err_msg=name)
+    for x in (w, fresh):
+        drive(x, np.random.default_rng(11), 2)
+    again, once = w.state(), fresh.state()
+    for name in again["params"]:
+        np.testing.assert_array_equal(again["params"][name], once["params"][name], err_msg=name)
+        for n in optim.slot_names(w.opt_cfg):
+            np.testing.assert_array_equal(again["slots"][name][n], once["slots"][name][n], err_msg=f"{name}.{n}")
+
+
+@pytest.mark.parametrize("opt", ["momentum", "nag"])
+def test_state_holds_the_true_velocity(opt):
+    """The saved velocity of each weight, stacked or not, is the plain rule's v = mu v + g,
+    re-run here in NumPy from the gradients the optimizer received (mu = 0.3: the scale gets
+    small and is multiplied back in along the way)."""
+    w, _ = weights_for(opt, mu=0.3)
+    grads = drive(w, np.random.default_rng(12), 12)
+    assert w.stack_slots["v_scale"] != 1.0
+    st = w.state()
+    assert w.stack_slots["v_scale"] == 1.0
+    for name, gs in grads.items():
+        v = np.zeros_like(w.p[name])
+        for g in gs:
+            v = 0.3 * v + g
+        np.testing.assert_allclose(st["slots"][name]["v"], v, rtol=1e-12, atol=1e-14, err_msg=name)
+        assert set(st["slots"][name]) == {"v"}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda st: st["params"].pop("U"), r"layer 2: saved weights for \['E', 'M', 'V', 'W'\]"),
+    (lambda st: st["params"].update(V=np.zeros((4, 5))), r"layer 2: saved weight V has shape \(4, 5\)"),
+    (lambda st: st["slots"]["E"].pop("m"), r"layer 2: saved optimizer slots \['t', 'v'\] for weight E"),
+    (lambda st: st["slots"]["W"].update(v_scale=1.0), r"slots \['m', 't', 'v', 'v_scale'\] for weight W"),
+    (lambda st: st["slots"]["M"].update(v=np.zeros((5, 3))), r"slot v of weight M has shape \(5, 3\)"),
+    (lambda st: st["slots"]["U"].update(t=99), r"stacked weights \['M', 'U', 'V'\] share one optimizer step"),
+])
+def test_load_state_names_layer_and_weight(change, message):
+    """A state that does not fit is refused whole, naming the layer, the weight and the slot;
+    nothing is written."""
+    from ptncn_dist.errors import ConfigError
+    w, _ = weights_for("adam")
+    drive(w, np.random.default_rng(13), 2)
+    st = w.state()
+    before = {k: v.copy() for k, v in w.p.items()}
+    bad = w.state()
+    for sl in bad["slots"].values():
+        sl["t"] = 5
+    change(bad)
+    with pytest.raises(ConfigError, match=message):
+        w.load_state(bad)
+    for name, v in w.p.items():
+        np.testing.assert_array_equal(v, before[name], err_msg=name)
+    assert w.state()["slots"]["V"]["t"] == st["slots"]["V"]["t"] == 2
+
+
+def test_set_params_zeroes_the_slots():
+    w, params = weights_for("nag")
+    drive(w, np.random.default_rng(14), 3)
+    w.set_params(params)
+    st = w.state()
+    assert w.stack_slots["v_scale"] == 1.0
+    for name in params:
+        np.testing.assert_array_equal(st["params"][name], params[name], err_msg=name)
+        assert not st["slots"][name]["v"].any(), name

@@ -210,3 +210,32 @@ def test_adam_on_cupy_matches_numpy():
         a, b = engines[0].weights(), engines[1].weights()
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-9, atol=1e-12, err_msg=k)
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_fold_scale_leaves_the_true_velocity(name):
+    """fold_scale makes v the true velocity (exactly the product v * v_scale) with scale 1, and
+    the next updates stay on the plain rule; adam's and sgd's slots are left alone."""
+    rng = np.random.default_rng(6)
+    cfg = OptimConfig(name, 0.05, 0.9)
+    p = rng.standard_normal((7, 5))
+    slots = optim.init_slots(cfg, p, np)
+    for _ in range(3):
+        optim.apply_outer(cfg, p, rng.standard_normal((2, 7)), rng.standard_normal((2, 5)), 0.4, slots, np)
+    before = {k: v.copy() if hasattr(v, "copy") else v for k, v in slots.items()}
+    optim.fold_scale(slots)
+    if name in ("momentum", "nag"):
+        assert before["v_scale"] != 1.0 and slots["v_scale"] == 1.0
+        np.testing.assert_array_equal(slots["v"], before["v"] * before["v_scale"])
+        unfolded = dict(before, v=before["v"].copy())
+        q = p.copy()
+        a, b = rng.standard_normal((2, 7)), rng.standard_normal((2, 5))
+        optim.apply_outer(cfg, p, a, b, 0.4, slots, np)
+        optim.apply_outer(cfg, q, a, b, 0.4, unfolded, np)
+        np.testing.assert_allclose(p, q, rtol=1e-14, atol=1e-15)
+        np.testing.assert_allclose(optim.velocity(slots), optim.velocity(unfolded), rtol=1e-14, atol=1e-15)
+    else:
+        assert set(slots) == set(before)
+        for k, v in before.items():
+            np.testing.assert_array_equal(slots[k], v, err_msg=k)
+    assert tuple(k for k in slots if not k.startswith("_") and k != "v_scale") == optim.slot_names(cfg)
