@@ -60,7 +60,8 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
     def _start_node(self, i: int) -> None:
-        ray = shutil.which("ray") or os.path.join(os.path.dirname(sys.executable), "ray")
+        beside = os.path.join(os.path.dirname(sys.executable), "ray")
+        ray = beside if os.path.exists(beside) else shutil.which("ray")
         args = [ray, "start", "--block", f"--node-ip-address={self.ip(i)}", f"--num-cpus={self.cpus}",
                 f"--resources={json.dumps({f'ptncn_node_{i}': 1})}", "--disable-usage-stats",
                 f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
