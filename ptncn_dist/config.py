@@ -9,88 +9,55 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
 
+from .baselines.config import BaselineSection
 from .data.sources import DataConfig
 from .errors import ConfigError
-from .layer import check_names
+from .layer_spec import LayerHyper
 from .optim import OptimConfig
 
 MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn")
-VARIANT_DEFAULTS = {"inference_steps": 1, "lateral_l1": 0.0, "standardize": False}
+VARIANTS = ("inference_steps", "lateral_l1", "standardize")
 
 
-@dataclass
-class ModelConfig:
+@dataclass(frozen=True)
+class ModelConfig(LayerHyper):
+    """The [model] section: the hyper-parameters every layer carries (LayerHyper, the fields
+    LayerSpec shares) and what belongs to the stack as a whole: its kind, widths, the first
+    scored step, initial weight scales, dtype and device."""
+
     type: str = "ptncn"
     hidden: list[int] = field(default_factory=lambda: [512, 512])
-    activation: str = "tanh"
-    output: str = "sigmoid"
-    alpha: float = 0.001
-    beta: float = 0.1
-    gamma: float = 1.0
-    update_radius: float = 1.0
     t_prime: int = 1
-    zeta: float = 1.0
     weight_sd: float = 0.05
     error_weight_sd: float = 0.05
-    row_norm_bound: float = 0.0
     dtype: str = "float32"
     device: str = "cpu"
-    inference_steps: int = 1
-    lateral_l1: float = 0.0
-    standardize: bool = False
 
     def __post_init__(self):
         if self.type not in MODEL_TYPES:
             raise ConfigError(f"model.type must be one of {list(MODEL_TYPES)}, not {self.type!r}")
         if not self.hidden or any(int(h) < 1 for h in self.hidden):
             raise ConfigError(f"model.hidden must be a non-empty list of positive widths, not {self.hidden!r}")
-        check_names(self.activation, self.output)
         if self.dtype not in ("float32", "float64"):
             raise ConfigError(f"model.dtype must be 'float32' or 'float64', not {self.dtype!r}")
         if self.device not in ("cpu", "gpu"):
             raise ConfigError(f"model.device must be 'cpu' or 'gpu', not {self.device!r}")
         if self.t_prime < 0:
             raise ConfigError("model.t_prime must be >= 0")
-        if self.inference_steps < 1:
-            raise ConfigError(f"model.inference_steps (K, state-correction iterations per step) must be >= 1, "
-                              f"not {self.inference_steps!r}")
-        if not (math.isfinite(self.lateral_l1) and self.lateral_l1 >= 0):
-            raise ConfigError(f"model.lateral_l1 (the lateral sparsity term) must be a finite number >= 0, "
-                              f"not {self.lateral_l1!r}")
-        if not math.isfinite(self.row_norm_bound):
-            raise ConfigError(f"model.row_norm_bound must be finite (<= 0: off), not {self.row_norm_bound!r}")
+        super().__post_init__()
 
     def numbers(self) -> dict:
         """The keys that determine the numbers, for the config hash: the variants beyond MODEL.md
         only when they are on, so a run without them keeps the hash it had before they existed."""
         d = dataclasses.asdict(self)
-        for key, default in VARIANT_DEFAULTS.items():
-            if d[key] == default:
-                del d[key]
+        for f in dataclasses.fields(LayerHyper):
+            if f.name in VARIANTS and d[f.name] == f.default:
+                del d[f.name]
         return d
-
-
-@dataclass
-class BaselineSection:
-    """Settings only the baselines read (model.type other than 'ptncn')."""
-
-    hidden: int = 256
-    truncation: int = 5
-    weight_sd: float = 0.1
-    clip_norm: float = 0.0
-    esn_spectral_radius: float = 0.9
-    esn_density: float = 0.1
-    esn_input_scale: float = 1.0
-    esn_leak: float = 1.0
-    esn_ridge: float = 1e-4
-    esn_online: bool = False
-    rtrl_online: bool = True
-    rtrl_force: bool = False
 
 
 @dataclass
@@ -143,7 +110,7 @@ class EngineConfig:
             raise ConfigError(f"engine.mode must be 'exact' or 'pipelined', not {self.mode!r}")
         if self.placement not in ("pack", "spread", "explicit"):
             raise ConfigError(f"engine.placement must be 'pack', 'spread' or 'explicit', not {self.placement!r}")
-        if self.transport not in ("calls", "tcp"):
+        if self.transport not in ("calls", "tcp", "tcp-token"):
             raise ConfigError(f"engine.transport must be 'calls' or 'tcp', not {self.transport!r}")
         if self.in_flight < 1:
             raise ConfigError("engine.in_flight must be >= 1")

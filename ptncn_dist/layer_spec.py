@@ -1,33 +1,31 @@
-"""What a layer is, before it holds any number: its `LayerSpec` (place in the stack, widths,
-hyper-parameters, the variants beyond MODEL.md), its weight shapes, how M, V and U share one
-stacked array, and its initial weights."""
+"""What a layer is, before it holds any number: its `LayerSpec` (place in the stack, widths, and
+the hyper-parameters it shares with the model config, `LayerHyper`), its weight shapes, how M, V
+and U share one stacked array, and its initial weights."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .activations import check_names
 from .errors import ConfigError
 
 PARAM_NAMES = ("M", "V", "U", "W", "E")
 
 
 @dataclass(frozen=True)
-class LayerSpec:
-    """What layer `index` of `n_layers` needs to know about the model and its neighbours.
+class LayerHyper:
+    """The hyper-parameters every layer takes from the `[model]` keys of the same names.
 
-    Beyond MODEL.md (defaults keep it exact): `inference_steps` K rounds of state correction
-    per step, `lateral_l1` the sparsity term added to d, `standardize` the pre-activations,
-    and `row_norm_bound` the per-row max-norm of every weight after its update (see README,
-    "Variants beyond MODEL.md")."""
+    Defined once here: ModelConfig and LayerSpec both extend it, so a field added here is a config
+    key and reaches every layer. Beyond MODEL.md (defaults keep it exact): `inference_steps` K
+    rounds of state correction per step, `lateral_l1` the sparsity term added to d, `standardize`
+    the pre-activations, and `row_norm_bound` the per-row max-norm of every weight after its
+    update (see README, "Variants beyond MODEL.md")."""
 
-    index: int
-    n_layers: int
-    d_in: int
-    d: int
-    d_up: int
     activation: str = "tanh"
     output: str = "sigmoid"
     alpha: float = 0.001
@@ -36,17 +34,39 @@ class LayerSpec:
     update_radius: float = 1.0
     zeta: float = 1.0
     row_norm_bound: float = 0.0
-    sparse_input: bool = False
     inference_steps: int = 1
     lateral_l1: float = 0.0
     standardize: bool = False
 
     def __post_init__(self):
-        if isinstance(self.inference_steps, bool) or int(self.inference_steps) != self.inference_steps \
-                or self.inference_steps < 1:
-            raise ConfigError(f"inference_steps (K) must be an integer >= 1, not {self.inference_steps!r}")
+        check_names(self.activation, self.output)
+        k = self.inference_steps
+        if isinstance(k, bool) or int(k) != k or k < 1:
+            raise ConfigError(f"model.inference_steps (K, state-correction iterations per step) must be "
+                              f"an integer >= 1, not {k!r}")
         if not (math.isfinite(self.lateral_l1) and self.lateral_l1 >= 0):
-            raise ConfigError(f"lateral_l1 must be a finite number >= 0, not {self.lateral_l1!r}")
+            raise ConfigError(f"model.lateral_l1 (the lateral sparsity term) must be a finite number >= 0, "
+                              f"not {self.lateral_l1!r}")
+        if not math.isfinite(self.row_norm_bound):
+            raise ConfigError(f"model.row_norm_bound must be finite (<= 0: off), not {self.row_norm_bound!r}")
+
+
+def layer_hyper(source) -> dict:
+    """The LayerHyper fields of `source` (a ModelConfig, a LayerSpec), by name."""
+    return {f.name: getattr(source, f.name) for f in dataclasses.fields(LayerHyper)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerSpec(LayerHyper):
+    """What layer `index` of `n_layers` needs to know: its place in the stack, its widths, whether
+    its input is token ids, and the model's hyper-parameters (LayerHyper)."""
+
+    index: int
+    n_layers: int
+    d_in: int
+    d: int
+    d_up: int
+    sparse_input: bool = False
 
     @property
     def is_bottom(self) -> bool:

@@ -5,17 +5,14 @@ import re
 
 from .backend import get_dtype
 from .errors import ConfigError
-from .layer_spec import LayerSpec, init_params, layer_specs
+from .layer_spec import LayerSpec, init_params, layer_hyper, layer_specs
 
 _NAME = re.compile(r"^([MVUWE])(\d+)$")
 
 
 def specs_from_config(model_cfg, x_dim: int, sparse_input: bool) -> list[LayerSpec]:
-    m = model_cfg
-    return layer_specs(x_dim, m.hidden, sparse_input=sparse_input, activation=m.activation,
-                       output=m.output, alpha=m.alpha, beta=m.beta, gamma=m.gamma,
-                       update_radius=m.update_radius, zeta=m.zeta, row_norm_bound=m.row_norm_bound,
-                       inference_steps=m.inference_steps, lateral_l1=m.lateral_l1, standardize=m.standardize)
+    """One LayerSpec per hidden layer, carrying every LayerHyper field of the model config."""
+    return layer_specs(x_dim, model_cfg.hidden, sparse_input=sparse_input, **layer_hyper(model_cfg))
 
 
 def initial_params(specs, model_cfg, seed: int) -> list[dict]:

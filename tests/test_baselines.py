@@ -1,6 +1,10 @@
 """Baseline learners: exact gradients, RTRL = BPTT, UORO unbiasedness, ESN readouts, training."""
 from __future__ import annotations
 
+import dataclasses
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -8,6 +12,9 @@ from ptncn_dist.baselines import (BaselineConfig, bptt_gradients, build_baseline
                                   init_params, ridge_readout, rtrl_gradients, sequence_objective,
                                   uoro_gradients)
 from ptncn_dist.baselines import elman, esn, uoro
+from ptncn_dist.baselines.config import BaselineSection
+from ptncn_dist.config import load
+from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.errors import ConfigError
 from ptncn_dist.optim import OptimConfig
 
@@ -267,7 +274,7 @@ def test_rtrl_per_sequence_update_equals_bptt():
 
 def test_clip_norm_bounds_the_step():
     x, mask = repeating_task("frames")
-    cfg = BaselineConfig(hidden=8, clip_norm=1e-3, optim=OptimConfig(name="sgd", lr=1.0))
+    cfg = BaselineConfig(hidden=8, truncation=0, clip_norm=1e-3, optim=OptimConfig(name="sgd", lr=1.0))
     net = build_baseline("bptt", cfg, 4, "frames", np, np.float64, seed=4)
     before = net.state_dict()
     net.run_sequence(x, mask, learn=True)
@@ -283,9 +290,9 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="softmax"):
         build_baseline("bptt", BaselineConfig(), 4, "tokens", np, np.float64, 0)
     with pytest.raises(ConfigError, match="truncation"):
-        build_baseline("bptt", BaselineConfig(truncation=5), 4, "frames", np, np.float64, 0)
+        build_baseline("bptt", BaselineConfig(), 4, "frames", np, np.float64, 0)
     with pytest.raises(ConfigError, match="truncation"):
-        build_baseline("tbptt", BaselineConfig(), 4, "frames", np, np.float64, 0)
+        build_baseline("tbptt", BaselineConfig(truncation=0), 4, "frames", np, np.float64, 0)
     with pytest.raises(ConfigError, match="esn_leak"):
         BaselineConfig(esn_leak=0.0)
     with pytest.raises(ConfigError, match="rtrl_force"):
@@ -293,3 +300,44 @@ def test_config_errors():
     net = build_baseline("rtrl", BaselineConfig(hidden=65, rtrl_force=True), 4, "frames", np,
                          np.float64, 0)
     assert net.num_params() == 4 * 65 + 65 * 65 + 65 + 65 * 4 + 4
+
+
+# -- the [baseline] config section ----------------------------------------------------------------
+
+SECTION = {"hidden": 7, "truncation": 3, "weight_sd": 0.2, "clip_norm": 2.5, "esn_spectral_radius": 0.5,
+           "esn_density": 0.4, "esn_input_scale": 0.7, "esn_leak": 0.6, "esn_ridge": 0.01,
+           "esn_online": True, "rtrl_online": False, "rtrl_force": True}
+
+
+def test_config_file_baseline_section_reaches_the_learner(tmp_path):
+    assert set(SECTION) == {f.name for f in dataclasses.fields(BaselineSection)}
+    assert all(v != getattr(BaselineSection(), k) for k, v in SECTION.items())
+    toml = "\n".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}" for k, v in SECTION.items())
+    path = tmp_path / "tbptt.toml"
+    path.write_text(f'[model]\ntype = "tbptt"\nt_prime = 2\n[optim]\nname = "sgd"\nlr = 0.3\n'
+                    f"[baseline]\n{toml}\n")
+    cfg = load(str(path))
+    learner = build_engine(cfg, 4, "frames").model
+    assert learner.kind == "tbptt"
+    assert {k: getattr(learner.cfg, k) for k in SECTION} == dataclasses.asdict(cfg.baseline) == SECTION
+    assert (learner.cfg.output, learner.cfg.t_prime, learner.cfg.optim) == ("sigmoid", 2, cfg.optim)
+
+
+def test_truncation_default_is_what_the_readme_says():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    stated = re.search(r"`baseline\.truncation`[^.]*?defaults to (\d+)", readme)
+    assert stated, "README states the default of baseline.truncation"
+    k = int(stated.group(1))
+    assert BaselineSection().truncation == BaselineConfig().truncation == load(None, []).baseline.truncation == k
+    small = ["model.hidden=[8]", "baseline.hidden=6"]
+    assert build_engine(load(None, small + ['model.type="tbptt"']), 4, "frames").model.cfg.truncation == k
+    assert build_engine(load(None, small + ['model.type="bptt"']), 4, "frames").model.cfg.truncation == 0
+
+
+@pytest.mark.parametrize("override, key", [
+    ("baseline.hidden=0", "baseline.hidden"), ("baseline.truncation=-1", "baseline.truncation"),
+    ("baseline.esn_density=1.5", "baseline.esn_density"), ("baseline.weight_sd=0", "baseline.weight_sd")])
+def test_bad_baseline_values_fail_when_the_config_loads(override, key):
+    with pytest.raises(ConfigError) as err:
+        load(None, [override])
+    assert key in str(err.value) and "\n" not in str(err.value)

@@ -1,15 +1,13 @@
-"""The baseline config, the trainer-facing interface and the factory that builds any baseline."""
+"""The trainer-facing interface of the baselines and the factory that builds any of them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
 from ..errors import ConfigError
-from ..optim import OptimConfig
-from . import elman
 from .bptt import BPTT
+from .config import BaselineConfig
 from .esn import ESN
 from .rtrl import RTRL
 from .uoro import UORO
@@ -17,54 +15,6 @@ from .uoro import UORO
 KINDS = ("bptt", "tbptt", "rtrl", "uoro", "esn")
 DATA_KINDS = ("frames", "tokens")
 DATA_KIND_ALIASES = {"video": "frames", "text": "tokens"}
-
-
-@dataclass
-class BaselineConfig:
-    """Settings of the baseline learners; esn_* only matter to the ESN, optim not to it.
-
-    truncation: 0 = full BPTT ("bptt"); k >= 1 = truncated BPTT over windows of k ("tbptt").
-    rtrl_online: update every step (True) or once per sequence with the exact BPTT gradient.
-    rtrl_force: allow RTRL above rtrl.RTRL_MAX_HIDDEN hidden units.
-    esn_online: recursive least squares readout instead of the ridge closed form.
-    """
-
-    hidden: int = 256
-    output: str = "sigmoid"
-    truncation: int = 0
-    t_prime: int = 1
-    weight_sd: float = 0.1
-    clip_norm: float = 0.0
-    esn_spectral_radius: float = 0.9
-    esn_density: float = 0.1
-    esn_input_scale: float = 1.0
-    esn_leak: float = 1.0
-    esn_ridge: float = 1e-4
-    esn_online: bool = False
-    rtrl_online: bool = True
-    rtrl_force: bool = False
-    optim: OptimConfig = field(default_factory=OptimConfig)
-
-    def __post_init__(self):
-        if isinstance(self.optim, dict):
-            self.optim = OptimConfig(**self.optim)
-        if self.output not in elman.OUTPUTS:
-            raise ConfigError(f"baseline.output must be one of {list(elman.OUTPUTS)}, not {self.output!r}")
-        _check(self.hidden >= 1, "hidden", self.hidden, "an integer >= 1")
-        _check(self.truncation >= 0, "truncation", self.truncation, "0 (full BPTT) or an integer >= 1")
-        _check(self.t_prime >= 0, "t_prime", self.t_prime, "an integer >= 0")
-        _check(self.weight_sd > 0, "weight_sd", self.weight_sd, "> 0")
-        _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, ">= 0 (0 = no clipping)")
-        _check(self.esn_spectral_radius > 0, "esn_spectral_radius", self.esn_spectral_radius, "> 0")
-        _check(0 < self.esn_density <= 1, "esn_density", self.esn_density, "in (0, 1]")
-        _check(self.esn_input_scale >= 0, "esn_input_scale", self.esn_input_scale, ">= 0")
-        _check(0 < self.esn_leak <= 1, "esn_leak", self.esn_leak, "in (0, 1]")
-        _check(self.esn_ridge > 0, "esn_ridge", self.esn_ridge, "> 0")
-
-
-def _check(ok: bool, key: str, value, valid: str) -> None:
-    if not ok:
-        raise ConfigError(f"baseline.{key} must be {valid}, not {value!r}")
 
 
 class Baseline(Protocol):
@@ -96,7 +46,7 @@ def build_baseline(kind: str, cfg: BaselineConfig, x_dim: int, data_kind: str, x
         raise ConfigError(f"data_kind must be one of {list(DATA_KINDS)}, not {data_kind!r}")
     if (data_kind == "tokens") != (cfg.output == "softmax"):
         valid = ["softmax"] if data_kind == "tokens" else ["identity", "sigmoid", "tanh"]
-        raise ConfigError(f"baseline.output must be one of {valid} for {data_kind}, not {cfg.output!r}")
+        raise ConfigError(f"model.output must be one of {valid} for {data_kind}, not {cfg.output!r}")
     if kind == "bptt" and cfg.truncation != 0:
         raise ConfigError(f"baseline.truncation must be 0 for kind 'bptt' (full BPTT), not "
                           f"{cfg.truncation!r}; use kind 'tbptt' for truncated BPTT")

@@ -190,13 +190,14 @@ def seqlen_one(method: str, T: int, B: int = 16, V: int = 50, H: int = 256, reps
     x = rng.integers(0, V, (T, B)).astype(np.int32)
     mask = np.ones((T, B), np.float32)
     if method == "ptncn":
-        from .config import load
-        from .engines.factory import build_engine
+        from ..config import load
+        from ..engines.factory import build_engine
         eng = build_engine(load(None, [f"model.hidden=[{H}, {H}]", 'model.output="softmax"']), V, "tokens")
         run = lambda: eng.run_segment(x, mask, 0, T, learn=True, t_prime=1)
     elif method == "bptt_numpy":
-        from .baselines import BaselineConfig, build_baseline
-        m = build_baseline("bptt", BaselineConfig(hidden=H, output="softmax"), V, "tokens", np, np.float32, 0)
+        from ..baselines import BaselineConfig, build_baseline
+        m = build_baseline("bptt", BaselineConfig(hidden=H, truncation=0, output="softmax"), V, "tokens",
+                           np, np.float32, 0)
         run = lambda: m.run_sequence(x, mask, True)
     else:
         import torch

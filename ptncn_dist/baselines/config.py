@@ -1,0 +1,75 @@
+"""What a baseline learner is built from: the `[baseline]` config section (BaselineSection) and,
+on top of it, the keys the learner takes from `[model]` and `[optim]` (BaselineConfig).
+
+Each setting is defined and checked once, here, so a config file's `[baseline]` section reaches
+the learner unchanged and a bad value fails when the config loads, naming the key.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+from ..optim import OptimConfig
+from . import elman
+
+
+@dataclass
+class BaselineSection:
+    """The `[baseline]` section: settings only the baselines read (model.type other than 'ptncn');
+    esn_* only matter to the ESN, rtrl_* only to RTRL.
+
+    truncation: the window k of truncated BPTT (model.type 'tbptt'), 5 unless set; 0 is full BPTT,
+        what kind 'bptt' needs (the trainer runs every kind but 'tbptt' with 0).
+    rtrl_online: update every step (True) or once per sequence with the exact BPTT gradient.
+    rtrl_force: allow RTRL above rtrl.RTRL_MAX_HIDDEN hidden units.
+    esn_online: recursive least squares readout instead of the ridge closed form.
+    """
+
+    hidden: int = 256
+    truncation: int = 5
+    weight_sd: float = 0.1
+    clip_norm: float = 0.0
+    esn_spectral_radius: float = 0.9
+    esn_density: float = 0.1
+    esn_input_scale: float = 1.0
+    esn_leak: float = 1.0
+    esn_ridge: float = 1e-4
+    esn_online: bool = False
+    rtrl_online: bool = True
+    rtrl_force: bool = False
+
+    def __post_init__(self):
+        _check(self.hidden >= 1, "hidden", self.hidden, "an integer >= 1")
+        _check(self.truncation >= 0, "truncation", self.truncation, "0 (full BPTT) or an integer >= 1")
+        _check(self.weight_sd > 0, "weight_sd", self.weight_sd, "> 0")
+        _check(self.clip_norm >= 0, "clip_norm", self.clip_norm, ">= 0 (0 = no clipping)")
+        _check(self.esn_spectral_radius > 0, "esn_spectral_radius", self.esn_spectral_radius, "> 0")
+        _check(0 < self.esn_density <= 1, "esn_density", self.esn_density, "in (0, 1]")
+        _check(self.esn_input_scale >= 0, "esn_input_scale", self.esn_input_scale, ">= 0")
+        _check(0 < self.esn_leak <= 1, "esn_leak", self.esn_leak, "in (0, 1]")
+        _check(self.esn_ridge > 0, "esn_ridge", self.esn_ridge, "> 0")
+
+
+@dataclass
+class BaselineConfig(BaselineSection):
+    """A learner's whole config: the `[baseline]` section plus model.output, model.t_prime and
+    the `[optim]` section (which the ESN ignores)."""
+
+    output: str = "sigmoid"
+    t_prime: int = 1
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        if self.output not in elman.OUTPUTS:
+            raise ConfigError(f"model.output must be one of {list(elman.OUTPUTS)} for a baseline, "
+                              f"not {self.output!r}")
+        if self.t_prime < 0:
+            raise ConfigError(f"model.t_prime must be >= 0, not {self.t_prime!r}")
+
+
+def _check(ok: bool, key: str, value, valid: str) -> None:
+    if not ok:
+        raise ConfigError(f"baseline.{key} must be {valid}, not {value!r}")
