@@ -305,3 +305,37 @@ def test_max_frame_bytes_bounds_every_encoded_message():
             # shape (16, 1024) packs in 4 of the 18 bytes allowed, kind "z" in 2 of 5
             assert len(m.encode()) <= bound <= len(m.encode()) + 17
     assert len(Message(0, 0, "z", np.zeros((0, 4))).encode()) <= max_frame_bytes(0, 4, 8)
+
+
+def test_attached_to_an_event_loop_frames_arrive_on_the_loop_while_it_was_busy(endpoints):
+    """`attach(loop)`: frames sent while the loop computes wait in zmq's queue and are handed to
+    on_message on the loop's own thread, in order, once it is free; close() unregisters them."""
+    import asyncio
+    sender, receiver = endpoints(1), endpoints(2)
+    link(sender, receiver, max_bytes=max_frame_bytes(4, 3, 8))
+    sender.links.start()
+    frames = [Message(s, 1, "z", np.full((4, 3), float(s))).encode() for s in range(5)]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        seen, done = [], asyncio.Event()
+
+        def on_message(peer, data):
+            seen.append((peer, threading.get_ident(), Message.decode(data).step))
+            if len(seen) == len(frames):
+                done.set()
+
+        receiver.links.on_message = on_message
+        receiver.links.attach(loop)
+        for f in frames:
+            sender.links.send(2, [f])
+        a = np.ones((300, 300))
+        for _ in range(50):
+            a = a @ a / 300.0
+        await asyncio.wait_for(done.wait(), 5)
+        receiver.links.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert [s for _, _, s in seen] == list(range(5))
+    assert {p for p, _, _ in seen} == {1} and {t for _, t, _ in seen} == {threading.get_ident()}

@@ -37,6 +37,7 @@ class RayEngine(Engine):
         self.max_batch = max(cfg.data.batch, cfg.data.eval_batch)
         self.graph = None
         self._graph_stats = None
+        self.graph_builds = 0
         self.link_offers: list = []
         self.actors = []
         self._make_actors()
@@ -58,11 +59,18 @@ class RayEngine(Engine):
             near = lambda i: {j + 1: self.actors[j] for j in (i - 1, i + 1) if 0 <= j < n}
             ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
                      for i, a in enumerate(self.actors)])
-            if ec.transport == "tcp":
-                offers = self.link_offers = ray.get([a.open_links.remote() for a in self.actors])
+            if ec.transport in ("tcp", "tls"):
+                offers = self.link_offers = ray.get([a.open_links.remote(None, ec.transport == "tls")
+                                                     for a in self.actors])
                 mine = lambda i: {l: offers[l - 1] for l in near(i)}
                 ray.get([a.allow_links.remote(mine(i)) for i, a in enumerate(self.actors)])
                 ray.get([a.connect_links.remote(mine(i)) for i, a in enumerate(self.actors)])
+            elif ec.transport == "tcp-token":
+                import secrets
+                token = secrets.token_bytes(32)
+                addrs = ray.get([a.open_token_links.remote(token) for a in self.actors])
+                ray.get([a.token_link_to.remote(addrs[i - 1] if i else None, addrs[i + 1] if i + 1 < n else None)
+                         for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
 
     # -- compiled graph ---------------------------------------------------------------------------
@@ -89,6 +97,7 @@ class RayEngine(Engine):
             try:
                 self.graph = CompiledGraph(self.ray, self.actors, self.specs, mask.shape[1], x[0].nbytes,
                                            self.cfg.engine.in_flight)
+                self.graph_builds += 1
             except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
                 self._fall_back_to_calls(exc)
                 return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat,

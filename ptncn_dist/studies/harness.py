@@ -26,6 +26,10 @@ ENGINES = {
                       "engine.blas_threads=1"], None),
     "ray_exact_tcp": (['engine.name="ray"', 'engine.transport="tcp"', "engine.cpus_per_layer=1",
                        "engine.blas_threads=1"], None),
+    "ray_exact_tcp_token": (['engine.name="ray"', 'engine.transport="tcp-token"', "engine.cpus_per_layer=1",
+                             "engine.blas_threads=1"], None),
+    "ray_exact_tls": (['engine.name="ray"', 'engine.transport="tls"', "engine.cpus_per_layer=1",
+                       "engine.blas_threads=1"], None),
     "ray_pipelined_tcp": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="tcp"',
                            "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
 }
@@ -40,7 +44,7 @@ def pin_blas(n: int | None):
 def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
     """Training steps per second of one engine on random binary frames (after 10 warm-up steps),
     and the engine's own per-layer figures."""
-    cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', *sets])
+    cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', f"data.batch={batch}", *sets])
     rng = np.random.default_rng(0)
     T = 50
     x = (rng.random((T, batch, x_dim)) > 0.8).astype(np.float32)

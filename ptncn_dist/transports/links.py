@@ -20,8 +20,9 @@ Keys travel through Ray actor calls, which Ray authenticates, in two rounds:
 
 Threads: every method except `on_message` is called from one thread, the owner's (zmq sockets
 are not thread-safe); all sends happen on that thread. `start()` hands the incoming sockets to
-one receiver thread, which calls `on_message(peer, data)` for each frame received; `incoming()`
-therefore comes before `start()`. The ZAP handler is pyzmq's authenticator thread.
+one receiver thread, which calls `on_message(peer, data)` for each frame received; `attach(loop)`
+instead delivers on the owner's asyncio loop (the layer actors use it: one thread hop fewer per
+message); `incoming()` comes before either. The ZAP handler is pyzmq's authenticator thread.
 """
 from __future__ import annotations
 
@@ -96,13 +97,14 @@ class SecureLinks:
         self._out: dict[int, zmq.Socket] = {}
         self._stop: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
+        self._loop = None
         self._closed = False
 
     def incoming(self, peer: int, max_bytes: int) -> tuple[str, int, bytes]:
         """Bind the socket that receives from `peer` on a random port; return (host, port, server
         public key). Frames over `max_bytes` are never delivered; no client gets in before
         `allow()`."""
-        if self._closed or self._thread is not None or peer in self._in:
+        if self._closed or self._thread is not None or self._loop is not None or peer in self._in:
             raise LinkError(f"layer {self.layer}: incoming({peer}) after start, close or twice")
         public, secret = zmq.curve_keypair()
         domain = f"layer{self.layer}-from{peer}"
@@ -166,8 +168,8 @@ class SecureLinks:
 
     def start(self) -> None:
         """Start the receiver thread (a daemon) that polls every incoming socket."""
-        if self._closed or self._thread is not None:
-            raise LinkError(f"layer {self.layer}: start() after start or close")
+        if self._closed or self._thread is not None or self._loop is not None:
+            raise LinkError(f"layer {self.layer}: start() after start, attach or close")
         self._stop = self._ctx.socket(zmq.PAIR)
         self._stop.bind("inproc://stop")
         stopped = self._ctx.socket(zmq.PAIR)
@@ -175,6 +177,28 @@ class SecureLinks:
         self._thread = threading.Thread(target=self._receive, args=(stopped,), daemon=True,
                                         name=f"links-layer{self.layer}")
         self._thread.start()
+
+    def attach(self, loop) -> None:
+        """Instead of `start()`: deliver on the owner's asyncio event loop (call this on it). The
+        loop watches each incoming socket's notification descriptor and drains the socket when
+        it fires, so a frame reaches `on_message` without a thread hop; zmq's I/O thread keeps
+        receiving into the queue while the loop computes."""
+        if self._closed or self._thread is not None or self._loop is not None:
+            raise LinkError(f"layer {self.layer}: attach() after start, attach or close")
+        self._loop = loop
+        for peer, sock in self._in.items():
+            loop.add_reader(sock.getsockopt(zmq.FD), self._drain, peer, sock)
+            loop.call_soon(self._drain, peer, sock)
+
+    def _drain(self, peer: int, sock: zmq.Socket) -> None:
+        """Every message waiting on `sock` (zmq's descriptor is edge-triggered: read until none)."""
+        while not self._closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            for data in frames:
+                self._deliver(peer, data)
 
     def _receive(self, stopped: zmq.Socket) -> None:
         poller = zmq.Poller()
@@ -223,6 +247,9 @@ class SecureLinks:
             self._stop.send(b"")
             self._thread.join()
             self._stop.close()
+        if self._loop is not None and not self._loop.is_closed():
+            for sock in self._in.values():
+                self._loop.remove_reader(sock.getsockopt(zmq.FD))
         for sock in [*self._in.values(), *self._out.values()]:
             sock.close()
         self._in, self._out = {}, {}
