@@ -110,7 +110,7 @@ class EngineConfig:
             raise ConfigError(f"engine.mode must be 'exact' or 'pipelined', not {self.mode!r}")
         if self.placement not in ("pack", "spread", "explicit"):
             raise ConfigError(f"engine.placement must be 'pack', 'spread' or 'explicit', not {self.placement!r}")
-        if self.transport not in ("calls", "tcp", "tcp-token", "tls"):
+        if self.transport not in ("calls", "tcp"):
             raise ConfigError(f"engine.transport must be 'calls' or 'tcp', not {self.transport!r}")
         if self.in_flight < 1:
             raise ConfigError("engine.in_flight must be >= 1")

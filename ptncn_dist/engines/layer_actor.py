@@ -39,7 +39,7 @@ class LayerWorker(LayerHost):
         """Plain method calls into neighbour workers of this process ({layer: worker})."""
         self.transport = DirectCalls(self.l, self.counters, self.clock_t, peers)
 
-    async def open_links(self, host: str | None = None, tls: bool = False) -> dict:
+    async def open_links(self, host: str | None = None) -> dict:
         """Listen for each neighbour on this node's address (a fresh CURVE key per link);
         returns what the neighbours need: this layer's client key and, per neighbour, the
         (host, port, server key) of the socket that takes its messages."""
@@ -47,11 +47,7 @@ class LayerWorker(LayerHost):
         if host is None:
             import ray
             host = ray.util.get_node_ip_address()
-        if tls:
-            from ..transports.tls_links import TlsLinks
-            self.links = LinkTransport(self, host, asyncio.get_running_loop(), TlsLinks)
-        else:
-            self.links = LinkTransport(self, host, asyncio.get_running_loop())
+        self.links = LinkTransport(self, host, asyncio.get_running_loop())
         return self.links.offer
 
     def allow_links(self, offers: dict) -> None:
@@ -62,20 +58,6 @@ class LayerWorker(LayerHost):
     def connect_links(self, offers: dict) -> None:
         """Round 2: connect to each neighbour's socket for this layer; messages go by links."""
         self.links.connect(offers)
-        self.transport = self.links
-
-    async def open_token_links(self, token: bytes):
-        """The old token links (bench comparison only)."""
-        from ..transports.token_tcp import TokenTcp
-        import ray
-        self.links = TokenTcp(self, token)
-        return await self.links.links.listen(ray.util.get_node_ip_address())
-
-    async def token_link_to(self, below_addr, above_addr) -> None:
-        if below_addr is not None:
-            await self.links.links.connect(self.l - 1, *below_addr)
-        if above_addr is not None:
-            await self.links.links.connect(self.l + 1, *above_addr)
         self.transport = self.links
 
     def close_links(self) -> None:

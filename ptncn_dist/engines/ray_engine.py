@@ -59,18 +59,11 @@ class RayEngine(Engine):
             near = lambda i: {j + 1: self.actors[j] for j in (i - 1, i + 1) if 0 <= j < n}
             ray.get([a.connect.remote(self.actors[i - 1] if i else None, self.actors[i + 1] if i + 1 < n else None)
                      for i, a in enumerate(self.actors)])
-            if ec.transport in ("tcp", "tls"):
-                offers = self.link_offers = ray.get([a.open_links.remote(None, ec.transport == "tls")
-                                                     for a in self.actors])
+            if ec.transport == "tcp":
+                offers = self.link_offers = ray.get([a.open_links.remote() for a in self.actors])
                 mine = lambda i: {l: offers[l - 1] for l in near(i)}
                 ray.get([a.allow_links.remote(mine(i)) for i, a in enumerate(self.actors)])
                 ray.get([a.connect_links.remote(mine(i)) for i, a in enumerate(self.actors)])
-            elif ec.transport == "tcp-token":
-                import secrets
-                token = secrets.token_bytes(32)
-                addrs = ray.get([a.open_token_links.remote(token) for a in self.actors])
-                ray.get([a.token_link_to.remote(addrs[i - 1] if i else None, addrs[i + 1] if i + 1 < n else None)
-                         for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
 
     # -- compiled graph ---------------------------------------------------------------------------

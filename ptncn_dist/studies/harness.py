@@ -26,10 +26,6 @@ ENGINES = {
                       "engine.blas_threads=1"], None),
     "ray_exact_tcp": (['engine.name="ray"', 'engine.transport="tcp"', "engine.cpus_per_layer=1",
                        "engine.blas_threads=1"], None),
-    "ray_exact_tcp_token": (['engine.name="ray"', 'engine.transport="tcp-token"', "engine.cpus_per_layer=1",
-                             "engine.blas_threads=1"], None),
-    "ray_exact_tls": (['engine.name="ray"', 'engine.transport="tls"', "engine.cpus_per_layer=1",
-                       "engine.blas_threads=1"], None),
     "ray_pipelined_tcp": (['engine.name="ray"', 'engine.mode="pipelined"', 'engine.transport="tcp"',
                            "engine.cpus_per_layer=1", "engine.blas_threads=1"], None),
 }

@@ -13,7 +13,7 @@ from .links import SecureLinks, max_frame_bytes
 
 
 class LinkTransport(Encoded):
-    def __init__(self, worker, host: str, loop, links_cls=SecureLinks):
+    def __init__(self, worker, host: str, loop):
         super().__init__(worker.l, worker.counters, worker.clock_t)
         self.worker, self.loop = worker, loop
         spec = worker.spec
@@ -24,10 +24,10 @@ class LinkTransport(Encoded):
             widths[spec.index - 1] = spec.d_in
         if not spec.is_top:
             widths[spec.index + 1] = max(spec.d, spec.d_up)
-        self.links = links_cls(spec.index, self._on_message, host)
+        self.links = SecureLinks(spec.index, self._on_message, host)
         sockets = {peer: self.links.incoming(peer, max_frame_bytes(batch, w, itemsize)) for peer, w in widths.items()}
         self.offer = {"client": self.links.client_key(), "sockets": sockets}
-        self.links.attach(loop) if hasattr(self.links, "attach") else self.links.start()
+        self.links.attach(loop)
 
     def allow(self, offers: dict) -> None:
         for peer, offer in offers.items():
@@ -38,10 +38,7 @@ class LinkTransport(Encoded):
             self.links.connect(peer, *offer["sockets"][self.layer])
 
     def _on_message(self, peer: int, data: bytes) -> None:
-        if hasattr(self.links, "attach"):
-            self.worker.receive(peer, data)
-        else:
-            self.loop.call_soon_threadsafe(self.worker.receive, peer, data)
+        self.worker.receive(peer, data)
 
     def deliver(self, to: int, datas: list[bytes]) -> None:
         self.links.send(to, datas)
