@@ -17,8 +17,10 @@ performs (in one process, or between Ray actors):
 2. `correct`   the last iteration: e_self = (pred_above - s) * m; e_below = (pred_self - s_below)
                * m (or e0); d = e_below @ E - alpha * e_self; y = phi(v - beta * d); eps = (z - y) * m.
    -- exchange 2: eps and y go up, y goes down --
-3. `finish`    the local LRA updates (outer products of signals the layer holds), then the
-               carried state moves to step t.
+3. learning    the local LRA updates (outer products of signals the layer holds:
+               `learn_recurrent`, `learn_generative`), then the carried state moves to step t
+               (`carry_forward`). The exact order, and which waits overlap which work, is
+               ptncn_dist/schedule.py's.
 
 Both neighbours of an error e[l] form it from the same two arrays, so it is never sent. Messages
 are (B, d) arrays of activations or errors, never weights. No derivative of phi is ever taken.
@@ -80,13 +82,13 @@ class PreviousStep:
 
 
 class LayerCore:
-    """One layer's state and its step, phase by phase. Engines call these methods in order:
-
-    `forward` -> (exchange 1) -> [`iterate` -> (exchange), K - 1 times] -> `correct` ->
-    (exchange 2) -> `finish`. It holds no reference to any other layer: what it needs from a
-    neighbour comes in as an argument, so the same object serves a single process and a Ray
-    actor. The pipelined schedule (K = 1 only) replaces `finish` by `finish_pipelined` and
-    `take_neighbours` (see `LocalEngine.step_pipelined`).
+    """One layer's state and its step, phase by phase, called in the order ptncn_dist/schedule.py
+    states: `forward_state`, `predict` -> (exchange 1) -> [`iterate` -> (exchange), K - 1 times]
+    -> `correct` -> `learn_recurrent` -> (exchange 2) -> `generative_pair` (learned by
+    `learn_generative` before the next prediction) and `carry_forward`. It holds no reference to
+    any other layer: what it needs from a neighbour comes in as an argument, so the same object
+    serves a single process and a Ray actor. The pipelined schedule (K = 1 only) uses `forward`,
+    `correct`, `finish_pipelined` and `take_neighbours`.
     """
 
     def __init__(self, spec: LayerSpec, params: dict, opt_cfg: optim.OptimConfig, xp, dtype):
@@ -185,14 +187,6 @@ class LayerCore:
         t.y = t.s
         t.eps = temporal_error(t.z, t.y, m)
         return t.y, t.eps
-
-    def finish(self, do_learn: bool, x=None, y_below=None, eps_below=None, y_above=None) -> None:
-        """Phase 3 of the exact schedule: the local updates (when `do_learn`), then carry step
-        t's values forward."""
-        if do_learn:
-            self.learn_generative(self.generative_pair(eps_below))
-            self.learn_recurrent()
-        self.carry_forward(x, y_below, y_above)
 
     def generative_pair(self, eps_below=None):
         """The two signals of step t whose outer product updates W and E: (z, e0) for layer 1,
