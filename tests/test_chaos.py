@@ -78,13 +78,16 @@ def test_shutdown_frees_ray_objects_in_cycles_while_the_session_lives():
     assert seen == [True]
 
 
-def test_compiled_graph_run_recovers_exactly(tmp_path):
-    """A killed actor closes the compiled graph: it is torn down and rebuilt with the layers."""
+@pytest.mark.parametrize("transport", ["compiled", "calls"])
+def test_other_transports_recover_exactly(tmp_path, transport):
+    """The drill on the other transports (the links are the default, above): a killed actor
+    closes a compiled graph, which is torn down and rebuilt with the layers; over actor calls
+    the layers are rebuilt and rewired the same way."""
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
              log_to_driver=False, configure_logging=False)
     try:
-        cfg = load(None, SETS + ['engine.name="ray"', "engine.compiled=true", "train.steps=200",
-                                 "model.hidden=[32,24]"])
+        sets = ["engine.compiled=true"] if transport == "compiled" else ['engine.transport="calls"']
+        cfg = load(None, SETS + ['engine.name="ray"', *sets, "train.steps=200", "model.hidden=[32,24]"])
         res = chaos.drill(cfg, faults=1, seed=2, run_dir=str(tmp_path), log=lambda *_: None)
     finally:
         shutdown_ray()

@@ -202,10 +202,15 @@ def test_actor_call_transport_equals_local(mode):
         np.testing.assert_allclose(b[k], a[k], atol=1e-9, rtol=0, err_msg=k)
 
 
+ZMTP_CURVE_GREETING = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\0") + b"\0"
+                       + b"\0" * 31)
+
+
 def _attack(offers, stop):
     """Against every layer's link sockets until `stop` is set: a CURVE client with a key the
-    layer never allowed sends well-formed messages, plain TCP garbage is written, and idle
-    connections pile up (held until the end)."""
+    layer never allowed sends well-formed messages, plain TCP garbage is written, a proper
+    ZeroMQ greeting is followed by a frame announcing 4 GiB, and idle connections pile up (held
+    until the end)."""
     import socket
     import zmq
     from ptncn_dist.messages import Message
@@ -226,6 +231,9 @@ def _attack(offers, stop):
                 g = socket.create_connection((host, port))
                 g.sendall(b"\xff" * 4096)
                 idle.append(g)
+                huge = socket.create_connection((host, port))
+                huge.sendall(ZMTP_CURVE_GREETING + b"\x06" + (4 << 30).to_bytes(8, "big") + b"\0" * 1024)
+                idle.append(huge)
         msg = Message(0, 1, "z", np.full((4, 24), 1e9)).encode()
         while not stop.is_set():
             for s in rogues:
