@@ -7,6 +7,7 @@ raises ConfigError naming the key and what it accepts.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import tomllib
@@ -14,6 +15,7 @@ import typing
 from dataclasses import dataclass, field
 
 from .baselines.config import BaselineSection
+from .config_checks import check_numbers
 from .data.sources import DataConfig
 from .errors import ConfigError
 from .layer_spec import LayerHyper
@@ -49,6 +51,7 @@ class ModelConfig(LayerHyper):
         if self.t_prime < 0:
             raise ConfigError("model.t_prime must be >= 0")
         super().__post_init__()
+        check_numbers("model", self)
 
     def numbers(self) -> dict:
         """The keys that determine the numbers, for the config hash: the variants beyond MODEL.md
@@ -83,6 +86,7 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, not {getattr(self, key)!r}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0 (0 = off)")
+        check_numbers("train", self)
 
 
 @dataclass
@@ -114,6 +118,7 @@ class EngineConfig:
             raise ConfigError(f"engine.transport must be 'calls' or 'tcp', not {self.transport!r}")
         if self.in_flight < 1:
             raise ConfigError("engine.in_flight must be >= 1")
+        check_numbers("engine", self)
 
 
 SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig,
@@ -130,6 +135,8 @@ class Config:
     baseline: BaselineSection = field(default_factory=BaselineSection)
 
     def __post_init__(self):
+        check_numbers("optim", self.optim)
+        check_numbers("baseline", self.baseline)
         if self.model.inference_steps > 1 and self.engine.mode == "pipelined":
             raise ConfigError(f"model.inference_steps = {self.model.inference_steps} needs engine.mode = 'exact': "
                               "the pipelined schedule has one exchange per step and runs K = 1 only")
@@ -148,6 +155,12 @@ class Config:
 
 def valid_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def _did_you_mean(name: str, choices: list[str]) -> str:
+    """' did you mean X?' for the nearest valid name, or '' when none is near."""
+    near = difflib.get_close_matches(name, choices, n=1)
+    return f" did you mean {near[0]}?" if near else ""
 
 
 def _coerce(section: str, f: dataclasses.Field, value, hints: dict):
@@ -184,7 +197,8 @@ def from_dict(raw: dict) -> Config:
     sections = {}
     for section, values in raw.items():
         if section not in SECTIONS:
-            raise ConfigError(f"unknown config section [{section}]; valid sections: {sorted(SECTIONS)}")
+            raise ConfigError(f"unknown config section [{section}];{_did_you_mean(section, list(SECTIONS))} "
+                              f"valid sections: {sorted(SECTIONS)}")
         if not isinstance(values, dict):
             raise ConfigError(f"[{section}] must be a table of keys")
         cls = SECTIONS[section]
@@ -193,7 +207,8 @@ def from_dict(raw: dict) -> Config:
         kwargs = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(f"unknown config key {section}.{key}; valid keys: " + ", ".join(valid_keys()))
+                raise ConfigError(f"unknown config key {section}.{key};{_did_you_mean(f'{section}.{key}', valid_keys())} "
+                                  "valid keys: " + ", ".join(valid_keys()))
             kwargs[key] = _coerce(section, fields[key], value, hints)
         sections[section] = cls(**kwargs)
     return Config(**sections)

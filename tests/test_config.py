@@ -1,7 +1,13 @@
 """Configs: TOML in and out, --set overrides, errors that name the key and list valid ones, and
 every model hyper-parameter reaching every layer."""
 import dataclasses
+import importlib
+import os
+import re
+import subprocess
+import sys
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +125,98 @@ def test_errors_are_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load(None, [override])
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+# -- numbers checked before anything is allocated -------------------------------------------------
+@pytest.mark.parametrize("override, key", [
+    ("model.alpha=nan", "model.alpha"), ("model.beta=-0.5", "model.beta"), ("model.weight_sd=inf", "model.weight_sd"),
+    ("engine.cpus_per_layer=-1", "engine.cpus_per_layer"), ("engine.gpus_per_layer=nan", "engine.gpus_per_layer"),
+    ("engine.segment_timeout_s=0", "engine.segment_timeout_s"), ("optim.beta2=1.0", "optim.beta2"),
+    ("optim.eps=inf", "optim.eps"), ("train.checkpoint_minutes=-1", "train.checkpoint_minutes"),
+    ("train.seed=-1", "train.seed"), ("baseline.esn_ridge=inf", "baseline.esn_ridge")])
+def test_non_finite_or_negative_numbers_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load(None, [override])
+    assert str(err.value).startswith(key + " must be") and "\n" not in str(err.value)
+
+
+def test_unknown_key_suggests_the_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key model\.hiden; did you mean model\.hidden\?"):
+        load(None, ["model.hiden=[3]"])
+    with pytest.raises(ConfigError, match=r"did you mean engine\.cpus_per_layer\?"):
+        load(None, ["engine.cpu_per_layer=2"])
+    with pytest.raises(ConfigError, match=r"did you mean model\?"):
+        from_dict({"modle": {}})
+
+
+def test_memory_estimate_from_layer_shapes():
+    from ptncn_dist.config_checks import check_memory
+    cfg = load(None, ["model.hidden=[10, 20]", 'optim.name="adam"', "data.frame=4", "data.batch=2",
+                      "data.eval_batch=3", "data.seq_len=5"])
+    est = check_memory(cfg, 16, "frames", available=1 << 40)
+    layer1 = (3 * 16 * 10 + 10 * 10 + 20 * 10) * 3 * 4  # M, W, E, V, U; weight + adam's m and v; float32
+    layer2 = (3 * 10 * 20 + 20 * 20) * 3 * 4
+    assert est["layers"] == [layer1, layer2] and est["data"] == 5 * (2 + 3) * 16 * 4
+    with pytest.raises(ConfigError, match=r"model\.hidden=\[10, 20\] needs about 0\.000 GiB .*this machine has"):
+        check_memory(cfg, 16, "frames", available=layer1 + layer2 - 1)
+    remote = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, name="ray", address="10.0.0.1:6379"))
+    check_memory(remote, 16, "frames", available=max(layer1, layer2) + est["data"])  # one layer per node
+
+
+def _no_engine(*_a, **_k):
+    raise AssertionError("the engine was built (weights allocated) before the memory check")
+
+
+@pytest.mark.parametrize("override, text", [
+    ("model.hidden=[10000000]", r"model\.hidden=\[10000000\] needs about [\d,.]+ GiB for weights and optimizer "
+                                r"slots; this machine has [\d,.]+ GiB"),
+    ("data.frame=100000", r"data\.frame=100000 .* needs about [\d,.]+ GiB for weights and optimizer slots; "
+                          r"this machine has [\d,.]+ GiB"),
+    ("data.batch=100000000", r"data\.seq_len=20, data\.batch=100000000, .* needs about [\d,.]+ GiB for the data batch arrays")])
+def test_a_run_too_big_for_the_machine_stops_with_one_line(override, text, monkeypatch, capsys, tmp_path):
+    from ptncn_dist import cli
+    monkeypatch.setattr(importlib.import_module("ptncn_dist.train"), "build_engine", _no_engine)
+    rc = cli.main(["train", "--steps", "1", "--set", override, "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and re.match(r"error: " + text, err), err
+
+
+# -- help and skip messages a first-time user reads ----------------------------------------------
+def _help(main) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    return exit_
+
+
+def test_bench_help_lists_scaling(capsys):
+    from ptncn_dist.studies.bench import main
+    _help(main)
+    out = capsys.readouterr().out
+    assert "scaling" in out and all(w in out for w in ("ptb", "engines"))
+
+
+def test_chaos_options_all_have_help(capsys):
+    from ptncn_dist.studies.chaos import main
+    _help(main)
+    out = capsys.readouterr().out
+    options = re.findall(r"^  (--[\w-]+)(.*)$", out, flags=re.M)
+    assert len(options) >= 9
+    lines = out.splitlines()
+    for opt, rest in options:
+        i = next(k for k, line in enumerate(lines) if line.startswith("  " + opt))
+        text = rest.split(None, 1)[1] if len(rest.split()) > 1 else lines[i + 1].strip()
+        assert text and not text.startswith("--"), f"{opt} has no help text"
+
+
+def test_golden_skips_name_the_directory(tmp_path):
+    for golden in (tmp_path / "absent", tmp_path / "empty"):
+        if golden.name == "empty":
+            golden.mkdir()
+        env = {**os.environ, "PTNCN_GOLDEN_DIR": str(golden)}
+        tests = Path(__file__).resolve().parent
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                              str(tests / "test_golden.py"), "-k", "test_golden_run or not_empty"],
+                             env=env, cwd=tests.parent, capture_output=True, text=True, timeout=60).stdout
+        skips = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+        assert skips and all(str(golden) in line for line in skips), out

@@ -209,6 +209,10 @@ def main(argv=None) -> int:
     e.add_argument("--quick", action="store_true", help="two configurations only")
     e.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
     e.add_argument("--csv", help="also write the rows to this CSV file")
+    # handled before parsing (it has its own parser); listed here so that --help shows it
+    sub.add_parser("scaling", add_help=False,
+                   help="the layer-parallel scaling study: sweep, sequence length, cost model "
+                        "(options: ptncn bench scaling --help)")
     args = p.parse_args(argv)
     if args.what == "ptb":
         optims = tuple(args.optims.split(","))

@@ -117,14 +117,17 @@ def _with_engine(cfg, name: str):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="ptncn chaos", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--faults", type=int, default=3)
-    p.add_argument("--kill", choices=["actor", "node"], default="actor")
+    p.add_argument("--config", help="a TOML config file (default: a small drill: model.hidden=[64,48,32], "
+                   "32x32 frames, float64, a checkpoint every 20 steps)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, as in ptncn train (repeatable)")
+    p.add_argument("--steps", type=int, default=600, help="training steps of each run (default 600)")
+    p.add_argument("--faults", type=int, default=3, help="faults to inject during the run (default 3)")
+    p.add_argument("--kill", choices=["actor", "node"], default="actor",
+                   help="what a fault stops: a layer actor process (SIGKILL) or a worker node of a local cluster")
     p.add_argument("--nodes", type=int, default=3, help="with --kill node: nodes of the local cluster")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-dir")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (when and which layer)")
+    p.add_argument("--run-dir", help="run directory of the faulted run (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)
     defaults = ["model.hidden=[64,48,32]", "data.frame=32", "data.batch=8", "data.seq_len=10",

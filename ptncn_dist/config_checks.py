@@ -1,0 +1,162 @@
+"""Checks on the numbers of a config, beyond the types config.py already enforces.
+
+- `check_numbers(section, obj)`: every float is finite and every size or float lies in the range
+  where it makes sense; a ConfigError names the key. Run when a section (or the whole Config) is
+  built, so before anything is allocated.
+- `check_memory(cfg, x_dim, kind)`: an estimate of the memory a run needs (weights and optimizer
+  slots per layer from the layer shapes, plus the data batch arrays) against the machine's memory.
+  Run when a run starts (the Trainer, before the engine allocates), because it needs x_dim from
+  the data: frame * frame for videos, the vocabulary for text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from .errors import ConfigError
+
+GIB = 1 << 30
+
+# (section, key) -> (lower bound, strict, upper bound or None, strict): what the value must satisfy.
+# A float key not listed here must only be finite.
+_RANGES = {
+    "model": {"alpha": (0, False), "beta": (0, False), "gamma": (0, False), "update_radius": (0, False),
+              "zeta": (0, False), "weight_sd": (0, False), "error_weight_sd": (0, False),
+              "lateral_l1": (0, False)},
+    "optim": {"lr": (0, True), "momentum": (0, False, 1, True), "beta1": (0, False, 1, True),
+              "beta2": (0, False, 1, True), "eps": (0, True)},
+    "train": {"seed": (0, False), "checkpoint_minutes": (0, False)},
+    "engine": {"cpus_per_layer": (0, False), "gpus_per_layer": (0, False), "blas_threads": (0, False),
+               "placement_timeout_s": (0, True), "segment_timeout_s": (0, True), "trace_steps": (0, False)},
+}
+
+
+def _describe(rule) -> str:
+    low, strict = rule[0], rule[1]
+    text = f"{'>' if strict else '>='} {low}"
+    if len(rule) > 2:
+        text += f" and {'<' if rule[3] else '<='} {rule[2]}"
+    return text
+
+
+def _in_range(value, rule) -> bool:
+    low, strict = rule[0], rule[1]
+    if value < low or (strict and value == low):
+        return False
+    if len(rule) > 2:
+        high, hstrict = rule[2], rule[3]
+        if value > high or (hstrict and value == high):
+            return False
+    return True
+
+
+def check_numbers(section: str, obj) -> None:
+    """ConfigError naming `section.key` for a non-finite float or a value out of its range."""
+    ranges = _RANGES.get(section, {})
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        key = f"{section}.{f.name}"
+        rule = ranges.get(f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            need = f"a finite number {_describe(rule)}" if rule else "a finite number"
+            raise ConfigError(f"{key} must be {need}, not {value!r}")
+        if rule and not _in_range(value, rule):
+            raise ConfigError(f"{key} must be {_describe(rule)}, not {value!r}")
+
+
+# -- memory -----------------------------------------------------------------------------------------
+def machine_memory() -> int:
+    """Physical memory of this machine in bytes (psutil when installed, else sysconf); 0 if unknown."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().total)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def _slots(optim_name: str) -> int:
+    """Weight-sized optimizer arrays per weight (see optim.init_slots)."""
+    return {"sgd": 0, "momentum": 1, "nag": 1}.get(optim_name, 2)
+
+
+def layer_bytes(cfg, x_dim: int) -> list[int]:
+    """Bytes of weights plus optimizer slots, per layer, from the layer shapes (layer_spec.shapes)."""
+    item = 8 if cfg.model.dtype == "float64" else 4
+    per_weight = 1 + _slots(cfg.optim.name)
+    if cfg.model.type != "ptncn":
+        h = int(cfg.baseline.hidden)
+        return [(2 * x_dim * h + h * h) * per_weight * item]
+    dims = [int(x_dim)] + [int(h) for h in cfg.model.hidden]
+    out = []
+    for l in range(1, len(dims)):
+        d_in, d = dims[l - 1], dims[l]
+        d_up = dims[l + 1] if l + 1 < len(dims) else 0
+        n = 3 * d_in * d + d * d  # M, W, E and V
+        if d_up and cfg.model.zeta > 0:
+            n += d_up * d  # U
+        out.append(n * per_weight * item)
+    return out
+
+
+def data_bytes(cfg, x_dim: int, kind: str) -> int:
+    """Bytes of one train and one test batch: (seq_len, batch, frame*frame) float32 frames, or
+    (length, batch) int64 token ids (length data.max_len, or 100 when unbounded)."""
+    batches = cfg.data.batch + cfg.data.eval_batch
+    if kind == "tokens":
+        return (cfg.data.max_len or 100) * batches * 8
+    return cfg.data.seq_len * batches * int(x_dim) * 4
+
+
+def _input_share(cfg, x_dim: int, weights: int) -> float:
+    """The fraction of `weights` bytes in the bottom layer's input-side weights (M, W, E)."""
+    if cfg.model.type != "ptncn" or weights <= 0:
+        return 0.0
+    item = 8 if cfg.model.dtype == "float64" else 4
+    return 3 * int(x_dim) * int(cfg.model.hidden[0]) * (1 + _slots(cfg.optim.name)) * item / weights
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / GIB:.3f} GiB"
+
+
+def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> dict:
+    """ConfigError when the run cannot fit in this machine's memory; else the estimate (bytes).
+
+    With a Ray engine on a cluster (engine.address set) only the largest layer must fit, since
+    each layer may have a node of its own; everything else runs here and must fit as a whole."""
+    available = machine_memory() if available is None else available
+    layers = layer_bytes(cfg, x_dim)
+    weights, data = sum(layers), data_bytes(cfg, x_dim, kind)
+    estimate = {"weights": weights, "data": data, "layers": layers, "available": available}
+    if available <= 0:
+        return estimate
+    remote = cfg.engine.name == "ray" and bool(cfg.engine.address)
+    model_need = max(layers) if remote else weights
+    what = "its largest layer's weights and optimizer slots" if remote else "weights and optimizer slots"
+    have = f"this machine has {_gib(available)}"
+    model_key = (f"model.hidden={list(cfg.model.hidden)}" if cfg.model.type == "ptncn"
+                 else f"baseline.hidden={cfg.baseline.hidden}")
+    if kind != "tokens" and _input_share(cfg, x_dim, weights) > 0.5:
+        f = cfg.data.frame  # the frame's pixels drive the bottom layer's size
+        model_key = f"data.frame={f} ({f}x{f} = {f * f:,} inputs) with {model_key}"
+    if kind == "tokens":
+        data_key = f"data.batch={cfg.data.batch} (data.max_len={cfg.data.max_len})"
+    else:
+        data_key = (f"data.seq_len={cfg.data.seq_len}, data.batch={cfg.data.batch}, "
+                    f"data.eval_batch={cfg.data.eval_batch} and data.frame={cfg.data.frame}")
+    if model_need > available:
+        raise ConfigError(f"{model_key} needs about {_gib(model_need)} for {what}; {have} "
+                          f"(input width {x_dim:,}, optim.name={cfg.optim.name!r})")
+    if data > available:
+        raise ConfigError(f"{data_key} needs about {_gib(data)} for the data batch arrays; {have}")
+    if model_need + data > available:
+        raise ConfigError(f"{model_key} with {data_key} needs about {_gib(model_need + data)} "
+                          f"({_gib(model_need)} for {what}, {_gib(data)} for the data batches); {have}")
+    return estimate
