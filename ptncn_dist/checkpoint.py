@@ -11,39 +11,53 @@ Format 2 (written now): a layer shard's payload is {"params": {name: array}, "sl
 keep the true velocity as "v". Format 1 kept their velocity as the optimizer holds it, "v" and
 "v_scale"; it is still read, as the true velocity v * v_scale. A newer format is refused with a
 `FormatError`, never skipped as damaged.
+
+The manifest (checkpoint_manifest.py, format 3) carries its own sha256 and is cross-checked
+against the directory name and the reader's config; shard sizes are checked before reading. Any
+error while reading a checkpoint, of whatever type, marks it damaged. A write goes to a staging
+directory that is renamed to ckpt-<step> only once every shard and the manifest are durable; a
+failed write removes the staging directory and raises CheckpointWriteError, keeping every complete
+checkpoint.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from . import checkpoint_manifest as cm
+from .checkpoint_manifest import MANIFEST, Expect, FormatError  # noqa: F401 (re-exported)
 from .codec import packb, unpackb
-from .errors import CheckpointError
+from .errors import CheckpointError, PtncnError
 
 FORMAT = 2
 READABLE = (1, 2)
-MANIFEST = "manifest.msgpack"
-_DIR = re.compile(r"^ckpt-(\d+)$")
+_DIR = cm.DIR_RE
+_STAGING = re.compile(r"^\.ckpt-(\d+)\.(partial|replaced)-\d+$")
 
 
-class FormatError(CheckpointError):
-    """A file in a format this version does not read (written by a newer one)."""
+class CheckpointWriteError(PtncnError):
+    """A checkpoint could not be written (disk full, read-only, permission...)."""
 
 
-def _check_format(path: str, obj, what: str) -> int:
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was passed over for an older one."""
+
+
+def _check_format(path: str, obj, what: str, readable=READABLE) -> int:
     """The format of a decoded shard or manifest, or CheckpointError saying what is wrong."""
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if not isinstance(fmt, int) or isinstance(fmt, bool):
         raise CheckpointError(f"{path}: not a checkpoint {what} (no format number)")
-    if fmt > FORMAT:
+    if fmt > max(readable):
         raise FormatError(f"{path}: {what} format {fmt}, written by a newer version of ptncn_dist; "
-                          f"this version reads formats {', '.join(map(str, READABLE))}")
-    if fmt not in READABLE:
+                          f"this version reads formats {', '.join(map(str, readable))}")
+    if fmt not in readable:
         raise CheckpointError(f"{path}: {what} format {fmt} is no format ptncn_dist wrote")
     return fmt
 
@@ -67,66 +81,80 @@ def checkpoint_dir(root: str, step: int) -> str:
     return os.path.join(root, f"ckpt-{step:010d}")
 
 
+def fsync_dir(path: str) -> None:
+    """Make a directory's entries (renames, new files) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, data: bytes) -> None:
+    """Write, flush, fsync, rename, fsync the directory; a failure leaves no temporary file."""
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(os.path.dirname(path) or ".")
 
 
 def write_shard(ckpt_dir: str, name: str, payload: dict) -> dict:
     """Write one shard; returns its manifest record {name, bytes, sha256}."""
     os.makedirs(ckpt_dir, exist_ok=True)
     data = packb({"format": FORMAT, "name": name, "payload": payload})
-    atomic_write(os.path.join(ckpt_dir, name), data)
+    atomic_write(os.path.join(ckpt_dir, cm.plain_name(ckpt_dir, name)), data)
     return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def read_shard(ckpt_dir: str, record: dict) -> dict:
-    """Read and verify one shard against its manifest record; CheckpointError names the file."""
-    path = os.path.join(ckpt_dir, record["name"])
+def read_shard(ckpt_dir: str, record: dict, max_bytes: int | None = None) -> dict:
+    """Read and verify one shard against its manifest record, its size checked before reading;
+    any failure is a CheckpointError naming the file."""
+    name = cm.plain_name(os.path.join(ckpt_dir, MANIFEST), record.get("name") if isinstance(record, dict) else None)
+    path = os.path.join(ckpt_dir, name)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read shard: {exc.strerror}") from None
-    if len(data) != record["bytes"]:
-        raise CheckpointError(f"{path}: {len(data)} bytes, the manifest says {record['bytes']} (truncated?)")
-    if hashlib.sha256(data).hexdigest() != record["sha256"]:
-        raise CheckpointError(f"{path}: checksum does not match the manifest (file altered)")
-    obj = unpackb(data)
-    fmt = _check_format(path, obj, "shard")
-    if "payload" not in obj:
-        raise CheckpointError(f"{path}: a format-{fmt} shard without a payload")
-    return _from_format_1(obj["payload"]) if fmt == 1 else obj["payload"]
+        want = record["bytes"]
+        if not isinstance(want, int) or isinstance(want, bool) or want < 0:
+            raise CheckpointError(f"{path}: the manifest records no valid size")
+        data = cm.read_bounded(path, max_bytes, want)
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise CheckpointError(f"{path}: checksum does not match the manifest (file altered)")
+        obj = unpackb(data)
+        fmt = _check_format(path, obj, "shard")
+        if "payload" not in obj:
+            raise CheckpointError(f"{path}: a format-{fmt} shard without a payload")
+        return _from_format_1(obj["payload"]) if fmt == 1 else obj["payload"]
+    except CheckpointError as exc:
+        if isinstance(exc, FormatError) or str(exc).startswith(path):
+            raise
+        raise CheckpointError(f"{path}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to read a shard means damaged
+        raise CheckpointError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from None
 
 
 def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str,
                    shards: list[dict], extra: dict | None = None) -> str:
-    manifest = {"format": FORMAT, "step": int(step), "position": position,
-                "config_hash": config_hash, "shards": shards, "created": time.time(),
-                "extra": extra or {}}
+    body = {"step": int(step), "position": position, "config_hash": config_hash, "shards": shards,
+            "created": time.time(), "extra": extra or {}}
     path = os.path.join(ckpt_dir, MANIFEST)
-    atomic_write(path, packb(manifest))
+    atomic_write(path, cm.encode(body))
     return path
 
 
-def read_manifest(ckpt_dir: str, config_hash: str | None = None) -> dict:
-    path = os.path.join(ckpt_dir, MANIFEST)
-    try:
-        with open(path, "rb") as fh:
-            manifest = unpackb(fh.read())
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot read manifest: {exc.strerror}") from None
-    except CheckpointError as exc:
-        raise CheckpointError(f"{path}: {exc}") from None
-    _check_format(path, manifest, "manifest")
-    if config_hash is not None and manifest["config_hash"] != config_hash:
-        raise CheckpointError(f"{path}: written by a run with config hash {manifest['config_hash']}, "
-                              f"this run's is {config_hash} (model, optimizer, data or seed differ)")
-    return manifest
+def read_manifest(ckpt_dir: str, config_hash: str | None = None, expect: Expect | None = None) -> dict:
+    return cm.read(ckpt_dir, config_hash, expect, _check_format)
 
 
 def list_checkpoints(root: str) -> list[str]:
@@ -146,51 +174,111 @@ class Loaded:
     path: str
     manifest: dict
     shards: dict
+    skipped: list = field(default_factory=list)  # messages of the newer, damaged checkpoints passed over
 
 
-def load(ckpt_dir: str, config_hash: str | None = None) -> Loaded:
+def load(ckpt_dir: str, config_hash: str | None = None, expect: Expect | None = None) -> Loaded:
     """One checkpoint, every shard verified."""
-    manifest = read_manifest(ckpt_dir, config_hash)
-    shards = {rec["name"]: read_shard(ckpt_dir, rec) for rec in manifest["shards"]}
+    manifest = read_manifest(ckpt_dir, config_hash, expect)
+    max_bytes = expect.max_bytes if expect else None
+    shards = {rec["name"]: read_shard(ckpt_dir, rec, max_bytes) for rec in manifest["shards"]}
     return Loaded(ckpt_dir, manifest, shards)
 
 
-def latest_valid(root: str, config_hash: str | None = None, *, restore=None):
-    """The newest checkpoint under `root` that verifies, warning about each damaged one skipped.
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def latest_valid(root: str, config_hash: str | None = None, *, restore=None, expect: Expect | None = None,
+                 warn=None, passthrough: tuple = ()):
+    """The newest checkpoint under `root` that verifies; each damaged one passed over is reported
+    to `warn(message)` (default: a CheckpointWarning) and listed in the result's `skipped`.
 
     With `restore(path, manifest)` (an engine's `load_shards`, where each layer reads and checks
-    its own shard) the shards are read by it, not here. Returns None when there is no checkpoint
-    at all; raises CheckpointError naming the bad files when some exist but none verifies. A
-    checkpoint in a format this version cannot read raises its FormatError at once: falling back
-    past it would quietly drop the progress of the run that wrote it.
+    its own shard) the shards are read by it, not here. Any exception while reading a checkpoint
+    marks it damaged, except `passthrough` (a lost worker) and FormatError: a checkpoint in a
+    format this version cannot read is refused at once, as falling back past it would quietly drop
+    the progress of the run that wrote it. Returns None when there is no checkpoint at all; raises
+    CheckpointError naming the bad files when some exist but none verifies.
     """
+    if warn is None:
+        def warn(msg):
+            warnings.warn(f"skipping damaged checkpoint: {msg}", CheckpointWarning, stacklevel=3)
     errors = []
     for path in reversed(list_checkpoints(root)):
         try:
             if restore is None:
-                return load(path, config_hash)
-            manifest = read_manifest(path, config_hash)
-            restore(path, manifest)
-            return Loaded(path, manifest, {})
+                loaded = load(path, config_hash, expect)
+            else:
+                manifest = read_manifest(path, config_hash, expect)
+                restore(path, manifest)
+                loaded = Loaded(path, manifest, {})
+            loaded.skipped = errors
+            return loaded
         except FormatError:
             raise
-        except CheckpointError as exc:
-            warnings.warn(f"skipping damaged checkpoint: {exc}", stacklevel=2)
-            errors.append(str(exc))
+        except passthrough:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the error, this checkpoint is damaged
+            msg = _one_line(exc) if isinstance(exc, CheckpointError) else \
+                f"{path}: {type(exc).__name__}: {_one_line(exc)}"
+            warn(msg)
+            errors.append(msg)
     if errors:
         raise CheckpointError("no usable checkpoint under " + root + ": " + "; ".join(errors))
     return None
 
 
+def save(root: str, step: int, write_shards, *, position: dict, config_hash: str, extra: dict,
+         passthrough: tuple = ()) -> str:
+    """Write checkpoint `step` under `root`: shards by `write_shards(dir)` (each layer its own),
+    then the manifest, into a staging directory renamed to ckpt-<step> once all is durable. A
+    failure removes the staging directory and raises CheckpointWriteError (one line); every
+    complete checkpoint is kept. `passthrough` exceptions (a lost worker) pass unchanged."""
+    final = checkpoint_dir(root, step)
+    staging = os.path.join(root, f".{os.path.basename(final)}.partial-{os.getpid()}")
+    replaced = os.path.join(root, f".{os.path.basename(final)}.replaced-{os.getpid()}")
+    try:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        shards = write_shards(staging)
+        write_manifest(staging, step=step, position=position, config_hash=config_hash, shards=shards, extra=extra)
+        fsync_dir(staging)
+        if os.path.isdir(final):  # the same step written before (a rerun): swap it for this one
+            os.rename(final, replaced)
+        os.rename(staging, final)
+        fsync_dir(root)
+        shutil.rmtree(replaced, ignore_errors=True)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if os.path.isdir(replaced) and not os.path.exists(final):
+            os.rename(replaced, final)
+        if isinstance(exc, passthrough) or not isinstance(exc, Exception):
+            raise
+        reason = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename
+                  else _one_line(exc))
+        kept = list_checkpoints(root)[-1:] if os.path.isdir(root) else []
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint of step {step} under {root} ({reason}); its partial files are "
+            f"removed; the last complete checkpoint is {kept[0] if kept else 'none'}: fix the cause and "
+            f"rerun the same command to continue from it") from None
+    return final
+
+
 def prune(root: str, keep: int) -> None:
     """Delete all but the newest `keep` complete checkpoints (and leftovers without a manifest
-    that are older than the newest complete one)."""
+    or staging directories that are older than the newest complete one). Called only after the
+    newest checkpoint is durable."""
     complete = list_checkpoints(root)
     for path in complete[:-keep] if keep > 0 else []:
         shutil.rmtree(path, ignore_errors=True)
     if complete:
-        newest = complete[-1]
+        newest = int(_DIR.match(os.path.basename(complete[-1])).group(1))
         for name in os.listdir(root):
             path = os.path.join(root, name)
-            if _DIR.match(name) and path < newest and not os.path.exists(os.path.join(path, MANIFEST)):
+            match = _DIR.match(name) or _STAGING.match(name)
+            if (match and int(match.group(1)) < newest and os.path.isdir(path)
+                    and not (_DIR.match(name) and os.path.exists(os.path.join(path, MANIFEST)))):
                 shutil.rmtree(path, ignore_errors=True)

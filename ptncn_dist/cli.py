@@ -78,19 +78,28 @@ def _restored(run_dir: str):
     return Trainer(cfg, None, log=lambda *_: None), cfg
 
 
-def _load_into(trainer, run_dir):
-    from . import checkpoint
-    loaded = checkpoint.latest_valid(os.path.join(run_dir, "checkpoints"), trainer.config_hash,
-                                     restore=trainer.engine.load_shards)
+def _load_into(trainer, run_dir, allow_older: bool = False):
+    """Restore the newest checkpoint that verifies. A damaged newer one stops here with one line
+    naming it and the step an older one would give, unless `allow_older` (then a warning line)."""
+    trainer.ckpt_root = os.path.join(run_dir, "checkpoints")
+    loaded = trainer.load_latest(warn=lambda msg: None)
     if loaded is None:
         raise PtncnError(f"{run_dir}: no checkpoint to load")
+    if loaded.skipped:
+        older = f"step {loaded.manifest['step']} ({loaded.path})"
+        if not allow_older:
+            raise PtncnError(f"damaged checkpoint: {loaded.skipped[0]}; the newest usable one is the older {older}; "
+                             f"pass --allow-older to use it")
+        for msg in loaded.skipped:
+            print(f"warning: damaged checkpoint skipped: {msg}; using the older {older} (--allow-older)",
+                  file=sys.stderr, flush=True)
     return loaded
 
 
 def cmd_eval(args) -> int:
     from .train import evaluate, reference_losses
     trainer, cfg = _restored(args.run_dir)
-    loaded = _load_into(trainer, args.run_dir)
+    loaded = _load_into(trainer, args.run_dir, args.allow_older)
     n = args.batches or cfg.train.eval_batches
     res = evaluate(trainer.engine, trainer.streams.test, n, cfg.model.t_prime)
     _, ref = reference_losses(trainer.streams, n, cfg.model.t_prime)
@@ -109,7 +118,7 @@ def cmd_eval(args) -> int:
 def cmd_export(args) -> int:
     import numpy as np
     trainer, _ = _restored(args.run_dir)
-    loaded = _load_into(trainer, args.run_dir)
+    loaded = _load_into(trainer, args.run_dir, args.allow_older)
     weights = trainer.engine.weights()
     np.savez(args.npz, **weights)
     print(f"wrote {len(weights)} arrays ({', '.join(sorted(weights))}) from {loaded.path} to {args.npz}")
@@ -129,10 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, help="number of test batches (default: train.eval_batches)")
     p.add_argument("--context", metavar="K1,K2,...",
                    help="also run the context-length probe: the loss when each forecast sees only its last K frames")
+    p.add_argument("--allow-older", action="store_true",
+                   help="if the newest checkpoint is damaged, use the newest older one that verifies (default: stop)")
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("export", help="write a run's final weights as .npz (M1, V1, U1, W1, E1, M2, ...)")
     p.add_argument("run_dir")
     p.add_argument("--npz", required=True)
+    p.add_argument("--allow-older", action="store_true",
+                   help="if the newest checkpoint is damaged, use the newest older one that verifies (default: stop)")
     p.set_defaults(func=cmd_export)
     sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)")
     sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)")
@@ -154,8 +167,12 @@ def main(argv=None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     args = build_parser().parse_args(argv)
+    import warnings
+    from .checkpoint import CheckpointWarning
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CheckpointWarning)  # the command prints its own warning line
+            return args.func(args)
     except PtncnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

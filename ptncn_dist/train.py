@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import checkpoint, metrics, references, tboard
 from .config import Config, to_toml
-from .config_checks import check_memory
 from .data import open_streams
-from .engines.base import StepDiverged
+from .engines.base import StepDiverged, shard_name
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
 from .recovery import Recovery
@@ -90,7 +91,6 @@ class Trainer:
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.on_record = on_record
         self.streams = open_streams(cfg.data, cfg.train.seed)
-        check_memory(cfg, self.streams.train.dim, self.streams.train.kind)  # before any weight exists
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
@@ -121,26 +121,48 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def save_checkpoint(self) -> str | None:
+        """Write this step's checkpoint (each layer its own shard), then prune older ones; a
+        failed write raises CheckpointWriteError and keeps every complete checkpoint."""
         if not self.ckpt_root:
             return None
-        path = checkpoint.checkpoint_dir(self.ckpt_root, self.step)
-        shards = self.engine.save_shards(path)
-        checkpoint.write_manifest(path, step=self.step, position={"batch": self.position, "t": self.t},
-                                  config_hash=self.config_hash, shards=shards,
-                                  extra={"engine": self.engine.name, "data": self.streams.description})
+        path = checkpoint.save(self.ckpt_root, self.step, self.engine.save_shards,
+                               position={"batch": self.position, "t": self.t}, config_hash=self.config_hash,
+                               extra={"engine": self.engine.name, "data": self.streams.description},
+                               passthrough=self.engine.failure_types())
         checkpoint.prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
         self._last_ckpt_time = time.monotonic()
         return path
 
+    def checkpoint_expect(self) -> checkpoint.Expect:
+        """What a checkpoint of this config holds: one shard per layer, in order, each at most a
+        bound from the config's shapes (weights, four optimizer slots each, carried state)."""
+        if self.engine.whole_sequences:
+            from .engines.baseline import SHARD
+            names = (SHARD,)
+        else:
+            names = tuple(shard_name(l) for l in range(1, len(self.cfg.model.hidden) + 1))
+        values = sum(int(np.size(v)) for st in self.engine.layer_states() for v in st["params"].values())
+        carry = self.cfg.data.batch * (self.streams.train.dim + sum(self.cfg.model.hidden)) * 8
+        return checkpoint.Expect(names, 8 * 8 * (values + carry) + (1 << 20))
+
+    def load_latest(self, warn):
+        """The newest checkpoint that verifies, restored into the engine (see checkpoint.latest_valid)."""
+        return checkpoint.latest_valid(self.ckpt_root, self.config_hash, restore=self.engine.load_shards,
+                                       expect=self.checkpoint_expect(), warn=warn,
+                                       passthrough=self.engine.failure_types())
+
     def restore_latest(self, required: bool = False) -> bool:
-        loaded = checkpoint.latest_valid(self.ckpt_root, self.config_hash,
-                                         restore=self.engine.load_shards) if self.ckpt_root else None
+        loaded = self.load_latest(warn=lambda msg: None) if self.ckpt_root else None
         if loaded is None:
             if required:
                 raise CheckpointError(f"no checkpoint to resume from under {self.ckpt_root}")
             return False
         m = loaded.manifest
         self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
+        for msg in loaded.skipped:
+            line = f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} ({loaded.path})"
+            print(line, file=sys.stderr, flush=True)
+            warnings.warn(line, checkpoint.CheckpointWarning, stacklevel=2)
         self.log(f"resumed from {loaded.path} at step {self.step}")
         return True
 

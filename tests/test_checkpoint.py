@@ -2,12 +2,13 @@
 plain optimizer slots (the true velocity), format 1 still read, newer formats refused."""
 import hashlib
 import os
+import re
 
 import msgpack
 import numpy as np
 import pytest
 
-from ptncn_dist import checkpoint
+from ptncn_dist import checkpoint, checkpoint_manifest
 from ptncn_dist.codec import packb, unpackb
 from ptncn_dist.errors import CheckpointError
 
@@ -18,6 +19,19 @@ def write(root, step, value, hash_="h"):
               for l in (1, 2)]
     checkpoint.write_manifest(d, step=step, position={"batch": step, "t": 0}, config_hash=hash_, shards=shards)
     return d
+
+
+def edit_manifest(d, **changes):
+    """Rewrite a checkpoint's manifest with `changes` (a dict per shard index under "shard0"...),
+    re-encoded with a valid checksum: what a buggy or hostile writer could produce."""
+    body = checkpoint.read_manifest(d)
+    for key, value in changes.items():
+        if re.fullmatch(r"shard\d+", key):
+            body["shards"][int(key[5:])].update(value)
+        else:
+            body[key] = value
+    body.pop("format", None)
+    open(os.path.join(d, checkpoint.MANIFEST), "wb").write(checkpoint_manifest.encode(body))
 
 
 def test_round_trip_exact(tmp_path):
@@ -95,9 +109,7 @@ def test_loading_never_runs_code(tmp_path):
     evil = pickle.dumps(Evil())
     path = os.path.join(d, "layer-1.msgpack")
     open(path, "wb").write(evil)
-    manifest = unpackb(open(os.path.join(d, "manifest.msgpack"), "rb").read())
-    manifest["shards"][0].update(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
-    open(os.path.join(d, "manifest.msgpack"), "wb").write(packb(manifest))
+    edit_manifest(d, shard0=dict(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest()))
     with pytest.raises(CheckpointError):
         checkpoint.load(d)
     assert not marker.exists()
@@ -165,7 +177,7 @@ def test_momentum_resumes_bit_identically_from_the_true_velocity(tmp_path, opt, 
     want = raw_velocities(saved)
     save(saved, str(tmp_path), 5)
     loaded = checkpoint.latest_valid(str(tmp_path), "h", restore=resumed.load_shards)
-    assert loaded.manifest["format"] == checkpoint.FORMAT == 2
+    assert loaded.manifest["format"] == 3 and checkpoint.FORMAT == 2
     for l, rec in enumerate(loaded.manifest["shards"]):
         shard = checkpoint.read_shard(loaded.path, rec)
         for name, sl in shard["slots"].items():
@@ -228,14 +240,12 @@ def test_newer_format_is_refused_not_skipped(tmp_path, what):
     newest = write(root, 20, 20)
     path = os.path.join(newest, checkpoint.MANIFEST if what == "manifest" else "layer-1.msgpack")
     obj = unpackb(open(path, "rb").read())
-    obj["format"] = 3
+    obj["format"] = 9
     data = packb(obj)
     open(path, "wb").write(data)
     if what == "shard":
-        manifest = unpackb(open(os.path.join(newest, checkpoint.MANIFEST), "rb").read())
-        manifest["shards"][0].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
-        open(os.path.join(newest, checkpoint.MANIFEST), "wb").write(packb(manifest))
-    newer = rf"{what} format 3, written by a newer version.*reads formats 1, 2"
+        edit_manifest(newest, shard0=dict(bytes=len(data), sha256=hashlib.sha256(data).hexdigest()))
+    newer = rf"{what} format 9, written by a newer version.*reads formats 1, 2" + (", 3" if what == "manifest" else "")
     with pytest.raises(checkpoint.FormatError, match=newer):
         checkpoint.latest_valid(root)
 
@@ -245,3 +255,119 @@ def test_file_without_format_is_not_a_checkpoint(tmp_path):
     open(os.path.join(d, checkpoint.MANIFEST), "wb").write(packb({"step": 10}))
     with pytest.raises(CheckpointError, match="not a checkpoint manifest"):
         checkpoint.read_manifest(d)
+
+
+EXPECT = checkpoint.Expect(("layer-1.msgpack", "layer-2.msgpack"), 1 << 20)
+
+
+def quiet(_msg):
+    pass
+
+
+def test_every_manifest_bit_flip_is_detected_or_harmless(tmp_path):
+    """Each single-bit flip of a real manifest is detected (fallback to the older checkpoint, or
+    a FormatError refusal) or leaves exactly the same state; none crashes, none resumes at
+    another step or data position."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    path = os.path.join(newest, checkpoint.MANIFEST)
+    good = open(path, "rb").read()
+    want = checkpoint.latest_valid(root, "h", expect=EXPECT, warn=quiet)
+    assert want.manifest["step"] == 20 and not want.skipped
+    outcomes = {"same": 0, "fallback": 0, "refused": 0}
+    fd = os.open(path, os.O_RDWR)  # each flip written in place: fast on any filesystem
+    for bit in range(8 * len(good)):
+        os.pwrite(fd, bytes([good[bit // 8] ^ (1 << (bit % 8))]), bit // 8)
+        try:
+            got = checkpoint.latest_valid(root, "h", expect=EXPECT, warn=quiet)
+        except checkpoint.FormatError:
+            outcomes["refused"] += 1
+            continue
+        finally:
+            os.pwrite(fd, good[bit // 8: bit // 8 + 1], bit // 8)
+        if got.manifest["step"] == 20:
+            assert got.manifest == want.manifest and not got.skipped, bit
+            for name, shard in want.shards.items():
+                np.testing.assert_array_equal(got.shards[name]["params"]["M"], shard["params"]["M"])
+            outcomes["same"] += 1
+        else:
+            assert got.manifest["step"] == 10 and got.skipped and got.manifest["position"] == {"batch": 10, "t": 0}, bit
+            outcomes["fallback"] += 1
+    os.close(fd)
+    assert outcomes["fallback"] > 0.9 * 8 * len(good), outcomes
+
+
+def test_manifest_with_fewer_shards_than_layers_is_damaged(tmp_path):
+    """A manifest listing one shard for a two-layer config (or the shards out of order) is
+    damaged: the missing layer would keep fresh weights."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    body = checkpoint.read_manifest(newest)
+    edit_manifest(newest, shards=body["shards"][:1])
+    seen = []
+    loaded = checkpoint.latest_valid(root, "h", expect=EXPECT, warn=seen.append)
+    assert loaded.manifest["step"] == 10 and "this config has 2" in seen[0]
+    edit_manifest(newest, shards=body["shards"][::-1])
+    assert checkpoint.latest_valid(root, "h", expect=EXPECT, warn=quiet).manifest["step"] == 10
+
+
+def test_step_must_match_the_directory_name(tmp_path):
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    edit_manifest(newest, step=30)
+    seen = []
+    assert checkpoint.latest_valid(root, "h", expect=EXPECT, warn=seen.append).manifest["step"] == 10
+    assert "does not match the directory name" in seen[0]
+
+
+@pytest.mark.parametrize("name", ["/dev/zero", "../ckpt-0000000010/layer-1.msgpack", "..", "a/b"])
+def test_shard_names_must_be_plain_file_names(tmp_path, name):
+    """Absolute, `..` and nested names in a manifest are damage; nothing outside is opened."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    edit_manifest(newest, shard0={"name": name})
+    seen = []
+    assert checkpoint.latest_valid(root, "h", warn=seen.append).manifest["step"] == 10
+    assert "not a plain file name" in seen[0]
+
+
+def test_shard_sizes_are_checked_before_reading(tmp_path):
+    """A 6 GB sparse shard, and a symlink to /dev/zero under a shard's own name, are refused
+    from their size / file type: no read, no MemoryError, a fallback."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    newest = write(root, 20, 20)
+    shard = os.path.join(newest, "layer-2.msgpack")
+    with open(shard, "r+b") as fh:
+        fh.truncate(6 << 30)
+    seen = []
+    assert checkpoint.latest_valid(root, "h", expect=EXPECT, warn=seen.append).manifest["step"] == 10
+    assert "6442450944 bytes, the manifest says" in seen[0]
+    edit_manifest(newest, shard1={"bytes": 6 << 30})
+    seen.clear()
+    assert checkpoint.latest_valid(root, "h", expect=EXPECT, warn=seen.append).manifest["step"] == 10
+    assert "more than the 1048576 this config's shapes allow" in seen[0]
+    os.remove(shard)
+    os.symlink("/dev/zero", shard)
+    seen.clear()
+    assert checkpoint.latest_valid(root, "h", warn=seen.append).manifest["step"] == 10
+    assert "layer-2.msgpack: cannot open" in seen[0]
+
+
+def test_any_error_while_restoring_falls_back(tmp_path):
+    """Not only CheckpointError: whatever a restore raises marks that checkpoint damaged."""
+    root = str(tmp_path)
+    write(root, 10, 10)
+    write(root, 20, 20)
+
+    def restore(path, manifest):
+        if manifest["step"] == 20:
+            raise KeyError("M")
+
+    seen = []
+    loaded = checkpoint.latest_valid(root, "h", restore=restore, warn=seen.append)
+    assert loaded.manifest["step"] == 10 and "KeyError" in seen[0]

@@ -13,6 +13,7 @@ from ptncn_dist.config import load
 from ptncn_dist.errors import DataError, DivergenceError
 from ptncn_dist.train import Trainer, train
 
+TINY_CKPT = ["model.hidden=[16, 12]", "train.eval_batches=1"]
 SMALL = ["model.hidden=[64, 48]", "data.frame=32", "data.batch=8", "data.seq_len=10",
          "train.progress=false", "train.plots=false", "train.log_every=20", "train.eval_every=0",
          "train.eval_batches=2"]
@@ -121,3 +122,76 @@ def test_presets_run_on_shared_data(tmp_path, preset, data_dir, loss):
                 "train.checkpoint_every=0", "train.eval_every=0", "train.log_every=20"])
     res = train(cfg, str(tmp_path), log=quiet)
     assert np.isfinite(res.final_test[loss]) and res.final_test[loss] < res.initial_test[loss]
+
+
+def _truncate_newest_shard(ckpts):
+    newest = checkpoint.list_checkpoints(str(ckpts))[-1]
+    shard = f"{newest}/layer-2.msgpack"
+    data = open(shard, "rb").read()
+    open(shard, "wb").write(data[: len(data) // 2])
+    return newest, shard
+
+
+def test_damaged_newest_checkpoint_eval_export_refuse_resume_warns(tmp_path, capsys):
+    """The default keeps step 0 and the final checkpoint; with the final one's shard truncated,
+    `ptncn eval` / `export` stop with one line naming the file and the older step (rc 2) unless
+    --allow-older; --resume falls back with a printed warning line."""
+    from ptncn_dist.cli import main
+    run = tmp_path / "run"
+    Trainer(load(None, SMALL + TINY_CKPT + ["train.steps=10"]), str(run), log=quiet).run()
+    newest, shard = _truncate_newest_shard(run / "checkpoints")
+    capsys.readouterr()
+    for argv in (["eval", str(run), "--batches", "1"], ["export", str(run), "--npz", str(tmp_path / "w.npz")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert shard in err and "older step 0" in err and "--allow-older" in err, err
+    assert not (tmp_path / "w.npz").exists()
+    assert main(["export", str(run), "--npz", str(tmp_path / "w.npz"), "--allow-older"]) == 0
+    out = capsys.readouterr()
+    assert "warning: damaged checkpoint skipped" in out.err and "ckpt-0000000000" in out.out
+    assert main(["train", "--resume", str(run), "--set", "train.progress=false"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: damaged checkpoint skipped: {shard}" in err and "falling back to step 0" in err
+    assert "Warning" not in err  # a printed line, not a raw Python warning
+
+
+def test_failed_checkpoint_write_is_one_line_and_keeps_complete_ones(tmp_path, capsys):
+    """A real write failure root cannot ignore: the next checkpoint's directory name is taken by
+    a plain file, so renaming the finished checkpoint there fails (ENOTDIR / EEXIST). The run
+    stops with one error line, its staging files are removed, every complete checkpoint is kept,
+    and rerunning once the cause is gone continues from the last complete one."""
+    from ptncn_dist.cli import main
+    run = tmp_path / "run"
+    ckpts = run / "checkpoints"
+    args = ["train", "--run-dir", str(run), "--set", "train.progress=false", "--set", "train.checkpoint_every=10",
+            "--set", "train.keep_checkpoints=5"] + [a for s in SMALL + TINY_CKPT for a in ("--set", s)]
+    assert main(args + ["--steps", "10"]) == 0
+    blocker = checkpoint.checkpoint_dir(str(ckpts), 20)
+    open(blocker, "w").write("in the way")
+    capsys.readouterr()
+    assert main(args + ["--steps", "30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 20" in err, err
+    assert "ckpt-0000000010" in err and "rerun" in err
+    assert sorted(p.name for p in ckpts.iterdir()) == ["ckpt-0000000000", "ckpt-0000000010", "ckpt-0000000020"]
+    assert all(".tmp-" not in p.name for p in ckpts.rglob("*"))
+    import os
+    os.remove(blocker)
+    assert main(args + ["--steps", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from" in out and "ckpt-0000000010 at step 10" in out
+    assert checkpoint.list_checkpoints(str(ckpts))[-1].endswith("ckpt-0000000030")
+
+
+def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
+    """A checkpoint directory whose parent is a plain file (NotADirectoryError even for root):
+    one error line, rc 2, nothing left behind."""
+    from ptncn_dist.cli import main
+    parent = tmp_path / "a-file"
+    parent.write_text("x")
+    argv = ["train", "--run-dir", str(tmp_path / "run"), "--steps", "10",
+            "--set", f'train.checkpoint_dir="{parent}/ckpts"'] + [a for s in SMALL + TINY_CKPT for a in ("--set", s)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 0" in err and "Not a directory" in err, err
