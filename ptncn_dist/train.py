@@ -17,6 +17,7 @@ import numpy as np
 
 from . import checkpoint, metrics, references, tboard
 from .config import Config, to_toml
+from .config_checks import check_memory
 from .data import open_streams
 from .engines.base import StepDiverged, shard_name
 from .engines.factory import build_engine
@@ -91,6 +92,7 @@ class Trainer:
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.on_record = on_record
         self.streams = open_streams(cfg.data, cfg.train.seed)
+        check_memory(cfg, self.streams.train.dim, self.streams.train.kind)  # before any weight exists
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
