@@ -43,15 +43,21 @@ def ptb_gemm_shapes(V: int, d1: int, d2: int, B: int) -> list[tuple[int, int, in
             (d2, B, d1), (d1, B, d2), (d1, B, d2), (d2, B, d2)]  # dW2, dE2, dM2, dV2
 
 
-def gemm_roof(shapes, dtype=np.float32, reps: int = 30) -> tuple[float, float]:
-    """Seconds for one pass over `shapes` with NumPy's matmul (into preallocated outputs), and
+def _sync(xp) -> None:
+    """Wait for the GPU's queued work (CuPy); nothing on NumPy."""
+    if xp is not np:
+        xp.cuda.Device().synchronize()
+
+
+def gemm_roof(shapes, dtype=np.float32, reps: int = 30, xp=np) -> tuple[float, float]:
+    """Seconds for one pass over `shapes` with `xp`'s matmul (into preallocated outputs), and
     the GFLOP they hold."""
     rng = np.random.default_rng(0)
     ops = []
     for m, k, n in shapes:
         a, b = rng.random((m, k), dtype=dtype), rng.random((k, n), dtype=dtype)
-        ops.append((a, b, np.empty((m, n), dtype)))
-    sec = _time(lambda: [np.matmul(a, b, out=c) for a, b, c in ops], reps)
+        ops.append((xp.asarray(a), xp.asarray(b), xp.empty((m, n), dtype)))
+    sec = _time(lambda: ([xp.matmul(a, b, out=c) for a, b, c in ops], _sync(xp)), reps)
     return sec, sum(2.0 * m * k * n for m, k, n in shapes) / 1e9
 
 
@@ -72,15 +78,18 @@ def _ptb_rates(step_s: list, roof_s: list, gflop: float, B: int) -> dict:
 
 
 def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
-              optims: tuple = ("nag",)) -> dict:
+              optims: tuple = ("nag",), device: str = "cpu") -> dict:
     """Steps/s at the authors' PTB settings for each optimizer in `optims`, and the GEMM roof,
     timed in alternating rounds (`steps` steps of each optimizer, its order rotating from round
     to round, then one roof pass), so that all see the same machine. The figures are the best
     round of each (the least disturbed, as timeit reports) and the median; `ratios` gives each
     optimizer's time per step over the first one's, best against best and the median of the
-    per-round ratios."""
+    per-round ratios. device="gpu": the layers and the roof on CuPy (timed to a synchronize)."""
+    from ..backend import get_xp
+    xp = get_xp(device)
     V, d, B, T = 49, 1000, 50, 50
-    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"']
+    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"',
+            f'model.device="{device}"']
     rng = np.random.default_rng(0)
     x = rng.integers(0, V, (T, B)).astype(np.int32)
     mask = np.ones((T, B), np.float32)
@@ -96,8 +105,9 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
                 while done < steps:
                     engines[o].run_segment(x, mask, 0, T, learn=True, t_prime=1)
                     done += T
+                _sync(xp)
                 step_s[o].append((time.perf_counter() - t0) / done)
-            sec, gflop = gemm_roof(shapes, reps=max(10, steps // 5))
+            sec, gflop = gemm_roof(shapes, reps=max(10, steps // 5), xp=xp)
             roof_s.append(sec)
     first = optims[0]
     ratios = {o: {"best": min(step_s[o]) / min(step_s[first]),
@@ -202,6 +212,8 @@ def main(argv=None) -> int:
     a.add_argument("--steps", type=int, default=200, help="steps per round")
     a.add_argument("--rounds", type=int, default=5)
     a.add_argument("--threads", type=int, default=None, help="BLAS threads (default: all)")
+    a.add_argument("--device", default="cpu", choices=("cpu", "gpu"),
+                   help="gpu: the layers and the GEMM roof on CuPy (model.device)")
     a.add_argument("--optims", default="nag", help="comma-separated optimizers run side by side, "
                    f"ratios against the first (of {', '.join(PTB_OPTIMS)}), e.g. nag,adam")
     e = sub.add_parser("engines", help="engines side by side")
@@ -219,7 +231,7 @@ def main(argv=None) -> int:
         unknown = [o for o in optims if o not in PTB_OPTIMS]
         if unknown:
             p.error(f"--optims: unknown {unknown}; choose from {list(PTB_OPTIMS)}")
-        print_ptb(bench_ptb(args.steps, args.threads, args.rounds, optims), args.steps, args.rounds)
+        print_ptb(bench_ptb(args.steps, args.threads, args.rounds, optims, args.device), args.steps, args.rounds)
         return 0
     configs = [((8,), 4, 16), ((8, 8), 4, 16), ((8, 8, 8), 4, 16), ((1024, 1024), 64, 1024)]
     if not args.quick:
