@@ -7,9 +7,6 @@ channels (ptncn_dist/transports/compiled.py); the driver sees only layer 1's los
 forecast when asked for, and every layer's counters at the end of a segment."""
 from __future__ import annotations
 
-import numpy as np
-
-from ..backend import to_xp
 from ..schedule import SegmentLoss, StepPlan, advance
 from ..transports.compiled import GraphOutbox
 from .layer_host import LayerHost
@@ -28,10 +25,7 @@ class GraphWorker(LayerHost):
         if reset:
             self.core.reset(m.shape[0])
         self.box.batch = m.shape[0]
-        self._m = to_xp(self.xp, np.asarray(m)[:, None], self.dtype)
-        self._x = None
-        if self.l == 1:
-            self._x = to_xp(self.xp, x) if x.dtype.kind in "iu" else to_xp(self.xp, x, self.dtype)
+        self._x, self._m = self._segment_inputs(x if self.l == 1 else None, m)
         self.clock_t.begin()
         self._gen = self.sched.step(self._x, self._m, StepPlan(t, do_learn, reset, False))
         self._wait = advance(self._gen, None)

@@ -15,16 +15,12 @@ from .links import SecureLinks, max_frame_bytes
 class LinkTransport(Encoded):
     def __init__(self, worker, host: str, loop):
         super().__init__(worker.l, worker.counters, worker.clock_t)
-        self.worker, self.loop = worker, loop
-        spec = worker.spec
         batch = worker.box.max_batch or 4096
         itemsize = np.dtype(worker.dtype).itemsize
         widths = {}
-        if not spec.is_bottom:
-            widths[spec.index - 1] = spec.d_in
-        if not spec.is_top:
-            widths[spec.index + 1] = max(spec.d, spec.d_up)
-        self.links = SecureLinks(spec.index, self._on_message, host)
+        for (peer, _), width in worker.box.widths.items():
+            widths[peer] = max(width, widths.get(peer, 0))
+        self.links = SecureLinks(worker.l, worker.receive, host)
         sockets = {peer: self.links.incoming(peer, max_frame_bytes(batch, w, itemsize)) for peer, w in widths.items()}
         self.offer = {"client": self.links.client_key(), "sockets": sockets}
         self.links.attach(loop)
@@ -36,9 +32,6 @@ class LinkTransport(Encoded):
     def connect(self, offers: dict) -> None:
         for peer, offer in offers.items():
             self.links.connect(peer, *offer["sockets"][self.layer])
-
-    def _on_message(self, peer: int, data: bytes) -> None:
-        self.worker.receive(peer, data)
 
     def deliver(self, to: int, datas: list[bytes]) -> None:
         self.links.send(to, datas)
