@@ -253,6 +253,15 @@ class LayerCore:
         return {**self.weights.state(),
                 "carry": None if self.carry is None else {k: host(v) for k, v in self.carry.items()}}
 
+    def named_arrays(self):
+        """(name, array) of every weight, optimizer slot (raw, scratch left out) and carried
+        state, on the device, for finiteness checks without copies."""
+        yield from self.p.items()
+        slots = [("stack", self.stack_slots)] + list(self.slots.items())
+        for name, sl in slots:
+            yield from ((f"{name}.{k}", v) for k, v in sl.items() if not k.startswith("_"))
+        yield from ((f"carry.{k}", v) for k, v in (self.carry or {}).items() if v is not None)
+
     def load_state(self, state: dict) -> None:
         """Restore what `state` returned, in place (names and shapes are checked)."""
         self.weights.load_state(state)

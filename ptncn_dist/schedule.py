@@ -31,6 +31,7 @@ import numpy as np
 
 from . import metrics
 from .backend import to_numpy
+from .finite import FiniteWatch, nonfinite_names
 
 Key = tuple  # (clock, iteration, kind, sender): one message in a mailbox
 Send = Callable[[int, int, int, list], None]  # send(to, clock, iteration, [(kind, array), ...])
@@ -64,16 +65,32 @@ class LayerSchedule:
     run, the key of its messages) and the W, E update it holds over to the next step."""
 
     def __init__(self, core, send: Send, mode: str):
-        self.core, self.send, self.mode = core, send, mode
+        self.core, self.mode, self._send = core, mode, send
         self.l = core.spec.index
         self.below, self.above = not core.spec.is_bottom, not core.spec.is_top
         self.clock = 0
         self.pending = None
+        self.watch = FiniteWatch(self.l, core.xp)
+
+    def send(self, to: int, clock: int, iteration: int, items: list) -> None:
+        self.watch.sent(to, items)
+        self._send(to, clock, iteration, items)
 
     def step(self, x, m, p: StepPlan) -> Iterator[Await]:
-        if self.mode == "exact":
-            return self.exact(x, m, p.learn)
-        return self.pipelined(x, m, p)
+        self.watch.t = p.t
+        gen = self.exact(x, m, p.learn) if self.mode == "exact" else self.pipelined(x, m, p)
+        return self._watched(gen)
+
+    def _watched(self, gen: Iterator[Await]) -> Iterator[Await]:
+        """The step, with every answer to its Awaits shown to the finiteness watch."""
+        answer = None
+        while True:
+            try:
+                wait = next(gen) if answer is None else gen.send(answer)
+            except StopIteration:
+                return
+            answer = yield wait
+            self.watch.received(wait.keys, answer)
 
     def _states(self, c: int, k: int) -> tuple:
         return ((c, k, "z", self.l - 1) if self.below else None,
@@ -140,9 +157,16 @@ class LayerSchedule:
         if pending is not None:
             self.core.learn_generative(pending)
 
+    def end_segment(self) -> None:
+        """The segment's last held update applied, then the layer's own state checked."""
+        self.flush()
+        if self.watch.first is None:
+            self.watch.held(nonfinite_names(self.core.xp, self.core.named_arrays()))
+
     def restart(self) -> None:
-        """Forget held updates and the clock (new weights or a restored state)."""
+        """Forget held updates, the clock and any sighting (new weights or a restored state)."""
         self.pending, self.clock = None, 0
+        self.watch.reset()
 
 
 def advance(gen: Iterator[Await], answer) -> Await | None:

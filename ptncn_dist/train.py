@@ -22,6 +22,7 @@ from .data import open_streams
 from .engines.base import StepDiverged, shard_name
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
+from .finite import NonFiniteState
 from .recovery import Recovery
 
 
@@ -98,7 +99,7 @@ class Trainer:
         self.step, self.position, self.t = 0, 0, 0
         self.ckpt_root = cfg.train.checkpoint_dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
         self.config_hash = cfg.hash()
-        self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_time, self._saved_step = time.monotonic(), None
         if run_dir:
             os.makedirs(run_dir, exist_ok=True)
             with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
@@ -127,12 +128,17 @@ class Trainer:
         failed write raises CheckpointWriteError and keeps every complete checkpoint."""
         if not self.ckpt_root:
             return None
-        path = checkpoint.save(self.ckpt_root, self.step, self.engine.save_shards,
-                               position={"batch": self.position, "t": self.t}, config_hash=self.config_hash,
-                               extra={"engine": self.engine.name, "data": self.streams.description},
-                               passthrough=self.engine.failure_types())
+        try:
+            path = checkpoint.save(self.ckpt_root, self.step, self.engine.save_shards,
+                                   position={"batch": self.position, "t": self.t}, config_hash=self.config_hash,
+                                   extra={"engine": self.engine.name, "data": self.streams.description},
+                                   passthrough=self.engine.failure_types() + (NonFiniteState,))
+        except NonFiniteState as exc:
+            first = [ln for ln in str(exc).splitlines() if ln.strip()][-1].strip()
+            raise DivergenceError(f"{first} at step {self.step}: its checkpoint is not written; the "
+                                  f"last good checkpoint is {self._last_good()}") from None
         checkpoint.prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
-        self._last_ckpt_time = time.monotonic()
+        self._last_ckpt_time, self._saved_step = time.monotonic(), self.step
         return path
 
     def checkpoint_expect(self) -> checkpoint.Expect:
@@ -197,23 +203,32 @@ class Trainer:
             sums, _ = self.engine.run_segment(b.x, b.mask, self.t, end, learn=True,
                                               t_prime=self.cfg.model.t_prime)
         except StepDiverged as exc:
-            self._diverged(self.step + exc.t - self.t)
+            self._diverged(self.step + exc.t - self.t, exc.sighting)
         self.step += end - self.t
         self.t = end
         if self.t >= T:
             self.position, self.t = self.position + 1, 0
         return sums
 
-    def _diverged(self, step: int) -> None:
-        """Stop on a NaN or Inf, naming the step and the layer that holds it."""
-        bad = "the forecast (every layer's state is finite)"
-        layers = self.engine.nonfinite_layers()
-        if layers:
-            l = min(layers)
-            bad = f"layer {l} ({', '.join(layers[l])})"
+    def _last_good(self) -> str:
         kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
-        raise DivergenceError(f"non-finite values at step {step} in {bad}; the last good "
-                              f"checkpoint is {kept[0] if kept else 'none (no run dir or none written yet)'}")
+        return kept[0] if kept else "none (no run dir or none written yet)"
+
+    def _diverged(self, step: int, sighting=None) -> None:
+        """Stop on a NaN or Inf, naming the step, the layer where it first appeared (what it
+        was) and every layer that holds non-finite values now."""
+        layers = self.engine.nonfinite_layers()
+        now = "; ".join(f"layer {l}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
+                        for l, names in sorted(layers.items()))
+        if sighting is not None:
+            where = f"layer {sighting.layer} (first seen: {sighting.what})"
+        elif layers:
+            where = f"layer {min(layers)} ({', '.join(layers[min(layers)])})"
+        else:
+            where = "layer 1's forecast (every layer's state is finite)"
+        held = f"; non-finite now in {now}" if now and sighting is not None else ""
+        raise DivergenceError(f"non-finite values at step {step} in {where}{held}; the last good "
+                              f"checkpoint is {self._last_good()}")
 
     def _eval(self) -> dict:
         """Test losses; for video also the frame strip, kept for frames.png and TensorBoard."""
@@ -259,16 +274,17 @@ class Trainer:
         self.log(f"data: {self.streams.description}")
         self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
         self._references()
+        if self.ckpt_root and not checkpoint.list_checkpoints(self.ckpt_root):
+            self.save_checkpoint()  # before the first evaluation
         initial = self.recovery.guarded(self._eval) if self.t == 0 else {}
         if initial and self.step == 0:
             self._record({"step": 0, **initial, **({"reference": self.reference} if self.reference else {})})
-        if self.ckpt_root and not checkpoint.list_checkpoints(self.ckpt_root):
-            self.save_checkpoint()
         history, window, t_window = [], {}, time.perf_counter()
         t_start, steps_at_start = time.perf_counter(), self.step
         last_logged = self.step
         next_eval = (self.step // tc.eval_every + 1) * tc.eval_every if tc.eval_every else None
         bar = _progress(tc, self.step)
+        evaluated = False
         try:
             while self.step < tc.steps:
                 before = self.step
@@ -288,6 +304,9 @@ class Trainer:
                 if next_eval is not None and self.step >= next_eval and self.t == 0 and self.step < tc.steps:
                     # the first sequence boundary at or after an evaluation point (not a log point)
                     t_eval = time.perf_counter()
+                    if not evaluated:  # a checkpoint before the run's first evaluation of trained weights
+                        self.recovery.guarded(self.save_checkpoint)
+                        evaluated = True
                     rec = rec or {"step": self.step}
                     rec.update(self.recovery.guarded(self._eval))
                     next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
@@ -298,13 +317,14 @@ class Trainer:
                     if bar is not None and "train_loss" in rec:
                         bar.set_postfix(loss=f"{rec['train_loss']:.4g}" if rec["train_loss"] is not None else "-",
                                         steps_s=f"{rate:.1f}")
-                if self.step >= before and self._checkpoint_due(before):
+                if self.step >= before and self._checkpoint_due(before) and self._saved_step != self.step:
                     self.recovery.guarded(self.save_checkpoint)
         finally:
             if bar is not None:
                 bar.close()
         elapsed = time.perf_counter() - t_start
-        self.recovery.guarded(self.save_checkpoint)
+        if self._saved_step != self.step:
+            self.recovery.guarded(self.save_checkpoint)
         final = self.recovery.guarded(self._eval)
         self._record({"step": self.step, "final": True, **final})
         rate = (self.step - steps_at_start) / max(elapsed, 1e-9)

@@ -195,3 +195,18 @@ def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 0" in err and "Not a directory" in err, err
+
+
+def test_checkpoints_by_default_every_10_minutes_and_before_the_first_evaluation(tmp_path):
+    """Defaults protect a long run: train.checkpoint_minutes is 10; a checkpoint is written
+    before the first evaluation of trained weights (step 20 here) besides step 0 and the end;
+    a time-based cadence writes at segment ends once the minutes have passed."""
+    from ptncn_dist.config import TrainConfig
+    assert TrainConfig().checkpoint_minutes == 10.0
+    base = SMALL + ["model.hidden=[16, 12]", "train.steps=60", "train.log_every=5", "train.keep_checkpoints=20",
+                    "train.references=false"]
+    steps = lambda root: [int(p[-10:]) for p in checkpoint.list_checkpoints(str(root))]
+    train(load(None, base + ["train.eval_every=20", "train.checkpoint_minutes=0"]), str(tmp_path / "a"), log=quiet)
+    assert steps(tmp_path / "a" / "checkpoints") == [0, 20, 60]
+    train(load(None, base + ["train.eval_every=0", "train.checkpoint_minutes=1e-9"]), str(tmp_path / "b"), log=quiet)
+    assert steps(tmp_path / "b" / "checkpoints") == list(range(0, 61, 5))

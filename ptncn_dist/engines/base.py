@@ -7,14 +7,36 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from .. import checkpoint
+from ..finite import check_state, first_origin, nonfinite_names
 
 
 class StepDiverged(Exception):
-    """Raised by an engine at the first step whose loss is not finite (`t`: step in sequence)."""
+    """Raised by an engine at the first step where a NaN or Inf showed: in layer 1's loss or in
+    any layer's messages or state (`t`: step in sequence; `sighting`: where it appeared, if a
+    layer saw it, see ptncn_dist/finite.py)."""
 
-    def __init__(self, t: int):
-        super().__init__(f"non-finite loss at sequence step {t}")
-        self.t = t
+    def __init__(self, t: int, sighting=None):
+        where = f" in layer {sighting.layer} ({sighting.what})" if sighting is not None else " in the loss"
+        super().__init__(f"non-finite values at sequence step {t}{where}")
+        self.t, self.sighting = t, sighting
+
+
+def diverged(loss_t: int | None, sightings) -> StepDiverged | None:
+    """The StepDiverged a segment ends with, from layer 1's first non-finite loss step and every
+    layer's sighting (None: all finite)."""
+    seen = first_origin(sightings)
+    if seen is None and loss_t is None:
+        return None
+    t = min(x for x in (loss_t, seen.t if seen else None) if x is not None)
+    return StepDiverged(t, seen)
+
+
+def state_arrays(state: dict):
+    """(name, array) of a layer state's weights, optimizer slots and carried state."""
+    yield from state["params"].items()
+    for name, sl in (state.get("slots") or {}).items():
+        yield from ((f"{name}.{k}", v) for k, v in sl.items())
+    yield from ((f"carry.{k}", v) for k, v in (state.get("carry") or {}).items() if v is not None)
 
 
 def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -55,8 +77,10 @@ class Engine(ABC):
 
     def save_shards(self, ckpt_dir: str) -> list[dict]:
         """Write one shard per layer into `ckpt_dir`; returns the manifest records."""
-        return [checkpoint.write_shard(ckpt_dir, shard_name(l), st)
-                for l, st in enumerate(self.layer_states(), start=1)]
+        states = self.layer_states()
+        for l, st in enumerate(states, start=1):
+            check_state(np, l, state_arrays(st))
+        return [checkpoint.write_shard(ckpt_dir, shard_name(l), st) for l, st in enumerate(states, start=1)]
 
     def load_shards(self, ckpt_dir: str, manifest: dict) -> None:
         """Restore every layer from the shards a manifest lists, each verified as it is read
@@ -65,14 +89,8 @@ class Engine(ABC):
 
     def nonfinite_layers(self) -> dict:
         """{layer: [names of arrays holding NaN or Inf]} for every layer that has any."""
-        out = {}
-        for l, st in enumerate(self.layer_states(), start=1):
-            arrays = list(st["params"].items()) + [(k, v) for k, v in (st.get("carry") or {}).items()
-                                                   if v is not None and v.dtype.kind == "f"]
-            names = [k for k, v in arrays if not np.all(np.isfinite(v))]
-            if names:
-                out[l] = names
-        return out
+        found = {l: nonfinite_names(np, state_arrays(st)) for l, st in enumerate(self.layer_states(), start=1)}
+        return {l: names for l, names in found.items() if names}
 
     def weights(self) -> dict[str, np.ndarray]:
         return {f"{k}{l}": v for l, s in enumerate(self.layer_states(), start=1)

@@ -58,7 +58,8 @@ class GraphWorker(LayerHost):
             out = {"sums": tally.sums, "diverged": tally.diverged,
                    "xhat": tally.xhats[0] if keep else None}
         if end:
-            self.sched.flush()
+            self.sched.end_segment()
             self._publish()
             out["stats"] = self.stats()
+            out["nonfinite"] = self.sched.watch.first
         return out

@@ -69,7 +69,8 @@ class LayerWorker(LayerHost):
     async def run_segment(self, x, mask, t0: int, t1: int, learn: bool, t_prime: int,
                           keep_xhat: bool = False, by_t: bool = False) -> dict:
         """Steps t0..t1-1; layer 1 gets the inputs `x`, every layer the mask. Layer 1 returns the
-        loss sums, per position too with `by_t` (and the first non-finite step, if any)."""
+        loss sums, per position too with `by_t` (and the first non-finite step, if any); every layer
+        its first non-finite sighting, if any (ptncn_dist/finite.py)."""
         xs, ms = self._segment_inputs(x, mask)
         if t0 == 0:
             self.core.reset(mask.shape[1])
@@ -89,9 +90,9 @@ class LayerWorker(LayerHost):
             self._step_done()
             if xs is not None:
                 tally.add(self.xp, self.core.xhat, xt, ms[p.t], p.t, t_prime)
-        self.sched.flush()
+        self.sched.end_segment()
         self._publish()
-        return tally.result()
+        return {**tally.result(), "nonfinite": self.sched.watch.first}
 
 
 async def run_workers(workers: list[LayerWorker], x, mask, t0: int, t1: int, **kw) -> dict:

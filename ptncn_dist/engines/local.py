@@ -9,7 +9,7 @@ from ..layer import LayerCore
 from ..layer_spec import check_schedule
 from ..schedule import LayerSchedule, SegmentLoss, StepPlan, plan, run_lockstep
 from ..transports.inprocess import InProcess
-from .base import Engine, StepDiverged, token_ids
+from .base import Engine, diverged, token_ids
 
 
 class LocalEngine(Engine):
@@ -48,10 +48,13 @@ class LocalEngine(Engine):
         for p in plan(t0, t1, mask.shape[0], learn, t_prime):
             xhat = self._step(xs[p.t], ms[p.t], p)
             tally.add(xp, xhat, xs[p.t], ms[p.t], p.t, t_prime)
-            if tally.diverged is not None:
-                self._flush()
-                raise StepDiverged(tally.diverged)
-        self._flush()
+            if tally.diverged is not None or any(s.watch.first for s in self.scheds):
+                break
+        for s in self.scheds:
+            s.end_segment()
+        bad = diverged(tally.diverged, [s.watch.first for s in self.scheds])
+        if bad is not None:
+            raise bad
         return tally.sums, tally.xhats
 
     def set_params(self, per_layer):
