@@ -10,7 +10,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -170,7 +169,6 @@ class Trainer:
         for msg in loaded.skipped:
             line = f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} ({loaded.path})"
             print(line, file=sys.stderr, flush=True)
-            warnings.warn(line, checkpoint.CheckpointWarning, stacklevel=2)
         self.log(f"resumed from {loaded.path} at step {self.step}")
         return True
 

@@ -152,7 +152,9 @@ def test_killed_driver_resumes_exactly(cluster, tmp_path):
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
-def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path):
+def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, capsys):
+    """--resume past a damaged newest checkpoint: one warning line on stderr (not a Python
+    warning) naming the file and the step it falls back to; the run ends on the right weights."""
     run_dir = str(tmp_path / "run")
     first = Trainer(load(None, SETS + ["train.steps=85"]), run_dir, log=lambda *_: None)
     first.run()
@@ -161,9 +163,14 @@ def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path):
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.warns(UserWarning, match="layer-2.msgpack"):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         second = Trainer(load(None, SETS + ["train.steps=200"]), run_dir, resume=True, log=lambda *_: None)
     assert second.step == 80
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: damaged checkpoint skipped: ") and \
+        "layer-2.msgpack" in err[0] and err[0].endswith("falling back to step 80 (" + run_dir + "/checkpoints/ckpt-0000000080)"), err
     second.run()
     want = reference_weights(200)
     got = second.engine.weights()
