@@ -18,10 +18,14 @@ error while reading a checkpoint, of whatever type, marks it damaged. A write go
 directory that is renamed to ckpt-<step> only once every shard and the manifest are durable; a
 failed write removes the staging directory and raises CheckpointWriteError, keeping every complete
 checkpoint.
+
+The root may be a URI (`s3://bucket/prefix?endpoint_override=...`, see storage.py). An object
+store has no atomic rename, so there each shard object goes straight into ckpt-<step>/ (one PUT
+each) and the manifest last; rewriting a step deletes its manifest first. Either way a
+checkpoint exists only once its manifest does.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import re
@@ -31,9 +35,11 @@ import warnings
 from dataclasses import dataclass, field
 
 from . import checkpoint_manifest as cm
+from . import storage
 from .checkpoint_manifest import MANIFEST, Expect, FormatError  # noqa: F401 (re-exported)
 from .codec import packb, unpackb
 from .errors import CheckpointError, PtncnError
+from .storage import fsync_dir
 
 FORMAT = 2
 READABLE = (1, 2)
@@ -78,57 +84,35 @@ def _from_format_1(payload):
 
 
 def checkpoint_dir(root: str, step: int) -> str:
-    return os.path.join(root, f"ckpt-{step:010d}")
+    return storage.join(root, f"ckpt-{step:010d}")
 
 
-def fsync_dir(path: str) -> None:
-    """Make a directory's entries (renames, new files) durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write, flush, fsync, rename, fsync the directory; a failure leaves no temporary file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    fsync_dir(os.path.dirname(path) or ".")
+def root_for(checkpoint_dir_setting: str, run_dir: str | None) -> str | None:
+    """Where a run keeps its checkpoints: `train.checkpoint_dir` (a path or URI) if set, else
+    RUN_DIR/checkpoints (None without a run dir)."""
+    return checkpoint_dir_setting or (os.path.join(run_dir, "checkpoints") if run_dir else None)
 
 
 def write_shard(ckpt_dir: str, name: str, payload: dict) -> dict:
     """Write one shard; returns its manifest record {name, bytes, sha256}."""
-    os.makedirs(ckpt_dir, exist_ok=True)
+    storage.makedirs(ckpt_dir)
     data = packb({"format": FORMAT, "name": name, "payload": payload})
-    atomic_write(os.path.join(ckpt_dir, cm.plain_name(ckpt_dir, name)), data)
+    storage.write_bytes(storage.join(ckpt_dir, cm.plain_name(storage.display(ckpt_dir), name)), data)
     return {"name": name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_shard(ckpt_dir: str, record: dict, max_bytes: int | None = None) -> dict:
     """Read and verify one shard against its manifest record, its size checked before reading;
     any failure is a CheckpointError naming the file."""
-    name = cm.plain_name(os.path.join(ckpt_dir, MANIFEST), record.get("name") if isinstance(record, dict) else None)
-    path = os.path.join(ckpt_dir, name)
+    name = cm.plain_name(storage.display(storage.join(ckpt_dir, MANIFEST)),
+                         record.get("name") if isinstance(record, dict) else None)
+    loc = storage.join(ckpt_dir, name)
+    path = storage.display(loc)
     try:
         want = record["bytes"]
         if not isinstance(want, int) or isinstance(want, bool) or want < 0:
             raise CheckpointError(f"{path}: the manifest records no valid size")
-        data = cm.read_bounded(path, max_bytes, want)
+        data = storage.read_bounded(loc, max_bytes, want)
         if hashlib.sha256(data).hexdigest() != record["sha256"]:
             raise CheckpointError(f"{path}: checksum does not match the manifest (file altered)")
         obj = unpackb(data)
@@ -148,8 +132,8 @@ def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str
                    shards: list[dict], extra: dict | None = None) -> str:
     body = {"step": int(step), "position": position, "config_hash": config_hash, "shards": shards,
             "created": time.time(), "extra": extra or {}}
-    path = os.path.join(ckpt_dir, MANIFEST)
-    atomic_write(path, cm.encode(body))
+    path = storage.join(ckpt_dir, MANIFEST)
+    storage.write_bytes(path, cm.encode(body))
     return path
 
 
@@ -159,13 +143,11 @@ def read_manifest(ckpt_dir: str, config_hash: str | None = None, expect: Expect 
 
 def list_checkpoints(root: str) -> list[str]:
     """Checkpoint directories under `root` that have a manifest, oldest first."""
-    if not os.path.isdir(root):
-        return []
     found = []
-    for name in os.listdir(root):
+    for name in storage.list_dir(root):
         match = _DIR.match(name)
-        if match and os.path.exists(os.path.join(root, name, MANIFEST)):
-            found.append((int(match.group(1)), os.path.join(root, name)))
+        if match and storage.exists(storage.join(root, name, MANIFEST)):
+            found.append((int(match.group(1)), storage.join(root, name)))
     return [p for _, p in sorted(found)]
 
 
@@ -226,45 +208,81 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None, exp
             warn(msg)
             errors.append(msg)
     if errors:
-        raise CheckpointError("no usable checkpoint under " + root + ": " + "; ".join(errors))
+        raise CheckpointError("no usable checkpoint under " + storage.display(root) + ": " + "; ".join(errors))
     return None
 
 
 def save(root: str, step: int, write_shards, *, position: dict, config_hash: str, extra: dict,
          passthrough: tuple = ()) -> str:
     """Write checkpoint `step` under `root`: shards by `write_shards(dir)` (each layer its own),
-    then the manifest, into a staging directory renamed to ckpt-<step> once all is durable. A
-    failure removes the staging directory and raises CheckpointWriteError (one line); every
-    complete checkpoint is kept. `passthrough` exceptions (a lost worker) pass unchanged."""
+    then the manifest. Locally into a staging directory renamed to ckpt-<step> once all is
+    durable; in an object store straight into ckpt-<step>, the manifest last. A failure removes
+    the partial files and raises CheckpointWriteError (one line); every other complete
+    checkpoint is kept. `passthrough` exceptions (a lost worker) pass unchanged."""
     final = checkpoint_dir(root, step)
+    write = _save_staged if storage.atomic_rename(root) else _save_direct
+    try:
+        write(root, final, lambda d: write_manifest(d, step=step, position=position, config_hash=config_hash,
+                                                    shards=write_shards(d), extra=extra))
+    except BaseException as exc:
+        if isinstance(exc, passthrough) or not isinstance(exc, Exception):
+            raise
+        reason = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename
+                  else _one_line(exc))
+        try:
+            kept = list_checkpoints(root)[-1:]
+        except Exception:  # noqa: BLE001 - the error names the write's cause; the listing is a courtesy
+            kept = []
+        raise CheckpointWriteError(
+            f"cannot write the checkpoint of step {step} under {storage.display(root)} ({reason}); its partial "
+            f"files are removed; the last complete checkpoint is {storage.display(kept[0]) if kept else 'none'}: "
+            f"fix the cause and rerun the same command to continue from it") from None
+    return final
+
+
+def _save_staged(root: str, final: str, write) -> None:
+    """Local: write into a staging directory, fsync, swap it in for ckpt-<step> by renames."""
     staging = os.path.join(root, f".{os.path.basename(final)}.partial-{os.getpid()}")
     replaced = os.path.join(root, f".{os.path.basename(final)}.replaced-{os.getpid()}")
     try:
         os.makedirs(root, exist_ok=True)
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
-        shards = write_shards(staging)
-        write_manifest(staging, step=step, position=position, config_hash=config_hash, shards=shards, extra=extra)
+        write(staging)
         fsync_dir(staging)
         if os.path.isdir(final):  # the same step written before (a rerun): swap it for this one
             os.rename(final, replaced)
         os.rename(staging, final)
         fsync_dir(root)
         shutil.rmtree(replaced, ignore_errors=True)
-    except BaseException as exc:
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         if os.path.isdir(replaced) and not os.path.exists(final):
             os.rename(replaced, final)
-        if isinstance(exc, passthrough) or not isinstance(exc, Exception):
-            raise
-        reason = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError) and exc.strerror and exc.filename
-                  else _one_line(exc))
-        kept = list_checkpoints(root)[-1:] if os.path.isdir(root) else []
-        raise CheckpointWriteError(
-            f"cannot write the checkpoint of step {step} under {root} ({reason}); its partial files are "
-            f"removed; the last complete checkpoint is {kept[0] if kept else 'none'}: fix the cause and "
-            f"rerun the same command to continue from it") from None
-    return final
+        raise
+
+
+def _save_direct(root: str, final: str, write) -> None:
+    """Object store: each object is whole once written, so write into ckpt-<step> itself, the
+    manifest last; a step written before stops being a checkpoint (its manifest deleted) first."""
+    try:
+        storage.makedirs(root)
+        storage.delete_file(storage.join(final, MANIFEST))
+        write(final)
+    except BaseException:
+        storage.delete_tree(final)
+        raise
+
+
+def _remove(path: str) -> None:
+    """Delete one checkpoint directory; in a store its manifest first, so a deletion cut short
+    leaves no listed checkpoint without its shards."""
+    if storage.is_uri(path):
+        try:
+            storage.delete_file(storage.join(path, MANIFEST))
+        except Exception:  # noqa: BLE001 - still listed, so pruned again next time
+            return
+    storage.delete_tree(path)
 
 
 def prune(root: str, keep: int) -> None:
@@ -273,12 +291,12 @@ def prune(root: str, keep: int) -> None:
     newest checkpoint is durable."""
     complete = list_checkpoints(root)
     for path in complete[:-keep] if keep > 0 else []:
-        shutil.rmtree(path, ignore_errors=True)
+        _remove(path)
     if complete:
-        newest = int(_DIR.match(os.path.basename(complete[-1])).group(1))
-        for name in os.listdir(root):
-            path = os.path.join(root, name)
+        newest = int(_DIR.match(storage.basename(complete[-1])).group(1))
+        for name in storage.list_dir(root):
+            path = storage.join(root, name)
             match = _DIR.match(name) or _STAGING.match(name)
-            if (match and int(match.group(1)) < newest and os.path.isdir(path)
-                    and not (_DIR.match(name) and os.path.exists(os.path.join(path, MANIFEST)))):
-                shutil.rmtree(path, ignore_errors=True)
+            if (match and int(match.group(1)) < newest and storage.is_dir(path)
+                    and not (_DIR.match(name) and storage.exists(storage.join(path, MANIFEST)))):
+                storage.delete_tree(path)

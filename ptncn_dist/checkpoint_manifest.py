@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import stat
 from dataclasses import dataclass
 
+from . import storage
 from .codec import packb, unpackb
 from .errors import CheckpointError
+from .storage import read_bounded
 
 MANIFEST = "manifest.msgpack"
 MANIFEST_FORMAT = 3
@@ -66,36 +67,6 @@ def plain_name(path: str, name) -> str:
     return name
 
 
-def read_bounded(path: str, limit: int | None, want: int | None = None) -> bytes:
-    """A regular file's bytes, its size checked before reading: equal to `want` when given, at
-    most `limit`. Symbolic links, devices and pipes are refused."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise CheckpointError(f"{path}: cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CheckpointError(f"{path}: not a regular file")
-        if want is not None and st.st_size != want:
-            raise CheckpointError(f"{path}: {st.st_size} bytes, the manifest says {want} (truncated or altered)")
-        if limit is not None and st.st_size > limit:
-            raise CheckpointError(f"{path}: {st.st_size} bytes, more than the {limit} this config's shapes allow")
-        chunks, left = [], st.st_size
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
-        data = b"".join(chunks)
-        if len(data) != st.st_size:
-            raise CheckpointError(f"{path}: read {len(data)} of {st.st_size} bytes (file changed while read)")
-        return data
-    finally:
-        os.close(fd)
-
-
 def _decode(path: str, data: bytes, check_format) -> dict:
     outer = unpackb(data)
     fmt = check_format(path, outer, "manifest", MANIFEST_READABLE)
@@ -118,7 +89,7 @@ def validate(path: str, ckpt_dir: str, m: dict, config_hash: str | None, expect:
     for key in ("step", "position", "config_hash", "shards"):
         if key not in m:
             raise CheckpointError(f"{path}: manifest has no {key!r}")
-    match = DIR_RE.match(os.path.basename(os.path.normpath(ckpt_dir)))
+    match = DIR_RE.match(storage.basename(ckpt_dir))
     if not _int(m["step"]) or match is None or int(match.group(1)) != m["step"]:
         raise CheckpointError(f"{path}: manifest step {m['step']!r} does not match the directory name")
     pos = m["position"]
@@ -153,9 +124,10 @@ def validate(path: str, ckpt_dir: str, m: dict, config_hash: str | None, expect:
 def read(ckpt_dir: str, config_hash: str | None, expect: Expect | None, check_format) -> dict:
     """The verified manifest of `ckpt_dir`. Any error while reading or decoding it becomes a
     CheckpointError naming the file; FormatError (a newer format) passes unchanged."""
-    path = os.path.join(ckpt_dir, MANIFEST)
+    loc = storage.join(ckpt_dir, MANIFEST)
+    path = storage.display(loc)
     try:
-        data = read_bounded(path, MAX_MANIFEST_BYTES)
+        data = read_bounded(loc, MAX_MANIFEST_BYTES)
         return validate(path, ckpt_dir, _decode(path, data, check_format), config_hash, expect)
     except CheckpointError as exc:
         msg = str(exc)

@@ -58,7 +58,7 @@ def _resumable(cfg, run_dir: str) -> bool:
     from . import checkpoint
     from .config import load
     path = os.path.join(run_dir, "config.toml")
-    root = cfg.train.checkpoint_dir or os.path.join(run_dir, "checkpoints")
+    root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir)
     if not os.path.exists(path) or not checkpoint.list_checkpoints(root):
         return False
     if load(path).hash() != cfg.hash():
@@ -80,13 +80,16 @@ def _restored(run_dir: str):
 
 def _load_into(trainer, run_dir, allow_older: bool = False):
     """Restore the newest checkpoint that verifies. A damaged newer one stops here with one line
-    naming it and the step an older one would give, unless `allow_older` (then a warning line)."""
-    trainer.ckpt_root = os.path.join(run_dir, "checkpoints")
+    naming it and the step an older one would give, unless `allow_older` (then a warning line).
+    The checkpoints are where the run kept them: its train.checkpoint_dir (a path or URI) if set."""
+    from .checkpoint import root_for
+    from .storage import display
+    trainer.ckpt_root = root_for(trainer.cfg.train.checkpoint_dir, run_dir)
     loaded = trainer.load_latest(warn=lambda msg: None)
     if loaded is None:
-        raise PtncnError(f"{run_dir}: no checkpoint to load")
+        raise PtncnError(f"{run_dir}: no checkpoint to load under {display(trainer.ckpt_root)}")
     if loaded.skipped:
-        older = f"step {loaded.manifest['step']} ({loaded.path})"
+        older = f"step {loaded.manifest['step']} ({display(loaded.path)})"
         if not allow_older:
             raise PtncnError(f"damaged checkpoint: {loaded.skipped[0]}; the newest usable one is the older {older}; "
                              f"pass --allow-older to use it")
