@@ -1,8 +1,11 @@
-"""One comparison job, run by compare.py in a process of its own: build one model, train it
-through one or more data phases, and evaluate it on every named test stream before training
+"""One comparison trial, run by compare_runner.py as a Ray task in a fresh worker process (or
+by hand: `python experiments/compare_job.py SPEC.json RESULT.json`): build one model, train it
+through one or more data phases, and evaluate it on every named held-out stream before training
 and after each phase. Its own process keeps its wall time and peak memory apart from the rest.
+Tuning trials (stage 'tune') score on the validation stream, never the test split.
 
-    python experiments/compare_job.py SPEC.json RESULT.json
+While it trains, the trainer evaluates the held-out stream `curve_points` times per phase; each
+point records the training seconds so far (the training loop only), for time to quality.
 
 It also reports the peak memory of learning one extra training sequence (tracemalloc), taken
 after everything that is timed. SPEC holds: method, kind ('model' or 'reference'), seed,
@@ -13,6 +16,7 @@ nocorr (also evaluate P-TNCN with its state correction switched off, beta = 0).
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -26,11 +30,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ptncn_dist import metrics  # noqa: E402
+from ptncn_dist import metrics, references  # noqa: E402
 from ptncn_dist.config import load  # noqa: E402
 from ptncn_dist.data import open_streams  # noqa: E402
 from ptncn_dist.engines.factory import build_engine  # noqa: E402
-from ptncn_dist.train import Trainer, evaluate  # noqa: E402
+from ptncn_dist.train import Trainer, evaluate, evaluation_batches  # noqa: E402
 
 PHASE_SEED_STRIDE = 10_007
 REFERENCE_BATCHES = 50
@@ -38,10 +42,47 @@ REFERENCE_BATCHES = 50
 
 def config_for(spec: dict, dataset: str, steps: int = 1, seed_offset: int = 0):
     """The validated Config of `spec` on `dataset`, training `steps` steps with the data seed
-    moved by `seed_offset` (later phases see fresh training batches)."""
+    moved by `seed_offset` (later phases see fresh training batches), evaluating the held-out
+    stream `curve_points` times along the way."""
+    points = int(spec.get("curve_points", 0))
     overrides = list(spec["overrides"]) + list(spec["datasets"][dataset]) + [
-        f"train.steps={int(steps)}", f"train.seed={int(spec['seed']) + seed_offset}"]
+        f"train.steps={int(steps)}", f"train.seed={int(spec['seed']) + seed_offset}",
+        f"train.eval_every={max(1, int(steps) // points) if points else 0}",
+        f"train.eval_batches={int(spec.get('eval_batches', 1))}"]
     return load(None, overrides)
+
+
+def split_of(spec: dict) -> str:
+    return "valid" if spec.get("stage") == "tune" else "test"
+
+
+class Curve:
+    """The held-out loss at each evaluation of a phase, with training seconds (the sum of each
+    logged window's steps over its steps/s, which leaves evaluations out) and wall seconds."""
+
+    def __init__(self, t0: float):
+        self.t0, self.train_s, self.last_step, self.points = t0, 0.0, 0, []
+        self.first, self.last = None, None
+
+    def __call__(self, rec: dict) -> None:
+        step = int(rec.get("step", 0))
+        held_out = {k: v for k, v in rec.items() if k.startswith("test_")}
+        if held_out:
+            self.first = self.first or held_out
+            self.last = held_out
+        if rec.get("steps_per_s"):
+            self.train_s += (step - self.last_step) / rec["steps_per_s"]
+            self.last_step = step
+        loss = rec.get("test_bce", rec.get("test_nll"))
+        if loss is not None:
+            self.points.append({"step": step, "train_s": round(self.train_s, 3),
+                                "wall_s": round(time.perf_counter() - self.t0, 3), "loss": loss,
+                                **{k: rec[k] for k in ("test_se", "test_bpc", "test_ppl") if k in rec}})
+
+    def offset(self, train_s: float) -> "Curve":
+        """Continue the training clock of an earlier phase."""
+        self.train_s += train_s
+        return self
 
 
 def rss_mib() -> float:
@@ -98,27 +139,36 @@ def eval_all(engine, streams: dict, n_batches: int, t_prime: int) -> dict:
 
 def run_model(spec: dict) -> dict:
     """Train one model through the phases, evaluating after each (and before the first)."""
-    seed, nb = int(spec["seed"]), int(spec["eval_batches"])
+    seed, nb, split = int(spec["seed"]), int(spec["eval_batches"]), split_of(spec)
     first = spec["phases"][0]
     base = config_for(spec, first["data"], first["steps"])
     tp = base.model.t_prime
-    streams = {name: open_streams(config_for(spec, name).data, seed) for name in spec["evals"]}
-    trainer = Trainer(base, None, log=lambda *a: None)
+    streams = {name: open_streams(config_for(spec, name).data, seed, split) for name in spec["evals"]}
+    curve = Curve(time.perf_counter())
+    trainer = Trainer(base, None, log=lambda *a: None, on_record=curve)
+    own = first["data"]  # the trainer's own evaluations score this stream: not evaluated twice
+    trainer.streams = streams.get(own) or open_streams(base.data, base.train.seed, split)
     engine = trainer.engine
     is_ptncn = base.model.type == "ptncn"
-    out = {"params": count_params(engine), "initial": eval_all(engine, streams, nb, tp),
+    others = {name: s for name, s in streams.items() if name != own}
+    out = {"params": count_params(engine), "initial": eval_all(engine, others, nb, tp),
            "data": {name: s.description for name, s in streams.items()}, "phases": []}
     out["rss_before_train_mib"] = rss_mib()
     for k, phase in enumerate(spec["phases"]):
         if k > 0:
             cfg = config_for(spec, phase["data"], phase["steps"], PHASE_SEED_STRIDE * k)
-            trainer = Trainer(cfg, None, engine=engine, log=lambda *a: None)
+            curve = Curve(time.perf_counter()).offset(curve.train_s)
+            trainer = Trainer(cfg, None, engine=engine, log=lambda *a: None, on_record=curve)
+            trainer.streams = open_streams(cfg.data, cfg.train.seed, split)
         result = trainer.run()
+        evals = eval_all(engine, others if k == 0 else streams, nb, tp)
+        if k == 0 and own in streams:
+            out["initial"][own], evals[own] = curve.first, curve.last
         rec = {"name": phase["name"], "train_data": phase["data"], "steps": result.steps,
                "train_s": result.steps / max(result.steps_per_s, 1e-12),
                "train_stream": trainer.streams.description,
-               "items_seen": items_seen(trainer),
-               "evals": eval_all(engine, streams, nb, tp)}
+               "items_seen": items_seen(trainer), "curve": curve.points,
+               "evals": {name: evals[name] for name in streams}}
         if spec.get("nocorr") and is_ptncn:
             x_dim, kind = trainer.streams.train.dim, trainer.streams.train.kind
             copy = uncorrected_engine(trainer.cfg, engine, x_dim, kind)
@@ -156,7 +206,16 @@ def unigram_reference(train_stream, test_stream, n_test: int, t_prime: int) -> d
         for t in range(t_prime, b.x.shape[0]):
             metrics.add_sums(sums, metrics.token_loss_sums(
                 np.broadcast_to(probs, (b.x.shape[1], probs.size)), b.x[t], b.mask[t], np))
-    return {"unigram": metrics.summarize(sums, prefix="test_")}
+    return {"unigram": metrics.summarize(sums, prefix="test_"),
+            "bigram": bigram_reference(train_stream, test_stream, n_test, t_prime)}
+
+
+def bigram_reference(train_stream, test_stream, n_test: int, t_prime: int) -> dict:
+    """An add-one bigram over the training split (context reset at each sentence start)."""
+    model = references.count_ngrams(train_stream.sentences, 2, train_stream.dim, train_stream.max_len)
+    r = references.score_text({"bigram": model}, evaluation_batches(test_stream, n_test), t_prime)
+    return {"test_bpc": r["bigram_bpc"], "test_ppl": r["bigram_ppl"], "test_nll": r["bigram_bpc"] * np.log(2.0),
+            **{f"test_{k}_by_t": r[f"bigram_{k}_by_t"] for k in ("bpc", "ppl") if f"bigram_{k}_by_t" in r}}
 
 
 def run_reference(spec: dict) -> dict:
@@ -176,17 +235,35 @@ def run_reference(spec: dict) -> dict:
     return {"references": {ref: {ds: per_eval[ds][ref] for ds in per_eval} for ref in names}}
 
 
-def main(argv: list[str]) -> int:
-    spec_path, result_path = argv
-    spec = json.loads(Path(spec_path).read_text())
-    t0 = time.perf_counter()
+def pin_blas(threads: int) -> None:
+    """BLAS threads of this process (set before NumPy's first large call; threadpoolctl if loaded)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    try:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def run_spec(spec: dict) -> dict:
+    """One trial, with its status, start and end (epoch seconds), wall seconds, the host and the
+    peak resident set of this process (a fresh one per trial: the trial's own peak)."""
+    start, t0 = time.time(), time.perf_counter()
+    pin_blas(int(spec.get("threads", 1)))
     try:
         out = run_reference(spec) if spec.get("kind") == "reference" else run_model(spec)
         out["status"] = "ok"
     except Exception as exc:
         out = {"status": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
-    out["job_s"] = time.perf_counter() - t0
-    out["rss_peak_self_mib"] = rss_mib()
+    out.update(start=start, end=time.time(), wall_s=time.perf_counter() - t0, peak_rss_mib=rss_mib(),
+               host=os.uname().nodename, pid=os.getpid())
+    return out
+
+
+def main(argv: list[str]) -> int:
+    spec_path, result_path = argv
+    out = run_spec(json.loads(Path(spec_path).read_text()))
     Path(result_path).write_text(json.dumps(out, indent=1))
     return 0 if out["status"] == "ok" else 1
 

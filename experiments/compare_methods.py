@@ -11,7 +11,7 @@ from ptncn_dist.baselines.elman import param_shapes
 from ptncn_dist.layer import layer_specs
 
 if TYPE_CHECKING:
-    from compare import Scale
+    from compare_scales import Scale
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,8 @@ METHODS = (
 )
 METHOD_KEYS = tuple(m.key for m in METHODS)
 PTNCN_OPTIM = ('optim.name="nag"', "optim.lr=0.075", "optim.momentum=0.95")
+
+
 def ptncn_params(x_dim: int, hidden) -> int:
     """P-TNCN's trained weights: M, V, U, W, E of every layer (layer.LayerSpec.shapes)."""
     return sum(math.prod(s) for spec in layer_specs(x_dim, list(hidden)) for s in spec.shapes().values())
@@ -87,5 +89,3 @@ def method_width(method: Method, scale: Scale, x_dim: int, text: bool = False, w
         h = matched_hidden(elman_params, x_dim, target)
     return [f"baseline.hidden={h}"], str(h)
 
-
-# -- data ----------------------------------------------------------------------------------------------

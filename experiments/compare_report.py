@@ -1,4 +1,4 @@
-"""Tables, CSV, plots and provenance for compare.py: pure functions of the job results.
+"""Tables, CSV, plots and provenance for compare.py: pure functions of the trial results.
 
 Per-seed records are dicts of named numbers; `aggregate` turns them into mean and sample
 standard deviation over seeds, and `markdown_table` prints them as "mean ± std".
@@ -17,7 +17,7 @@ from pathlib import Path
 CSV_FIELDS = ("experiment", "method", "label", "seed", "hidden", "params", "phase", "trained_on",
               "eval_on", "correction", "steps", "items_seen", "split_items", "test_bce", "test_se",
               "test_nll", "test_bpc", "test_ppl", "train_s", "wall_s", "peak_rss_mib",
-              "rss_before_train_mib", "seq_memory_mib", "status")
+              "rss_before_train_mib", "seq_memory_mib", "settings", "status")
 
 
 def result_rows(experiment: str, job: dict, res: dict) -> list[dict]:
@@ -26,7 +26,8 @@ def result_rows(experiment: str, job: dict, res: dict) -> list[dict]:
     Phase 0 is the untrained model; a reference job gives one phase per reference forecast.
     """
     base = {"experiment": experiment, "seed": job["seed"], "status": res.get("status", "?"),
-            "wall_s": res.get("wall_s"), "peak_rss_mib": res.get("peak_rss_mib")}
+            "wall_s": res.get("wall_s"), "peak_rss_mib": res.get("peak_rss_mib"),
+            "settings": ", ".join(s.replace('"', "") for s in job.get("settings", ())) or "default"}
     if job.get("kind") == "reference":
         rows = []
         for ref, per_eval in res.get("references", {}).items():
@@ -55,7 +56,8 @@ def result_rows(experiment: str, job: dict, res: dict) -> list[dict]:
 
 REFERENCE_LABELS = {"mean_frame": "Mean training frame (reference)",
                     "copy_last": "Copy previous frame (reference)",
-                    "unigram": "Unigram frequencies (reference)"}
+                    "unigram": "Unigram frequencies (reference)",
+                    "bigram": "Bigram frequencies (reference)"}
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:

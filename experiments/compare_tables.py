@@ -10,7 +10,7 @@ import compare_report as rep
 from compare_methods import METHOD_KEYS
 
 if TYPE_CHECKING:
-    from compare import Scale
+    from compare_scales import Scale
 
 
 VIDEO_NAMES = {"mnist": "Bouncing MNIST", "notmnist": "Bouncing NotMNIST"}
@@ -36,7 +36,7 @@ def status_note(rows: list) -> str:
 
 def single_phase_table(rows: list, dataset: str, metrics: list, names: dict) -> tuple[str, dict]:
     """Markdown table of one-phase runs on `dataset`, and {method: {column: stat}} for the text."""
-    header = ["Method", "Hidden", "Params"] + [names[m] for m in metrics] + \
+    header = ["Method", "Hidden", "Params", "Chosen setting"] + [names[m] for m in metrics] + \
              ["Train s", "Wall s", "Peak RSS MiB", "Seq. memory MiB"]
     body, stats = [], {}
     for key, label in ordered_methods(select_phase(rows, dataset)):
@@ -45,7 +45,8 @@ def single_phase_table(rows: list, dataset: str, metrics: list, names: dict) -> 
         stats[key] = {"label": label, **agg}
         params = first(rs, "params")
         body.append([label + status_note(rs), first(rs, "hidden") or "–",
-                     f"{int(params):,}" if params not in (None, "") else "–"]
+                     f"{int(params):,}" if params not in (None, "") else "–",
+                     first(rs, "settings") if key in METHOD_KEYS else "–"]
                     + [rep.fmt_ms(agg[m]) for m in metrics]
                     + [rep.fmt_ms(agg[k]) for k in ("train_s", "wall_s", "peak_rss_mib", "seq_memory_mib")])
     return rep.markdown_table(header, body), stats

