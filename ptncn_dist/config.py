@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .layer_spec import LayerHyper
 from .optim import OptimConfig
 
-MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn")
+MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn", "lstm")
 VARIANTS = ("inference_steps", "lateral_l1", "standardize")
 
 
@@ -149,6 +149,7 @@ class Config:
         d = self.to_dict()
         core = {k: d[k] for k in ("model", "optim", "data", "baseline")}
         core["model"] = self.model.numbers()
+        core["baseline"] = self.baseline.numbers()
         core["seed"] = d["train"]["seed"]
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from pathlib import Path
 
@@ -195,6 +196,34 @@ def test_esn_online_reaches_ridge_solution():
     np.testing.assert_allclose(online.Wout, ridge.Wout, atol=1e-8 * scale)
 
 
+def successor_sequences(n, V, seed, T=20, B=8):
+    """Token sequences in which each id is followed by the next one (mod V), from random starts."""
+    rng = np.random.default_rng(seed)
+    return [(rng.integers(0, V, B)[None, :] + np.arange(T)[:, None]) % V for _ in range(n)]
+
+
+def test_esn_text_readout_is_trained_for_probabilities():
+    V = 24
+    cfg = BaselineConfig(hidden=80, esn_density=0.2, output="softmax",
+                         optim=OptimConfig(name="adam", lr=0.05))
+    net = build_baseline("esn", cfg, V, "tokens", np, np.float64, seed=5)
+    for x in successor_sequences(150, V, seed=6):
+        net.run_sequence(x, None, learn=True)
+    train = successor_sequences(150, V, seed=6)
+    test = successor_sequences(5, V, seed=7)
+    states = lambda xs: np.concatenate([esn.augment(esn.reservoir_states(net.res, x, 1.0, np), np)[1:]
+                                        for x in xs]).reshape(-1, 81)
+    ones = lambda xs: esn.targets(np.concatenate([x[1:] for x in xs]).reshape(-1), V, np.float64, np)
+    least_squares = esn.ridge_readout(states(train), ones(train), cfg.esn_ridge, np)
+    probs = esn.finish(states(test) @ least_squares, "softmax", np)
+    old = -np.log(probs[np.arange(len(probs)), np.concatenate([x[1:] for x in test]).reshape(-1)]).mean()
+    new = sum(frozen_eval(net, x, None)["nll"] for x in test) / sum(x[1:].size for x in test)
+    assert old > 2.0 and math.log(V) > 3.1
+    assert new < 0.25
+    assert net.num_params() == 81 * V and set(net.state_dict()) == {
+        "param.Win", "param.W", "param.bias", "param.Wout", "slot.Wout.m", "slot.Wout.v", "slot.Wout.t"}
+
+
 def repeating_task(data_kind, T=12):
     """Two phase-shifted copies of a period-3 pattern (frames) or period-4 cycle (tokens)."""
     if data_kind == "tokens":
@@ -225,7 +254,7 @@ def test_training_reduces_loss(kind, data_kind):
     key = "bce" if data_kind == "frames" else "nll"
     before = frozen_eval(net, x, mask)
     assert before["count"] == 11 + 8
-    for _ in range(1 if kind == "esn" else 100):
+    for _ in range(1 if kind == "esn" and data_kind == "frames" else 100):
         net.run_sequence(x, mask, learn=True)
     after = frozen_eval(net, x, mask)
     assert after[key] < 0.6 * before[key]
@@ -284,7 +313,7 @@ def test_clip_norm_bounds_the_step():
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="kind"):
-        build_baseline("lstm", BaselineConfig(), 4, "frames", np, np.float64, 0)
+        build_baseline("gru", BaselineConfig(), 4, "frames", np, np.float64, 0)
     with pytest.raises(ConfigError, match="output"):
         BaselineConfig(output="relu")
     with pytest.raises(ConfigError, match="softmax"):
@@ -306,7 +335,7 @@ def test_config_errors():
 
 SECTION = {"hidden": 7, "truncation": 3, "weight_sd": 0.2, "clip_norm": 2.5, "esn_spectral_radius": 0.5,
            "esn_density": 0.4, "esn_input_scale": 0.7, "esn_leak": 0.6, "esn_ridge": 0.01,
-           "esn_online": True, "rtrl_online": False, "rtrl_force": True}
+           "esn_online": True, "rtrl_online": False, "rtrl_force": True, "embed": 9}
 
 
 def test_config_file_baseline_section_reaches_the_learner(tmp_path):

@@ -6,11 +6,14 @@ the learner unchanged and a bad value fails when the config loads, naming the ke
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
 from ..optim import OptimConfig
 from . import elman
+
+NEW_KEYS = ("embed",)
 
 
 @dataclass
@@ -19,10 +22,12 @@ class BaselineSection:
     esn_* only matter to the ESN, rtrl_* only to RTRL.
 
     truncation: the window k of truncated BPTT (model.type 'tbptt'), 5 unless set; 0 is full BPTT,
-        what kind 'bptt' needs (the trainer runs every kind but 'tbptt' with 0).
+        what kind 'bptt' needs (the trainer runs every kind but 'tbptt' and 'lstm' with 0).
     rtrl_online: update every step (True) or once per sequence with the exact BPTT gradient.
     rtrl_force: allow RTRL above rtrl.RTRL_MAX_HIDDEN hidden units.
-    esn_online: recursive least squares readout instead of the ridge closed form.
+    esn_online: recursive least squares readout instead of the ridge closed form (frames).
+    embed: the token embedding width of the LSTM (model.type 'lstm'; frames need none).
+    Keys added after the config hash existed (`NEW_KEYS`) enter the hash only when set.
     """
 
     hidden: int = 256
@@ -37,6 +42,7 @@ class BaselineSection:
     esn_online: bool = False
     rtrl_online: bool = True
     rtrl_force: bool = False
+    embed: int = 64
 
     def __post_init__(self):
         _check(self.hidden >= 1, "hidden", self.hidden, "an integer >= 1")
@@ -48,12 +54,22 @@ class BaselineSection:
         _check(self.esn_input_scale >= 0, "esn_input_scale", self.esn_input_scale, ">= 0")
         _check(0 < self.esn_leak <= 1, "esn_leak", self.esn_leak, "in (0, 1]")
         _check(self.esn_ridge > 0, "esn_ridge", self.esn_ridge, "> 0")
+        _check(self.embed >= 1, "embed", self.embed, "an integer >= 1")
+
+    def numbers(self) -> dict:
+        """The section for the config hash: `NEW_KEYS` only when set, so that a config without
+        them keeps the hash it had before they existed."""
+        d = dataclasses.asdict(self)
+        for f in dataclasses.fields(BaselineSection):
+            if f.name in NEW_KEYS and d[f.name] == f.default:
+                del d[f.name]
+        return d
 
 
 @dataclass
 class BaselineConfig(BaselineSection):
     """A learner's whole config: the `[baseline]` section plus model.output, model.t_prime and
-    the `[optim]` section (which the ESN ignores)."""
+    the `[optim]` section (which the ESN uses for its token readout only)."""
 
     output: str = "sigmoid"
     t_prime: int = 1

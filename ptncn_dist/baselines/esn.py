@@ -7,18 +7,25 @@ entry nonzero with probability `density`, values U(-1, 1)) but stored dense for 
 scaled so that its largest |eigenvalue| is exactly `spectral_radius`. Win and bias are
 U(-input_scale, input_scale); token inputs select rows of Win.
 
-The readout fits the targets x[t] (one-hot for tokens) by ridge regression on all states seen
-while learning, Wout = (S^T S + ridge I)^{-1} S^T Y over the augmented states S = [h, 1] (the
-bias column is regularised too), solved from running sums S^T S and S^T Y after every learning
-sequence. The online variant is recursive least squares (forgetting factor 1, P0 = I / ridge),
-updated every step; it reaches the same ridge solution after the same samples. For evaluation
-the linear readout is mapped to the output: softmax for tokens, clipped to [0, 1] for sigmoid
-frames, to [-1, 1] for tanh, left as is for identity.
+For frames the readout fits the targets x[t] by ridge regression on all states seen while
+learning, Wout = (S^T S + ridge I)^{-1} S^T Y over the augmented states S = [h, 1] (the bias
+column is regularised too), solved from running sums S^T S and S^T Y after every learning
+sequence. The online variant (esn_online) is recursive least squares (forgetting factor 1,
+P0 = I / ridge), updated every step; it reaches the same ridge solution after the same samples.
+For evaluation the linear readout is clipped to [0, 1] for sigmoid frames, to [-1, 1] for tanh,
+left as is for identity.
+
+For tokens the readout is trained for probabilities: softmax regression, xhat = softmax(S Wout),
+fitted by one optimizer step (optim.*, as for the gradient baselines; global-norm clipping with
+baseline.clip_norm) per learning sequence on the sequence's weighted cross-entropy
+sum(weight * NLL) / B. A least-squares fit to one-hot targets put through a softmax, what the
+readout was before, stays close to uniform over a large vocabulary. The reservoir never changes.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .. import optim
 from ..backend import to_numpy
 from ..errors import CheckpointError, ConfigError
 from . import elman
@@ -134,7 +141,10 @@ class ESN:
         self.res = {k: xp.asarray(v.astype(self.dtype)) for k, v in host.items()}
         F = cfg.hidden + 1
         self.Wout = xp.zeros((F, x_dim), dtype=self.dtype)
-        if cfg.esn_online:
+        self.slots = optim.init_slots(cfg.optim, self.Wout, xp) if data_kind == "tokens" else {}
+        if data_kind == "tokens":
+            self.stats = {}
+        elif cfg.esn_online:
             self.stats = {"P": xp.eye(F, dtype=self.dtype) / cfg.esn_ridge}
         else:
             self.stats = {"A": xp.zeros((F, F), dtype=self.dtype),
@@ -147,13 +157,25 @@ class ESN:
                                    self.cfg.t_prime, self.xp)
         xp = self.xp
         S = augment(reservoir_states(self.res, x, self.cfg.esn_leak, xp), xp)
-        if learn and self.cfg.esn_online:
+        if self.data_kind == "tokens":
+            xhat = finish(S @ self.Wout, "softmax", xp)
+            if learn:
+                self._learn_softmax(S, x, weight, xhat)
+        elif learn and self.cfg.esn_online:
             xhat = self._learn_online(S, x, weight)
         else:
             xhat = finish(S @ self.Wout, self.cfg.output, xp)
             if learn:
                 self._learn_ridge(S, x, weight)
         return elman.loss_sums(xhat, x, weight, xp, by_t)
+
+    def _learn_softmax(self, S, x, weight, xhat):
+        """One optimizer step on sum(weight * NLL) / B; its gradient is S^T (xhat - onehot) w / B."""
+        xp = self.xp
+        dz = elman.out_delta(xhat, x, weight / x.shape[1], xp)
+        grads = {"Wout": S.reshape(-1, S.shape[-1]).T @ dz.reshape(-1, self.x_dim)}
+        elman.clip_global_norm(grads, self.cfg.clip_norm, xp)
+        optim.apply(self.cfg.optim, self.Wout, grads["Wout"], self.slots, xp)
 
     def _learn_ridge(self, S, x, weight):
         xp = self.xp
@@ -183,6 +205,8 @@ class ESN:
         d = {f"param.{k}": to_numpy(v).copy() for k, v in self.res.items()}
         d["param.Wout"] = to_numpy(self.Wout).copy()
         d.update({f"stat.{k}": to_numpy(v).copy() for k, v in self.stats.items()})
+        d.update({f"slot.Wout.{k}": v if isinstance(v, (int, float)) else to_numpy(v).copy()
+                  for k, v in self.slots.items() if not k.startswith("_")})
         return d
 
     def load_state_dict(self, d) -> None:
@@ -191,10 +215,17 @@ class ESN:
             raise CheckpointError(f"esn state keys differ: missing {sorted(set(mine) - set(d))}, "
                                   f"unexpected {sorted(set(d) - set(mine))}")
         for key, ref in mine.items():
-            if np.shape(d[key]) != ref.shape:
+            if isinstance(ref, np.ndarray) and np.shape(d[key]) != ref.shape:
                 raise CheckpointError(f"esn state {key!r} has shape {np.shape(d[key])}, expected {ref.shape}")
         for k, v in self.res.items():
             v[...] = self.xp.asarray(d[f"param.{k}"])
         self.Wout[...] = self.xp.asarray(d["param.Wout"])
         for k, v in self.stats.items():
             v[...] = self.xp.asarray(d[f"stat.{k}"])
+        for k, v in list(self.slots.items()):
+            if k.startswith("_"):
+                continue
+            if isinstance(v, (int, float)):
+                self.slots[k] = type(v)(d[f"slot.Wout.{k}"])
+            else:
+                v[...] = self.xp.asarray(d[f"slot.Wout.{k}"])

@@ -9,16 +9,17 @@ from ..errors import ConfigError
 from .bptt import BPTT
 from .config import BaselineConfig
 from .esn import ESN
+from .lstm import LSTM
 from .rtrl import RTRL
 from .uoro import UORO
 
-KINDS = ("bptt", "tbptt", "rtrl", "uoro", "esn")
+KINDS = ("bptt", "tbptt", "rtrl", "uoro", "esn", "lstm")
 DATA_KINDS = ("frames", "tokens")
 DATA_KIND_ALIASES = {"video": "frames", "text": "tokens"}
 
 
 class Baseline(Protocol):
-    """What the trainer drives; implemented by BPTT, RTRL, UORO and ESN."""
+    """What the trainer drives; implemented by BPTT, RTRL, UORO, ESN and LSTM."""
 
     kind: str
 
@@ -55,6 +56,8 @@ def build_baseline(kind: str, cfg: BaselineConfig, x_dim: int, data_kind: str, x
                           f"not {cfg.truncation!r}")
     init_seq, noise_seq = np.random.SeedSequence(seed).spawn(2)
     rng = np.random.default_rng(init_seq)
+    if kind == "lstm":
+        return LSTM(cfg, x_dim, data_kind, xp, dtype, rng)
     if kind == "esn":
         return ESN(cfg, x_dim, data_kind, xp, dtype, rng)
     if kind == "rtrl":

@@ -1,6 +1,6 @@
-"""The paper's baselines (BPTT, truncated BPTT, RTRL, UORO, ESN) behind the engine interface,
-so that `ptncn train` runs them on the same data, metrics and checkpoints as P-TNCN. They learn
-from whole sequences (the trainer never splits one) and keep one checkpoint shard."""
+"""The paper's baselines (BPTT, truncated BPTT, RTRL, UORO, ESN) and an LSTM behind the engine
+interface, so that `ptncn train` runs them on the same data, metrics and checkpoints as P-TNCN.
+They learn from whole sequences (the trainer never splits one) and keep one checkpoint shard."""
 from __future__ import annotations
 
 import dataclasses
@@ -22,11 +22,13 @@ class BaselineEngine(Engine):
     def __init__(self, cfg, x_dim: int, data_kind: str):
         m = cfg.model
         section = dataclasses.asdict(cfg.baseline)
-        section["truncation"] = section["truncation"] if m.type == "tbptt" else 0
+        section["truncation"] = section["truncation"] if m.type in ("tbptt", "lstm") else 0
         bc = BaselineConfig(**section, output=m.output, t_prime=m.t_prime, optim=cfg.optim)
         self.name = m.type
         self.model = build_baseline(m.type, bc, x_dim, data_kind, get_xp(m.device), get_dtype(m.dtype),
                                     cfg.train.seed)
+        if m.type == "lstm" and cfg.engine.blas_threads > 0:
+            self.model.torch.set_num_threads(cfg.engine.blas_threads)
 
     def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
         if t0 != 0 or t1 != x.shape[0]:
