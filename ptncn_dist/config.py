@@ -105,6 +105,8 @@ class EngineConfig:
     node_ip: str = "127.0.0.2"
     placement_timeout_s: float = 60.0
     segment_timeout_s: float = 300.0
+    heartbeat_s: float = 1.0
+    hung_after_s: float = 10.0
     trace_steps: int = 0
 
     def __post_init__(self):
@@ -118,6 +120,11 @@ class EngineConfig:
             raise ConfigError(f"engine.transport must be 'calls' or 'tcp', not {self.transport!r}")
         if self.in_flight < 1:
             raise ConfigError("engine.in_flight must be >= 1")
+        if not self.heartbeat_s > 0:
+            raise ConfigError(f"engine.heartbeat_s must be > 0, not {self.heartbeat_s!r}")
+        if not self.hung_after_s > self.heartbeat_s:
+            raise ConfigError(f"engine.hung_after_s must be > engine.heartbeat_s ({self.heartbeat_s:g}), not "
+                              f"{self.hung_after_s!r}: a layer is hung once it has missed several beats")
         check_numbers("engine", self)
 
 

@@ -13,7 +13,10 @@ from typing import Callable
 class Recovery:
     """Runs the trainer's engine calls under `guarded`, and keeps the count and the record of
     every recovery. `restore` rolls every layer back to the newest checkpoint (raising when there
-    is none), `step` says where the run is, `record` writes one metrics line."""
+    is none), `step` says where the run is, `record` writes one metrics line. A record's
+    `seconds` is the time it took to notice the failure (`detection_s`, carried by the exception:
+    a hung layer's silence, a segment timeout; 0 for a loss Ray reports at once) plus the time to
+    rebuild and restore the layers (`rebuild_s`)."""
 
     engine: object
     restore: Callable[[], None]
@@ -44,7 +47,9 @@ class Recovery:
             raise RuntimeError(f"giving up after {self.count} recoveries (train.max_failures = "
                                f"{self.max_failures}): {type(exc).__name__}: {exc}") from exc
         t0, failed_at = time.monotonic(), self.step() + self.in_flight
-        self.log(f"lost a worker at step {failed_at} ({type(exc).__name__}); rebuilding the layers")
+        detected = float(getattr(exc, "detection_s", 0.0) or 0.0)
+        self.log(f"lost a worker at step {failed_at} ({type(exc).__name__}, noticed after {detected:.1f} s); "
+                 f"rebuilding the layers")
         for attempt in range(3):
             try:
                 self.engine.rebuild()
@@ -57,10 +62,12 @@ class Recovery:
         self.restore()
         self.count += 1
         first = str(exc).splitlines()[0][:200] if str(exc) else ""
-        resumed = self.step()
+        resumed, rebuilt = self.step(), time.monotonic() - t0
         rec = {"recovery": self.count, "cause": f"{type(exc).__name__}: {first}", "failed_by_step": failed_at,
                "resumed_from_step": resumed, "steps_replayed": failed_at - resumed,
-               "seconds": round(time.monotonic() - t0, 3)}
+               "detection_s": round(detected, 3), "rebuild_s": round(rebuilt, 3),
+               "seconds": round(detected + rebuilt, 3)}
         self.records.append(rec)
-        self.log(f"recovered in {rec['seconds']:.1f} s: replaying {rec['steps_replayed']} steps from step {resumed}")
+        self.log(f"recovered in {rec['seconds']:.1f} s ({detected:.1f} s to notice the failure, {rebuilt:.1f} s to "
+                 f"rebuild and restore): replaying {rec['steps_replayed']} steps from step {resumed}")
         self.record({"step": resumed, **rec, "placement": self.engine.stats().get("placement")})

@@ -10,10 +10,11 @@ class Lost(Exception):
 
 
 class FlakyEngine:
-    """An engine whose work fails with Lost `failures` times; rebuild counts its calls."""
+    """An engine whose work fails with Lost `failures` times (noticed after `detection_s`, when
+    given); rebuild counts its calls."""
 
-    def __init__(self, failures: int):
-        self.failures, self.rebuilds = failures, 0
+    def __init__(self, failures: int, detection_s: float | None = None):
+        self.failures, self.rebuilds, self.detection_s = failures, 0, detection_s
 
     def failure_types(self):
         return (Lost,)
@@ -27,11 +28,14 @@ class FlakyEngine:
     def work(self):
         if self.failures:
             self.failures -= 1
-            raise Lost("worker died\nsecond line")
+            exc = Lost("worker died\nsecond line")
+            if self.detection_s is not None:
+                exc.detection_s = self.detection_s
+            raise exc
         return "done"
 
 
-def make(engine, max_failures=3, has_checkpoints=True):
+def make(engine, max_failures=3, has_checkpoints=True, log=lambda *_: None):
     run = {"step": 47}
     written = []
 
@@ -39,7 +43,7 @@ def make(engine, max_failures=3, has_checkpoints=True):
         run["step"] = 40
 
     rec = Recovery(engine, restore=restore, step=lambda: run["step"], max_failures=max_failures,
-                   has_checkpoints=has_checkpoints, log=lambda *_: None, record=written.append)
+                   has_checkpoints=has_checkpoints, log=log, record=written.append)
     rec.in_flight = 5
     return rec, run, written
 
@@ -83,3 +87,21 @@ def test_other_errors_are_not_recovered():
     with pytest.raises(ValueError):
         rec.guarded(broken)
     assert engine.rebuilds == 0 and rec.records == []
+
+
+def test_the_time_to_notice_a_failure_counts_in_the_recovery_time():
+    """A hung layer is noticed only after its silence (LayerHung carries how long): `seconds` is
+    that plus the rebuild and restore; a loss Ray reports at once adds nothing."""
+    lines = []
+    engine = FlakyEngine(failures=1, detection_s=10.25)
+    rec, _, written = make(engine, log=lines.append)
+    rec.guarded(engine.work)
+    (r,) = rec.records
+    assert r["detection_s"] == 10.25 and 0 <= r["rebuild_s"] < 1.0
+    assert r["seconds"] == pytest.approx(r["detection_s"] + r["rebuild_s"], abs=1e-3)
+    assert written[0]["detection_s"] == 10.25
+    assert "noticed after 10.2 s" in lines[0] and "10.2 s to notice the failure" in lines[1]
+    instant = FlakyEngine(failures=1)
+    rec, _, _ = make(instant)
+    rec.guarded(instant.work)
+    assert rec.records[0]["detection_s"] == 0.0 and rec.records[0]["seconds"] == rec.records[0]["rebuild_s"]

@@ -15,6 +15,7 @@ from ..optim import OptimConfig
 from ..schedule import LayerSchedule
 from ..transports.base import Transport
 from ..transports.mailbox import Mailbox
+from .heartbeat import Beater, BeatTarget
 
 
 class PhaseClock:
@@ -51,7 +52,7 @@ class LayerHost:
 
     def __init__(self, spec, opt: dict, seed: int, dtype: str, device: str, weight_sd: float,
                  error_weight_sd: float, blas_threads: int, *, mode: str = "exact", trace_steps: int = 0,
-                 max_batch: int = 0):
+                 max_batch: int = 0, heartbeat: BeatTarget | None = None):
         limit_blas_threads(blas_threads if blas_threads > 0 else None)
         self.clock_t = PhaseClock(spec.index, trace_steps)
         self._gauges = _ray_gauges()
@@ -63,6 +64,15 @@ class LayerHost:
         self.box = Mailbox(spec, max_batch)
         self.transport: Transport | None = None
         self.sched = LayerSchedule(self.core, self._send, mode)
+        self.beater = self._start_heartbeat(heartbeat)
+
+    def _start_heartbeat(self, target: BeatTarget | None) -> Beater | None:
+        """Beats to the driver's heartbeat board from a thread of their own (none without Ray)."""
+        if target is None:
+            return None
+        beater = Beater(target, self.l, lambda: self.counters["steps"])
+        beater.start()
+        return beater
 
     def _send(self, to: int, clock: int, iteration: int, items: list) -> None:
         self.transport.send(to, clock, iteration, items)

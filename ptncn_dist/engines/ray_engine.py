@@ -5,6 +5,7 @@ except when asked for them (checkpoints are written by the actors themselves).""
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -14,8 +15,19 @@ from .base import Engine, StepDiverged, shard_name, token_ids
 from ..messages import MessageError
 from ..transports.compiled import CompiledGraph
 from .graph_worker import GraphWorker
+from .heartbeat import Heartbeats, LayerHung
 from .layer_actor import LayerWorker
 from .placement import connect, layer_options, shutdown_ray
+
+
+def _watched(method):
+    """`method` under the heartbeat watch: a compiled graph's build and results are waited for
+    in Ray calls that cannot be sliced, so a thread watches the beats meanwhile."""
+    @functools.wraps(method)
+    def watched(self, *args, **kwargs):
+        with self.heartbeats.watching():
+            return method(self, *args, **kwargs)
+    return watched
 
 
 class RayEngine(Engine):
@@ -35,6 +47,7 @@ class RayEngine(Engine):
         self.options, self.pg = layer_options(ec, len(specs))
         self.threads = ec.blas_threads or max(1, int(ec.cpus_per_layer))
         self.max_batch = max(cfg.data.batch, cfg.data.eval_batch)
+        self.heartbeats = Heartbeats(ray, ec.heartbeat_s, ec.hung_after_s)
         self.graph = None
         self._graph_stats = None
         self.graph_builds = 0
@@ -47,7 +60,8 @@ class RayEngine(Engine):
         m, ec = cfg.model, cfg.engine
         args = (dataclasses.asdict(cfg.optim), cfg.train.seed, m.dtype, m.device, m.weight_sd,
                 m.error_weight_sd, self.threads)
-        kw = {"mode": ec.mode, "trace_steps": ec.trace_steps, "max_batch": self.max_batch}
+        kw = {"mode": ec.mode, "trace_steps": ec.trace_steps, "max_batch": self.max_batch,
+              "heartbeat": self.heartbeats.next_generation(len(self.specs))}
         if self.compiled:
             cls = ray.remote(GraphWorker)
             self.actors = [cls.options(**opts).remote(spec, *args, **kw) for spec, opts in zip(self.specs, self.options)]
@@ -65,6 +79,7 @@ class RayEngine(Engine):
                 ray.get([a.allow_links.remote(mine(i)) for i, a in enumerate(self.actors)])
                 ray.get([a.connect_links.remote(mine(i)) for i, a in enumerate(self.actors)])
         self.placement = ray.get([a.where.remote() for a in self.actors])
+        self.heartbeats.armed()
 
     # -- compiled graph ---------------------------------------------------------------------------
     def _teardown(self) -> None:
@@ -85,6 +100,7 @@ class RayEngine(Engine):
         self._make_actors()
         self.load_layer_states(states)
 
+    @_watched
     def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat, by_t=False):
         if self.graph is None:
             try:
@@ -122,16 +138,10 @@ class RayEngine(Engine):
 
     def _gather(self, refs):
         """All results, surfacing the first failure at once (a dead actor would otherwise leave
-        its neighbours waiting on messages that never come), or a timeout when no layer
-        finishes within engine.segment_timeout_s."""
-        ray, pending = self.ray, list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1, timeout=self.cfg.engine.segment_timeout_s)
-            if not done:
-                raise ray.exceptions.GetTimeoutError(
-                    f"no layer finished its segment within {self.cfg.engine.segment_timeout_s:g} s")
-            ray.get(done[0])
-        return ray.get(refs)
+        its neighbours waiting on messages that never come), LayerHung within seconds of a
+        layer falling silent, or a timeout when no layer finishes within
+        engine.segment_timeout_s."""
+        return self.heartbeats.get(refs, self.cfg.engine.segment_timeout_s)
 
     def failure_types(self) -> tuple:
         """Exceptions that mean a worker, node or channel was lost: the trainer recovers from them."""
@@ -139,7 +149,7 @@ class RayEngine(Engine):
         names = ("RayActorError", "ActorUnavailableError", "WorkerCrashedError", "ObjectLostError",
                  "GetTimeoutError", "RayChannelError", "NodeDiedError", "OwnerDiedError")
         from ..transports.links import LinkError
-        return tuple(getattr(ex, n) for n in names if hasattr(ex, n)) + (MessageError, LinkError)
+        return tuple(getattr(ex, n) for n in names if hasattr(ex, n)) + (MessageError, LinkError, LayerHung)
 
     def rebuild(self) -> None:
         """Replace every layer actor (dead or alive) with a fresh one on a live node; the caller
@@ -173,7 +183,7 @@ class RayEngine(Engine):
             refs = [getattr(a, method).remote(*args) for a, args in zip(self.actors, zip(*per_actor_args))]
         else:
             refs = [getattr(a, method).remote() for a in self.actors]
-        return self.ray.get(refs)
+        return self.heartbeats.get(refs)
 
     def layer_states(self):
         return self._call("state")
@@ -238,6 +248,7 @@ class RayEngine(Engine):
             except Exception:
                 pass
         self.actors = []
+        self.heartbeats.close()
         if self.pg is not None:
             ray.util.remove_placement_group(self.pg)
             self.pg = None

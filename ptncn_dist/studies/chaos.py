@@ -1,8 +1,10 @@
 """`ptncn chaos`: the fault-injection drill. A run on the Ray engine has layer-actor processes
-killed (SIGKILL, by pid, on whatever node they run) or whole worker nodes stopped while it
-trains; it must recover every time and end on exactly the weights of an uninterrupted run.
+killed (SIGKILL, by pid, on whatever node they run) or stopped (SIGSTOP: alive but hung), or
+whole worker nodes stopped while it trains; it must recover every time and end on exactly the
+weights of an uninterrupted run.
 
     ptncn chaos --faults 3                       kill random layer actors on a local Ray
+    ptncn chaos --fault stop --faults 2          SIGSTOP random layer actors (caught by heartbeats)
     ptncn chaos --kill node --nodes 3            stop worker nodes of a local 3-node cluster
     ptncn chaos --config FILE --set ... --steps N --faults K   at any scale
 
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import tempfile
 import threading
 import time
@@ -24,33 +27,25 @@ import numpy as np
 from ..config import load
 
 
-def kill_actor_process(node_id: str, pid: int) -> None:
-    """SIGKILL process `pid` on node `node_id`, from a zero-CPU task placed on that node."""
+def kill_actor_process(node_id: str, pid: int, sig: int = signal.SIGKILL, only_if_stopped: bool = False) -> bool:
+    """Send `sig` (SIGKILL, or SIGSTOP to hang it) to process `pid` on node `node_id`, from a
+    zero-CPU task placed on that node."""
     import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    @ray.remote(num_cpus=0, max_retries=0)
-    def _kill(p):
-        import signal
-        try:
-            os.kill(p, signal.SIGKILL)
-            return True
-        except ProcessLookupError:
-            return False
-
-    ref = _kill.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False)).remote(pid)
-    return ray.get(ref, timeout=120)
+    from ..engines.heartbeat import signal_process
+    return ray.get(signal_process(node_id, pid, sig, only_if_stopped), timeout=120)
 
 
 class FaultInjector(threading.Thread):
     """Injects `faults` faults into a running Trainer, one at a time: each waits until the run
-    has passed a random step beyond the last recovery, then kills a random layer's process (or,
-    with `kill_node`, stops the node a random layer runs on, never the head)."""
+    has passed a random step beyond the last recovery, then kills a random layer's process (with
+    `stop`, SIGSTOPs it instead; with `kill_node`, stops the node a random layer runs on, never
+    the head)."""
 
-    def __init__(self, trainer, faults: int, seed: int, kill_node=None, head_ip: str | None = None):
+    def __init__(self, trainer, faults: int, seed: int, kill_node=None, head_ip: str | None = None,
+                 stop: bool = False):
         super().__init__(daemon=True)
         self.trainer, self.faults, self.rng = trainer, faults, random.Random(seed)
-        self.kill_node, self.head_ip = kill_node, head_ip
+        self.kill_node, self.head_ip, self.sig = kill_node, head_ip, signal.SIGSTOP if stop else signal.SIGKILL
         self.injected: list[dict] = []
         self.stop = threading.Event()
 
@@ -71,22 +66,23 @@ class FaultInjector(threading.Thread):
                 self.kill_node(victim["ip"])
             else:
                 victim = self.rng.choice(placement)
-                kill_actor_process(victim["node_id"], victim["pid"])
+                kill_actor_process(victim["node_id"], victim["pid"], self.sig)
+            what = "node" if self.kill_node else "actor process" + (" (stopped)" if self.sig == signal.SIGSTOP else "")
             self.injected.append({"at_step": self.trainer.step, "layer": victim["layer"], "ip": victim["ip"],
-                                  "pid": victim["pid"], "what": "node" if self.kill_node else "actor process"})
+                                  "pid": victim["pid"], "node_id": victim["node_id"], "what": what})
 
 
 def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir: str | None = None,
-          log=print) -> dict:
+          log=print, stop: bool = False) -> dict:
     """One uninterrupted reference run (single-process engine) and one run on `cfg`'s Ray engine
-    with faults; returns the figures."""
+    with faults (`stop`: layer processes SIGSTOPped, not killed); returns the figures."""
     from ..train import Trainer
     quiet = lambda *_: None
     ref = Trainer(_with_engine(cfg, "local"), None, log=quiet)
     ref.run()
     run_dir = run_dir or tempfile.mkdtemp(prefix="ptncn-chaos-")
     trainer = Trainer(cfg, run_dir, log=log)
-    injector = FaultInjector(trainer, faults, seed, kill_node, head_ip)
+    injector = FaultInjector(trainer, faults, seed, kill_node, head_ip, stop)
     t0 = time.monotonic()
     injector.start()
     try:
@@ -94,6 +90,7 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
     finally:
         injector.stop.set()
         injector.join(180)
+        _end_stopped(injector.injected)
         elapsed = time.monotonic() - t0
         a, b = ref.engine.weights(), trainer.engine.weights()
         trainer.close()
@@ -105,8 +102,20 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
     return {"faults_injected": len(injector.injected), "recoveries": len(recs),
             "steps_replayed": sum(r["steps_replayed"] for r in recs),
             "seconds_to_recover": [r["seconds"] for r in recs],
+            "seconds_to_notice": [r.get("detection_s", 0.0) for r in recs],
             "max_final_weight_difference": diff, "steps": trainer.step, "seconds": round(elapsed, 2),
             "faults": injector.injected, "recovery_log": recs, "run_dir": run_dir}
+
+
+def _end_stopped(injected: list[dict]) -> None:
+    """SIGKILL every process the drill stopped (the engine kills a hung layer's process; this
+    covers one stopped too late for the run to notice)."""
+    for fault in injected:
+        if fault["what"].endswith("(stopped)"):
+            try:
+                kill_actor_process(fault["node_id"], fault["pid"], only_if_stopped=True)
+            except Exception:
+                pass
 
 
 def _with_engine(cfg, name: str):
@@ -124,7 +133,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=600, help="training steps of each run (default 600)")
     p.add_argument("--faults", type=int, default=3, help="faults to inject during the run (default 3)")
     p.add_argument("--kill", choices=["actor", "node"], default="actor",
-                   help="what a fault stops: a layer actor process (SIGKILL) or a worker node of a local cluster")
+                   help="what a fault stops: a layer actor process or a worker node of a local cluster")
+    p.add_argument("--fault", choices=["kill", "stop"], default="kill",
+                   help="with --kill actor: SIGKILL the process (it dies) or SIGSTOP it (alive but hung: caught "
+                        "by the heartbeats after engine.hung_after_s)")
     p.add_argument("--nodes", type=int, default=3, help="with --kill node: nodes of the local cluster")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (when and which layer)")
     p.add_argument("--run-dir", help="run directory of the faulted run (default: a new temporary one)")
@@ -149,14 +161,14 @@ def main(argv=None) -> int:
     try:
         cfg = load(args.config, overrides)
         res = drill(cfg, args.faults, args.seed, kill_node, head_ip, args.run_dir,
-                    log=(lambda *_: None) if args.json else print)
+                    log=(lambda *_: None) if args.json else print, stop=args.fault == "stop" and kill_node is None)
     finally:
         if cluster is not None:
             cluster.stop()
     if args.json:
         print(json.dumps(res))
     else:
-        for k in ("faults_injected", "recoveries", "steps_replayed", "seconds_to_recover",
+        for k in ("faults_injected", "recoveries", "steps_replayed", "seconds_to_recover", "seconds_to_notice",
                   "max_final_weight_difference", "steps", "seconds"):
             print(f"{k:28s} {res[k]}")
         for f in res["faults"]:

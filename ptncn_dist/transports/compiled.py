@@ -52,7 +52,11 @@ class CompiledGraph:
 
         def collect(ref, t):
             nonlocal diverged
-            outs = self.ray.get(ref, timeout=timeout)
+            try:
+                outs = self.ray.get(ref, timeout=timeout)
+            except self.ray.exceptions.RayChannelTimeoutError as exc:
+                exc.detection_s = timeout
+                raise
             first = outs[0]
             if first["sums"]:
                 metrics.accumulate(sums, first["sums"], t, by_t=by_t)
