@@ -71,7 +71,7 @@ class TrainConfig:
     eval_every: int = 2000
     eval_batches: int = 4
     checkpoint_every: int = 0
-    checkpoint_minutes: float = 0.0
+    checkpoint_minutes: float = 10.0
     checkpoint_dir: str = ""
     keep_checkpoints: int = 3
     max_failures: int = 3
@@ -87,6 +87,8 @@ class TrainConfig:
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0 (0 = off)")
         check_numbers("train", self)
+        from .storage import check_location
+        check_location(self.checkpoint_dir)
 
 
 @dataclass

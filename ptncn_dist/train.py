@@ -22,6 +22,7 @@ from .engines.base import StepDiverged, shard_name
 from .engines.factory import build_engine
 from .errors import CheckpointError, DivergenceError
 from .finite import NonFiniteState
+from .storage import display
 from .recovery import Recovery
 
 
@@ -96,7 +97,7 @@ class Trainer:
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
-        self.ckpt_root = cfg.train.checkpoint_dir or (os.path.join(run_dir, "checkpoints") if run_dir else None)
+        self.ckpt_root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir)
         self.config_hash = cfg.hash()
         self._last_ckpt_time, self._saved_step = time.monotonic(), None
         if run_dir:
@@ -133,7 +134,7 @@ class Trainer:
                                    extra={"engine": self.engine.name, "data": self.streams.description},
                                    passthrough=self.engine.failure_types() + (NonFiniteState,))
         except NonFiniteState as exc:
-            first = [ln for ln in str(exc).splitlines() if ln.strip()][-1].strip()
+            first = str(getattr(exc, "cause", None) or exc).strip().splitlines()[0]  # a Ray task error's cause
             raise DivergenceError(f"{first} at step {self.step}: its checkpoint is not written; the "
                                   f"last good checkpoint is {self._last_good()}") from None
         checkpoint.prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
@@ -162,14 +163,15 @@ class Trainer:
         loaded = self.load_latest(warn=lambda msg: None) if self.ckpt_root else None
         if loaded is None:
             if required:
-                raise CheckpointError(f"no checkpoint to resume from under {self.ckpt_root}")
+                raise CheckpointError(f"no checkpoint to resume from under {display(self.ckpt_root)}")
             return False
         m = loaded.manifest
         self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
         for msg in loaded.skipped:
-            line = f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} ({loaded.path})"
+            line = (f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} "
+                    f"({display(loaded.path)})")
             print(line, file=sys.stderr, flush=True)
-        self.log(f"resumed from {loaded.path} at step {self.step}")
+        self.log(f"resumed from {display(loaded.path)} at step {self.step}")
         return True
 
     def _checkpoint_due(self, before: int) -> bool:
@@ -210,7 +212,7 @@ class Trainer:
 
     def _last_good(self) -> str:
         kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
-        return kept[0] if kept else "none (no run dir or none written yet)"
+        return display(kept[0]) if kept else "none (no run dir or none written yet)"
 
     def _diverged(self, step: int, sighting=None) -> None:
         """Stop on a NaN or Inf, naming the step, the layer where it first appeared (what it

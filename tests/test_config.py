@@ -120,7 +120,8 @@ def test_every_model_hyper_parameter_reaches_every_layer():
 @pytest.mark.parametrize("override, key", [
     ("model.alpha=[1]", "model.alpha"), ('model.output="relu"', "model.output"),
     ("model.inference_steps=0", "model.inference_steps"), ("model.row_norm_bound=nan", "model.row_norm_bound"),
-    ("baseline.esn_leak=0", "baseline.esn_leak"), ('baseline.hidden="wide"', "baseline.hidden")])
+    ("baseline.esn_leak=0", "baseline.esn_leak"), ('baseline.hidden="wide"', "baseline.hidden"),
+    ('train.checkpoint_dir="foo://bucket/run"', "train.checkpoint_dir")])
 def test_errors_are_one_line_naming_the_key(override, key):
     with pytest.raises(ConfigError) as err:
         load(None, [override])

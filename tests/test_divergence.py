@@ -20,7 +20,8 @@ BASE = ["model.hidden=[24, 16, 12]", "data.frame=32", "data.batch=4", "data.seq_
 def poison(engine, layer: int, name: str) -> None:
     """One NaN in a weight of `layer`, put there through the engine's own state hand-over."""
     states = engine.layer_states()
-    states[layer - 1]["params"][name][0, 0] = np.nan
+    w = states[layer - 1]["params"][name] = np.array(states[layer - 1]["params"][name])  # Ray's are read-only
+    w[0, 0] = np.nan
     engine.load_layer_states(states)
 
 

@@ -6,6 +6,7 @@ import pytest
 import ray
 
 from conftest import golden_files
+from test_divergence import every_checkpoint_is_finite, run_poisoned
 from ptncn_dist.config import load
 from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.data import open_streams
@@ -300,3 +301,18 @@ def test_malformed_messages_are_dropped_and_the_run_goes_on():
         remote.close()
     assert dropped == {"wrong shape": 1, "kind or sender not expected": 1, "claims another sender": 1,
                        "clock out of window": 1, "undecodable": 1}
+
+
+@pytest.mark.parametrize("transport,at,layer,start", [
+    ("calls", 15, 2, "non-finite values at step 15 in layer 2 (first seen: its pred sent to layer 1)"),
+    ("compiled", 15, 2, "non-finite values at step 15 in layer 2 (first seen: its pred sent to layer 1)"),
+    ("calls", 20, 3, "layer 3 holds non-finite values in W at step 20: its checkpoint is not written")])
+def test_layer_actors_name_the_layer_where_a_nan_appeared(tmp_path, transport, at, layer, start):
+    """A NaN put into one layer actor's W: the actors' own watches name that layer, or the actor
+    refuses to write its shard; no checkpoint on disk holds a NaN."""
+    extra = ['engine.name="ray"', "engine.cpus_per_layer=0.5"] + (
+        ["engine.compiled=true"] if transport == "compiled" else [f'engine.transport="{transport}"'])
+    msg = run_poisoned(tmp_path, at, layer, "W", extra)
+    assert msg.startswith(start), msg
+    assert msg.endswith("ckpt-0000000010"), msg
+    assert len(every_checkpoint_is_finite(str(tmp_path / "checkpoints"))) == 2

@@ -10,6 +10,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..backend import get_dtype, get_xp, limit_blas_threads, to_xp
+from ..finite import check_state, nonfinite_names
 from ..layer import LayerCore, init_params
 from ..optim import OptimConfig
 from ..schedule import LayerSchedule
@@ -123,10 +124,8 @@ class LayerHost:
             self._gauges["steps"].set(self.counters["steps"], tags=tags)
 
     def nonfinite(self) -> list[str]:
-        st = self.core.state()
-        arrays = list(st["params"].items()) + [(k, v) for k, v in (st["carry"] or {}).items()
-                                               if v is not None and v.dtype.kind == "f"]
-        return [k for k, v in arrays if not np.all(np.isfinite(v))]
+        """Names of this layer's weights, slots and carried state that hold NaN or Inf."""
+        return nonfinite_names(self.xp, self.core.named_arrays())
 
     # -- state and checkpoints (a shard never travels through the driver) -------------------------
     def state(self) -> dict:
@@ -141,6 +140,8 @@ class LayerHost:
         self.reset_clock()
 
     def save_shard(self, ckpt_dir: str, name: str) -> dict:
+        """Write this layer's shard, after checking it holds no NaN or Inf (NonFiniteState)."""
+        check_state(self.xp, self.l, self.core.named_arrays())
         return checkpoint.write_shard(ckpt_dir, name, self.core.state())
 
     def load_shard(self, ckpt_dir: str, record: dict) -> None:

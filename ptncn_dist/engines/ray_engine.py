@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..layer_spec import check_schedule
-from .base import Engine, StepDiverged, shard_name, token_ids
+from .base import Engine, diverged, shard_name, token_ids
 from ..messages import MessageError
 from ..transports.compiled import CompiledGraph
 from .graph_worker import GraphWorker
@@ -111,11 +111,12 @@ class RayEngine(Engine):
                 self._fall_back_to_calls(exc)
                 return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat,
                                         by_t=by_t)
-        sums, xhats, diverged = self.graph.run(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t,
+        sums, xhats, loss_t = self.graph.run(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t,
                                                self.cfg.engine.segment_timeout_s)
         self._graph_stats = self.graph.stats
-        if diverged is not None:
-            raise StepDiverged(diverged)
+        bad = diverged(loss_t, self.graph.sightings)
+        if bad is not None:
+            raise bad
         return sums, xhats
 
     def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
@@ -131,10 +132,11 @@ class RayEngine(Engine):
         x_ref = ray.put(x)
         refs = [a.run_segment.remote(x_ref if i == 0 else None, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
                 for i, a in enumerate(self.actors)]
-        first = self._gather(refs)[0]
-        if first["diverged"] is not None:
-            raise StepDiverged(first["diverged"])
-        return first["sums"], first["xhats"]
+        outs = self._gather(refs)
+        bad = diverged(outs[0]["diverged"], [o["nonfinite"] for o in outs])
+        if bad is not None:
+            raise bad
+        return outs[0]["sums"], outs[0]["xhats"]
 
     def _gather(self, refs):
         """All results, surfacing the first failure at once (a dead actor would otherwise leave
@@ -195,8 +197,14 @@ class RayEngine(Engine):
         self._call("load_state", states)
 
     def save_shards(self, ckpt_dir):
-        n = len(self.actors)
-        return self._call("save_shard", [ckpt_dir] * n, [shard_name(l) for l in range(1, n + 1)])
+        """Every layer writes its own shard; all writes end before any failure is raised, so the
+        caller removes a failed checkpoint's staging directory only once nobody writes into it."""
+        self._teardown()
+        refs = [a.save_shard.remote(ckpt_dir, shard_name(l)) for l, a in enumerate(self.actors, start=1)]
+        pending = refs
+        while pending:
+            _, pending = self.heartbeats.wait(pending, None)
+        return self.ray.get(refs)
 
     def load_shards(self, ckpt_dir, manifest):
         try:

@@ -45,9 +45,11 @@ class CompiledGraph:
         self.graph = dag.experimental_compile(_buffer_size_bytes=max(1 << 20, 4 * widest + 4096),
                                               _max_inflight_executions=self.depth)
         self.stats: list | None = None
+        self.sightings: list = []
 
     def run(self, x, mask, t0, t1, learn, t_prime, keep_xhat, by_t, timeout):
-        """Steps t0..t1-1; returns (sums, xhats, first non-finite step or None)."""
+        """Steps t0..t1-1; returns (sums, xhats, layer 1's first non-finite loss step or None);
+        every layer's first non-finite sighting is in `sightings` after the segment's last step."""
         sums, xhats, pending, diverged = {}, [], [], None
 
         def collect(ref, t):
@@ -66,6 +68,7 @@ class CompiledGraph:
                 xhats.append(np.array(first["xhat"], copy=True))
             if "stats" in first:
                 self.stats = [o["stats"] for o in outs]
+                self.sightings = [o.get("nonfinite") for o in outs]
 
         for t in range(t0, t1):
             inp = (x[t], mask[t], learn and t >= t_prime, t == 0, t, t_prime, keep_xhat, t == t1 - 1)
