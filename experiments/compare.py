@@ -161,6 +161,9 @@ def main(argv=None, log=print) -> Outcome:
         outcome.jobs = jobs
         return outcome
     only = set(args.only.split(",")) if args.only else None
+    unknown = sorted((only or set()) - {j["id"] for j in tuning + test_jobs(plan, setting)})
+    if unknown:
+        raise SystemExit(f"--only names no trial of this command: {', '.join(unknown)} (see --dry-run)")
     t0 = time.perf_counter()
     opts = runner.RayOptions(args.address, args.num_cpus, args.node_ip, plan.threads, args.parallel)
     with runner.TrialRunner(opts, log) as tr:

@@ -3,20 +3,24 @@
 `medium` is the default. Its budgets come from steps/s measured at its sizes on the project's
 2-core machine (MEASURED below: one BLAS thread, short runs, the machine shared with other work).
 A trial's training time is steps / (steps/s); an experiment's is the sum over its trials (per
-method and training set: 3 seeded runs plus 4 tuning trials of a quarter run = 4 runs' worth),
-halved by running two trials at once, plus per-trial overhead (worker start, data, evaluations;
-about 10 s for video, 30 s for text). The budgets below keep each experiment near 60-70 minutes
-of that estimate, leaving room inside 90 minutes for a loaded machine:
+method and training set: 3 seeded runs plus 3 tuning trials of a quarter run), halved by running
+two trials at once, plus per-trial overhead (worker start, data, evaluations; about 12 s for
+video, 30 s for text). Learners that update once per sequence (BPTT, TBPTT, UORO, ESN) finish
+their last sequence, so a short text run still costs a whole batch of sentences (about 230
+character or 55 word steps at batch 50).
 
-- bouncing, zeroshot: 0.71 s per step over the 7 methods (UORO 0.40 of it), 2 training sets x 4
-  runs x 1,200 steps = 6,800 core-s, plus ~1,250 s overhead: ~67 min with two at once.
-- continual: 10 phase-runs x 1,000 steps x 0.71 s = 7,100 core-s, plus ~800 s: ~66 min.
-- ptb: 2.3 s per character step and 5.8 s per word step over the 7 methods (UORO at H = 2,431 and
-  1,661 is 85% and 60% of it), 4 runs x (400 x 2.3 + 120 x 5.8) = 6,460 core-s, plus ~3,000 s of
-  overhead: ~79 min. That is about 0.2% of an epoch of characters and 0.3% of words, far from
-  the issue's aim: one epoch of characters (225,525 steps at batch 50) takes P-TNCN alone 3.2 hours
-  at 19.6 steps/s, and a quarter epoch of words (10,412 steps) 81 minutes at 2.15 steps/s, per
-  trial. Those budgets are the `full` scale's, for a cluster.
+- bouncing, zeroshot: 0.71 s per step over the 7 methods (UORO 0.40 of it); 2 training sets x
+  3.75 runs x 1,200 steps = 6,350 core-s, plus ~1,100 s overhead: ~62 min.
+- continual: 9.75 phase-runs x 1,000 steps x 0.71 s = 6,900 core-s, plus ~700 s: ~63 min.
+- ptb: 3.4 s per character step and 5.8 s per word step over the 7 methods; UORO at the matched
+  widths (H = 2,431 and 1,661) is 91% and 60% of it, and each of its character runs takes ~12
+  minutes for one batch of sentences. 200 character and 100 word steps make ~7,400 core-s of
+  training plus ~2,700 s of overhead: ~85 min, at the limit; on a loaded machine run it as two
+  commands, `--datasets char` (~50 min) and `--datasets word` (~35 min). That is about 0.1% of an
+  epoch of characters and 0.25% of words, far from the issue's aim: one epoch of characters
+  (225,525 steps at batch 50) takes P-TNCN alone 3.2 hours at 19.6 steps/s, and a quarter epoch
+  of words (10,412 steps) 81 minutes at 2.15 steps/s, per trial. Those budgets are the `full`
+  scale's, for a cluster. UORO's word trials peak near 5 GiB each.
 """
 from __future__ import annotations
 
@@ -74,10 +78,10 @@ SCALES = {
                    video_truncation=5, text_truncation=5, seeds=3, tune_trials=2),
     # Sized from MEASURED at 1 thread (two trials at a time); see the module docstring.
     "medium": Scale("medium", frame=64, sprites=2, seq_len=20, batch=16, video_steps=1200, continual_steps=1000,
-                    eval_batches=4, text_batch=50, text_max_len=0, char_steps=400, word_steps=120,
+                    eval_batches=4, text_batch=50, text_max_len=0, char_steps=200, word_steps=100,
                     text_eval_batches=2, ptncn_hidden=(256, 256), text_ptncn_hidden=(1000, 1000),
                     esn_max_hidden=2000, rtrl_hidden=8, rtrl_hidden_word=4,
-                    video_truncation=10, text_truncation=50, seeds=3, tune_trials=4),
+                    video_truncation=10, text_truncation=50, seeds=3, tune_trials=3),
     "full": Scale("full", frame=64, sprites=2, seq_len=20, batch=16, video_steps=20000, continual_steps=20000,
                   eval_batches=64, text_batch=50, text_max_len=0, char_steps=200000, word_steps=100000,
                   text_eval_batches=76, ptncn_hidden=(1024, 1024), text_ptncn_hidden=(1000, 1000),
@@ -90,11 +94,12 @@ DEFAULT_SCALE = "medium"
 # thread, the machine shared with other work, load 3-8 on 2 cores, so indicative). Widths: video
 # P-TNCN 2x256, Elman 411, ESN 863; text P-TNCN 2x1000, Elman 2,431 (chars) / 1,661 (words), ESN
 # 2,000 (cap). BPTT and UORO on characters diverge at the default baseline.weight_sd 0.1; their
-# speed is measured at 0.03 (a knob of their tuning space).
+# speed is measured at 0.03 (a knob of their tuning space). P-TNCN on characters ran at 19.6 at
+# load 3 and 6.2 at load 8 (sign units 5.3 at load 8, taken as tanh's).
 MEASURED = {
     "video": {"ptncn": 25.5, "ptncn_sign": 25.4, "bptt": 23.7, "tbptt": 51.0, "rtrl": 41.6, "uoro": 2.52,
               "esn": 6.89},
-    "char": {"ptncn": 19.6, "ptncn_sign": 19.0, "bptt": 7.35, "tbptt": 20.5, "rtrl": 1820.0, "uoro": 0.5,
+    "char": {"ptncn": 19.6, "ptncn_sign": 19.6, "bptt": 7.35, "tbptt": 20.5, "rtrl": 1820.0, "uoro": 0.32,
              "esn": 51.2},
     "word": {"ptncn": 2.15, "ptncn_sign": 2.15, "bptt": 1.42, "tbptt": 2.01, "rtrl": 17.2, "uoro": 0.29,
              "esn": 6.9},
