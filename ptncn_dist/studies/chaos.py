@@ -92,7 +92,8 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
         injector.join(180)
         _end_stopped(injector.injected)
         elapsed = time.monotonic() - t0
-        a, b = ref.engine.weights(), trainer.engine.weights()
+        # a fault that lands after the run's last step is recovered here, from the final checkpoint
+        a, b = ref.engine.weights(), trainer.recovery.guarded(trainer.engine.weights)
         trainer.close()
         ref.close()
     if injector.is_alive():
