@@ -1,5 +1,5 @@
-"""Paper-comparison experiments: P-TNCN against BPTT, truncated BPTT, RTRL, UORO and an echo
-state network, at matched parameter counts, on the data the P-TNCN paper uses.
+"""Paper-comparison experiments: P-TNCN against BPTT, truncated BPTT, RTRL, UORO, an echo state
+network and an LSTM, at matched parameter counts, on the data the P-TNCN paper uses.
 
     python experiments/compare.py bouncing                 # Bouncing MNIST and NotMNIST (medium scale)
     python experiments/compare.py ptb                      # Penn Treebank, chars and words

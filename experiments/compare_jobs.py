@@ -100,7 +100,8 @@ def model_job(plan: Plan, method: Method, seed: int, datasets: dict, phases: lis
     overrides += list(settings) + list(plan.inject.get(method.key, ()))
     shortest = min(p["steps"] for p in phases)
     overrides.append(f"train.log_every={max(1, shortest // 20)}")
-    label = {"rtrl": f"RTRL (tiny, H={hidden_text})", "tbptt": f"TBPTT (k={trunc})"}.get(method.key, method.label)
+    label = {"rtrl": f"RTRL (tiny, H={hidden_text})", "tbptt": f"TBPTT (k={trunc})",
+             "lstm": f"LSTM (k={trunc})"}.get(method.key, method.label)
     prefix = "tune-" if stage == "tune" else ""
     suffix = f"t{seed - TUNE_SEED}" if stage == "tune" else f"s{seed}"
     job = {"id": f"{prefix}{plan.experiment}-{method.key}-{'+'.join(p['name'] for p in phases)}-{suffix}",

@@ -1,12 +1,14 @@
 """compare.py's learners: which methods run, with their optimizer settings, and how wide each
-is: P-TNCN at the scale's widths, the Elman-type baselines and the ESN at the hidden size whose
-trained-parameter count is closest to P-TNCN's."""
+is: P-TNCN at the scale's widths, the Elman-type baselines, the ESN and the LSTM at the hidden
+size whose trained-parameter count is closest to P-TNCN's."""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ptncn_dist.baselines import lstm
+from ptncn_dist.baselines.config import BaselineSection
 from ptncn_dist.baselines.elman import param_shapes
 from ptncn_dist.layer import layer_specs
 
@@ -18,8 +20,8 @@ if TYPE_CHECKING:
 class Method:
     """A learner: model.type, how its width is chosen, and its own optimizer settings.
 
-    sizing: 'ptncn' (the scale's widths), 'elman' / 'esn' (hidden size whose trained-parameter
-    count is closest to P-TNCN's), 'tiny' (RTRL: the scale's tiny width, not matched).
+    sizing: 'ptncn' (the scale's widths), 'elman' / 'esn' / 'lstm' (hidden size whose
+    trained-parameter count is closest to P-TNCN's), 'tiny' (RTRL: the scale's tiny width, not matched).
     """
 
     key: str
@@ -38,6 +40,7 @@ METHODS = (
     Method("rtrl", "RTRL (tiny)", "rtrl", "tiny", ('optim.name="adam"', "optim.lr=0.01") + BASELINE_OPTIM),
     Method("uoro", "UORO", "uoro", "elman", ('optim.name="adam"', "optim.lr=0.001") + BASELINE_OPTIM),
     Method("esn", "ESN", "esn", "esn"),
+    Method("lstm", "LSTM", "lstm", "lstm", ('optim.name="adam"', "optim.lr=0.002") + BASELINE_OPTIM),
 )
 METHOD_KEYS = tuple(m.key for m in METHODS)
 PTNCN_OPTIM = ('optim.name="nag"', "optim.lr=0.075", "optim.momentum=0.95")
@@ -51,6 +54,12 @@ def ptncn_params(x_dim: int, hidden) -> int:
 def elman_params(x_dim: int, hidden: int) -> int:
     """An Elman baseline's trained weights and biases (BPTT, TBPTT, RTRL and UORO share them)."""
     return sum(math.prod(s) for s in param_shapes(x_dim, hidden).values())
+
+
+def lstm_params(x_dim: int, hidden: int, tokens: bool = False) -> int:
+    """The LSTM's trained weights: gates, output layer and (for tokens) the default-width embedding."""
+    shapes = lstm.param_shapes(x_dim, hidden, BaselineSection.embed, tokens)
+    return sum(math.prod(s) for s in shapes.values())
 
 
 def esn_params(x_dim: int, hidden: int) -> int:
@@ -85,6 +94,8 @@ def method_width(method: Method, scale: Scale, x_dim: int, text: bool = False, w
         h = matched_hidden(esn_params, x_dim, target)
         if h > scale.esn_max_hidden:
             return [f"baseline.hidden={scale.esn_max_hidden}"], f"{scale.esn_max_hidden} (cap)"
+    elif method.sizing == "lstm":
+        h = matched_hidden(lambda x, n: lstm_params(x, n, text), x_dim, target)
     else:
         h = matched_hidden(elman_params, x_dim, target)
     return [f"baseline.hidden={h}"], str(h)

@@ -9,14 +9,14 @@ video, 30 s for text). Learners that update once per sequence (BPTT, TBPTT, UORO
 their last sequence, so a short text run still costs a whole batch of sentences (about 230
 character or 55 word steps at batch 50).
 
-- bouncing, zeroshot: 0.71 s per step over the 7 methods (UORO 0.40 of it); 2 training sets x
-  3.75 runs x 1,200 steps = 6,350 core-s, plus ~1,100 s overhead: ~62 min.
-- continual: 9.75 phase-runs x 1,000 steps x 0.71 s = 6,900 core-s, plus ~700 s: ~63 min.
-- ptb: 3.4 s per character step and 5.8 s per word step over the 7 methods; UORO at the matched
-  widths (H = 2,431 and 1,661) is 91% and 60% of it, and each of its character runs takes ~12
-  minutes for one batch of sentences. 200 character and 100 word steps make ~7,400 core-s of
-  training plus ~2,700 s of overhead: ~85 min, at the limit; on a loaded machine run it as two
-  commands, `--datasets char` (~50 min) and `--datasets word` (~35 min). That is about 0.1% of an
+- bouncing, zeroshot: 0.74 s per step over the 8 methods (UORO 0.40 of it); 2 training sets x
+  3.75 runs x 1,200 steps = 6,700 core-s, plus ~1,200 s overhead: ~66 min.
+- continual: 9.75 phase-runs x 1,000 steps x 0.74 s = 7,250 core-s, plus ~800 s: ~67 min.
+- ptb: 3.5 s per character step and 6.0 s per word step over the 8 methods; UORO at the matched
+  widths (H = 2,431 and 1,661) is 90% and 58% of it, and each of its character runs takes ~12
+  minutes for one batch of sentences. 200 character and 100 word steps make ~7,600 core-s of
+  training plus ~3,100 s of overhead: ~89 min, at the limit; on a loaded machine run it as two
+  commands, `--datasets char` (~50 min) and `--datasets word` (~40 min). That is about 0.1% of an
   epoch of characters and 0.25% of words, far from the issue's aim: one epoch of characters
   (225,525 steps at batch 50) takes P-TNCN alone 3.2 hours at 19.6 steps/s, and a quarter epoch
   of words (10,412 steps) 81 minutes at 2.15 steps/s, per trial. Those budgets are the `full`
@@ -92,15 +92,15 @@ DEFAULT_SCALE = "medium"
 
 # Steps/s per method at the medium sizes (experiments/compare_speed.py: 60-300 step runs, 1 BLAS
 # thread, the machine shared with other work, load 3-8 on 2 cores, so indicative). Widths: video
-# P-TNCN 2x256, Elman 411, ESN 863; text P-TNCN 2x1000, Elman 2,431 (chars) / 1,661 (words), ESN
-# 2,000 (cap). BPTT and UORO on characters diverge at the default baseline.weight_sd 0.1; their
+# P-TNCN 2x256, Elman 411, ESN 863, LSTM 167; text P-TNCN 2x1000, Elman 2,431 (chars) / 1,661
+# (words), ESN 2,000 (cap), LSTM 1,201 / 1,955. BPTT and UORO on characters diverge at the default baseline.weight_sd 0.1; their
 # speed is measured at 0.03 (a knob of their tuning space). P-TNCN on characters ran at 19.6 at
 # load 3 and 6.2 at load 8 (sign units 5.3 at load 8, taken as tanh's).
 MEASURED = {
     "video": {"ptncn": 25.5, "ptncn_sign": 25.4, "bptt": 23.7, "tbptt": 51.0, "rtrl": 41.6, "uoro": 2.52,
-              "esn": 6.89},
+              "esn": 6.89, "lstm": 27.1},
     "char": {"ptncn": 19.6, "ptncn_sign": 19.6, "bptt": 7.35, "tbptt": 20.5, "rtrl": 1820.0, "uoro": 0.32,
-             "esn": 51.2},
+             "esn": 51.2, "lstm": 30.9},
     "word": {"ptncn": 2.15, "ptncn_sign": 2.15, "bptt": 1.42, "tbptt": 2.01, "rtrl": 17.2, "uoro": 0.29,
-             "esn": 6.9},
+             "esn": 6.9, "lstm": 4.46},
 }

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     p.add_argument("--scale", default="medium", choices=tuple(SCALES))
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--methods", default=",".join(METHOD_KEYS))
-    p.add_argument("--datasets", default="mnist")
+    p.add_argument("--datasets", default="mnist,char,word", help="bouncing: mnist,notmnist; ptb: char,word")
     p.add_argument("--data", default="../shared/data")
     args = p.parse_args(argv)
     pin_blas(1)

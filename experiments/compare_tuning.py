@@ -6,7 +6,8 @@ trial's setting is what the seeded test runs use and what the tables show.
 P-TNCN's space starts from experiments/results/tuning/results.md: the authors' Nesterov 0.075 /
 0.95, Adam 3e-4 (best on Bouncing MNIST there), Nesterov 0.15 and a weaker correction (beta
 0.03). The baselines' spaces span the pilot sweep's Adam rates and clip norms; the ESN's, its
-spectral radius and ridge penalty. The Elman learners' initial weight spread is a knob too: at
+spectral radius and ridge penalty (on text, where its readout is a softmax regression trained by
+optimizer steps, its learning rate instead of the ridge). The Elman learners' initial weight spread is a knob too: at
 the widths matched to 2 x 1000 P-TNCN units (H ~ 2,400) the default 0.1 makes BPTT and UORO
 diverge on PTB characters within a sentence.
 """
@@ -41,15 +42,19 @@ SPACES = {  # per method: factors, each a tuple of levels (override tuples); the
     "rtrl": (adam(0.01, 0.003, 0.001),) + ELMAN_KNOBS,
     "uoro": (adam(0.001, 0.003, 0.01),) + ELMAN_KNOBS,
     "esn": (levels("baseline.esn_spectral_radius", 0.9, 0.5, 1.2), levels("baseline.esn_ridge", 0.0001, 0.01, 1.0)),
+    "lstm": (adam(0.002, 0.001, 0.005), levels("baseline.clip_norm", 5.0, 1.0)),
+    # on text the ESN's readout is a softmax regression taking optimizer steps: its rate is a knob
+    "esn_text": (adam(0.003, 0.01, 0.001), levels("baseline.esn_spectral_radius", 0.9, 0.5, 1.2)),
 }
 
 
-def candidates(method: str, n: int) -> list[tuple]:
+def candidates(method: str, n: int, text: bool = False) -> list[tuple]:
     """`n` settings of `method`: the first all default levels, the rest a Latin hypercube over the
     factors' levels (each level of a factor used about equally often, paired by a fixed shuffle)."""
-    rng = random.Random(f"compare-tune-{method}")
+    space = f"{method}_text" if text and f"{method}_text" in SPACES else method
+    rng = random.Random(f"compare-tune-{space}")
     columns = []
-    for lv in SPACES[method]:
+    for lv in SPACES[space]:
         col = [lv[i % len(lv)] for i in range(1, n)]
         rng.shuffle(col)
         columns.append([lv[0]] + col)
@@ -66,7 +71,7 @@ def tune_jobs(plan: Plan, st: Setting) -> list:
             s.continual_steps if plan.experiment == "continual" else s.video_steps)
         phases = [{"name": name, "data": name, "steps": max(1, int(full * s.tune_fraction))}]
         for m in plan.methods:
-            for i, setting in enumerate(candidates(m.key, s.tune_trials)):
+            for i, setting in enumerate(candidates(m.key, s.tune_trials, text)):
                 jobs.append(model_job(plan, m, TUNE_SEED + i, st.datasets, phases, [name], st.x_dims[name],
                                       text=text, word=name == "word", settings=setting, stage="tune"))
     return jobs

@@ -22,7 +22,7 @@ from conftest import DATA, REPO
 pytestmark = pytest.mark.slow
 
 EXPERIMENTS_DIR = REPO / "experiments"
-LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn")
+LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn", "lstm")
 RAY = ("--num-cpus", "2", "--node-ip", "127.0.0.2", "--parallel", "2")
 
 
@@ -154,7 +154,7 @@ def check_learners(rows: list[dict], metric: str, table: str, **match) -> None:
         hits = [r for r in rows if r["method"] == method and all(r[k] == v for k, v in match.items())]
         assert finite(hits, metric), (method, match)
         assert finite(hits, "params") and finite(hits, "peak_rss_mib") and finite(hits, "wall_s")
-    for label in ("P-TNCN (tanh)", "P-TNCN (sign)", "BPTT", "TBPTT", "RTRL (tiny", "UORO", "ESN"):
+    for label in ("P-TNCN (tanh)", "P-TNCN (sign)", "BPTT", "TBPTT", "RTRL (tiny", "UORO", "ESN", "LSTM (k="):
         assert f"| {label}" in table, label
 
 
