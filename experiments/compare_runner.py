@@ -79,7 +79,7 @@ class TrialRunner:
     never starts Ray) and stopped by `close`."""
 
     def __init__(self, opts: RayOptions, log=print):
-        self.opts, self.log, self.started, self.joined = opts, log, False, False
+        self.opts, self.log, self.joined = opts, log, False
         self.parallel = opts.parallel
 
     def _start(self) -> None:
