@@ -257,8 +257,17 @@ def run_spec(spec: dict) -> dict:
     except Exception as exc:
         out = {"status": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
     out.update(start=start, end=time.time(), wall_s=time.perf_counter() - t0, peak_rss_mib=rss_mib(),
-               host=os.uname().nodename, pid=os.getpid())
+               host=os.uname().nodename, node_ip=node_ip(), pid=os.getpid())
     return out
+
+
+def node_ip() -> str | None:
+    """The Ray node address this trial ran on (None outside Ray)."""
+    try:
+        import ray
+        return ray.util.get_node_ip_address() if ray.is_initialized() else None
+    except ImportError:
+        return None
 
 
 def main(argv: list[str]) -> int:

@@ -68,6 +68,7 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     meta["trials"] = [{"id": job["id"], "key": job["key"], "stage": job.get("stage"), "status": res.get("status"),
                        "wall_s": round(res.get("wall_s") or 0, 3), "peak_rss_mib": round(res.get("peak_rss_mib") or 0, 1),
                        "start": res.get("start"), "end": res.get("end"), "host": res.get("host"),
+                       "node_ip": res.get("node_ip"),
                        "settings": job.get("settings", []), "overrides": job["overrides"]}
                       for job, res in done]
     meta["failed"] = [jid for jid, _ in failed]

@@ -76,7 +76,8 @@ def test_runner_runs_two_trials_at_once_and_writes_results(finished):
     assert meta["seeds"] == [0] and {"python", "numpy", "ray"} <= set(meta["software"])
     assert meta["machine"]["cpu_count"] >= 1 and meta["git"]["commit"]
     spans = sorted((t["start"], t["end"]) for t in meta["trials"])
-    assert len(spans) == 5 and all(t["status"] == "ok" and t["peak_rss_mib"] > 0 for t in meta["trials"])
+    assert len(spans) == 5 and all(t["status"] == "ok" and t["peak_rss_mib"] > 0 and t["node_ip"] == "127.0.0.2"
+                                   for t in meta["trials"])
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), f"no two trials overlapped: {spans}"
     assert len(list((out / "trials").glob("*.json"))) == 5
     for name in ("results.md", "results.csv", "bouncing_bce.png", "loss_by_position.png"):
