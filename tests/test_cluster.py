@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ptncn_dist.local_cluster import LocalCluster
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -56,15 +55,6 @@ def test_spread_and_explicit_equal_local(cluster, tmp_path):
         np.testing.assert_allclose(pinned[k], local[k], atol=1e-9, rtol=0, err_msg=k)
 
 
-def test_stop_leaves_nothing(tmp_path):
-    c = LocalCluster(nodes=2, cpus_per_node=1).start()
-    pids = dict(c.pids)
-    c.stop()
-    for pid in pids.values():
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-
-
 def test_tune_study_runs_its_trials_on_the_cluster(cluster, tmp_path):
     """`ptncn tune --address` joins the cluster: with one CPU per node, three one-CPU trials
     started together land on different nodes, all on loopback."""
@@ -81,3 +71,13 @@ def test_tune_study_runs_its_trials_on_the_cluster(cluster, tmp_path):
     ips = {r["node_ip"] for r in rows}
     assert len(rows) == 3 and all(r["status"] == "ok" for r in rows)
     assert ips <= {"127.0.0.2", "127.0.0.3", "127.0.0.4"} and len(ips) >= 2
+
+
+def test_stop_leaves_nothing(cluster):
+    """Last in this module: stopping the module's cluster leaves none of its processes."""
+    pids = dict(cluster.pids)
+    assert len(pids) == 3
+    cluster.stop()
+    for pid in pids.values():
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
