@@ -83,12 +83,12 @@ def test_other_transports_recover_exactly(tmp_path, transport):
     """The drill on the compiled graph (the links are the default, above; actor calls recover
     exactly in tests/test_storage.py, killed, and tests/test_hung.py, stopped): a killed actor
     closes a compiled graph, which is torn down and rebuilt with the layers. Seed 7 puts the
-    fault near step 75 of 200."""
+    fault near step 45 of 120."""
     ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
              log_to_driver=False, configure_logging=False)
     try:
         sets = ["engine.compiled=true"] if transport == "compiled" else ['engine.transport="calls"']
-        cfg = load(None, SETS + ['engine.name="ray"', *sets, "train.steps=200", "model.hidden=[32,24]"])
+        cfg = load(None, SETS + ['engine.name="ray"', *sets, "train.steps=120", "model.hidden=[32,24]"])
         res = chaos.drill(cfg, faults=1, seed=7, run_dir=str(tmp_path), log=lambda *_: None)
     finally:
         shutdown_ray()

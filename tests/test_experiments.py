@@ -153,7 +153,7 @@ def finite(rows: list[dict], field: str) -> bool:
 
 LABELS = {"ptncn": "P-TNCN (tanh)", "ptncn_sign": "P-TNCN (sign)", "bptt": "BPTT", "tbptt": "TBPTT",
           "rtrl": "RTRL (tiny", "uoro": "UORO", "esn": "ESN", "lstm": "LSTM (k="}
-FEW = ("ptncn", "tbptt")  # the experiments whose own logic is method-agnostic run two learners
+FEW = ("ptncn",)  # zeroshot and continual: their own logic is method-agnostic (every learner runs in bouncing)
 
 
 def check_learners(rows: list[dict], metric: str, table: str, learners=LEARNERS, **match) -> None:

@@ -10,7 +10,7 @@ from ptncn_dist.studies.scaling import sweep
 
 @pytest.mark.slow
 def test_sweep_rows_and_cost_model(tmp_path):
-    engines = ("local_1thread", "ray_exact_tcp", "ray_pipelined_tcp")
+    engines = ("local_1thread", "ray_exact_tcp")
     rows = sweep([((8, 8), 4, 16), ((8,), 4, 16)], engines, 0.2, 0, str(tmp_path), log=lambda *_: None)
     assert [(r["hidden"], r["engine"]) for r in rows] == [(h, e) for h in ("8x8", "8") for e in engines]
     for r in rows:
@@ -22,4 +22,4 @@ def test_sweep_rows_and_cost_model(tmp_path):
         assert len(list(csv.DictReader(fh))) == len(rows)
     model = fit_cost_model(rows)
     checks = validate(model, rows)
-    assert len(checks) == 4 and all(c["predicted_steps_per_s"] > 0 for c in checks)
+    assert len(checks) == 2 and all(c["predicted_steps_per_s"] > 0 for c in checks)
