@@ -17,7 +17,7 @@ character or 55 word steps at batch 50).
   minutes for one batch of sentences. 200 character and 100 word steps make ~7,600 core-s of
   training plus ~3,100 s of overhead: ~89 min, at the limit; on a loaded machine run it as two
   commands, `--datasets char` (~50 min) and `--datasets word` (~40 min). That is about 0.1% of an
-  epoch of characters and 0.25% of words, far from the issue's aim: one epoch of characters
+  epoch of characters and 0.25% of words, far from a meaningful PTB budget: one epoch of characters
   (225,525 steps at batch 50) takes P-TNCN alone 3.2 hours at 19.6 steps/s, and a quarter epoch
   of words (10,412 steps) 81 minutes at 2.15 steps/s, per trial. Those budgets are the `full`
   scale's, for a cluster. UORO's word trials peak near 5 GiB each.
