@@ -14,6 +14,7 @@ import pytest
 from ptncn_dist import checkpoint, storage
 from ptncn_dist.checkpoint import CheckpointWriteError
 from ptncn_dist.errors import CheckpointError, ConfigError
+from test_checkpoint import write
 
 pytest.importorskip("moto.server")
 pafs = pytest.importorskip("pyarrow.fs")
@@ -76,14 +77,6 @@ def s3(s3_endpoint):
 def obj(loc):
     """(filesystem, path) of a location, to damage objects behind the code's back."""
     return storage.resolve(loc)
-
-
-def write(root, step, value, hash_="h"):
-    d = checkpoint.checkpoint_dir(root, step)
-    shards = [checkpoint.write_shard(d, f"layer-{l}.msgpack", {"params": {"M": np.full((3, 2), value + l)}})
-              for l in (1, 2)]
-    checkpoint.write_manifest(d, step=step, position={"batch": step, "t": 0}, config_hash=hash_, shards=shards)
-    return d
 
 
 def test_locations_join_name_and_check():
