@@ -6,6 +6,8 @@ Every finished trial is written at once, atomically, to TRIALS/<key>.json (key: 
 trial's whole config, compare_jobs.job_key); a trial whose file exists with status ok is not run
 again unless named in `only`. A local Ray is started on a loopback address (127.0.0.x) with the
 dashboard off and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
+Called in a process whose Ray session is already up (a notebook, a test module), it runs its
+trials there and leaves that session running.
 """
 from __future__ import annotations
 
@@ -79,14 +81,17 @@ class TrialRunner:
     never starts Ray) and stopped by `close`."""
 
     def __init__(self, opts: RayOptions, log=print):
-        self.opts, self.log, self.joined = opts, log, False
+        self.opts, self.log, self.joined, self.owned = opts, log, False, False
         self.parallel = opts.parallel
 
     def _start(self) -> None:
         import ray
         from ray import cloudpickle
         cloudpickle.register_pickle_by_value(compare_job)
-        if self.opts.address:
+        self.owned = not ray.is_initialized()
+        if not self.owned:
+            self.log("using this process's running Ray session")
+        elif self.opts.address:
             ray.init(address=self.opts.address, log_to_driver=False, configure_logging=False)
         else:
             for attempt in range(START_ATTEMPTS):
@@ -104,10 +109,10 @@ class TrialRunner:
             self.parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // self.opts.threads))
 
     def close(self) -> None:
-        if self.joined:
+        if self.joined and self.owned:
             from ptncn_dist.engines.placement import shutdown_ray
             shutdown_ray()
-            self.joined = False
+        self.joined = False
 
     def __enter__(self) -> "TrialRunner":
         return self

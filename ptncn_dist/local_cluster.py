@@ -160,6 +160,15 @@ class LocalCluster:
         self.pids.pop(i, None)
         self.procs.pop(i, None)
 
+    def restart_node(self, i: int, timeout: float = 60.0) -> None:
+        """Start node i again after `stop_node` (same address and resources, new processes);
+        returns once the cluster has all its nodes alive again."""
+        if i in self.pids:
+            raise RuntimeError(f"ray node {i} ({self.ip(i)}) is still running")
+        self._start_node(i)
+        self._wait_started(i, timeout)
+        self.wait_nodes(self.n, timeout)
+
     def stop(self) -> None:
         """Stop every node this object started, workers first."""
         for i in sorted(self.pids, reverse=True):

@@ -26,10 +26,10 @@ def need_data(*parts):
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cluster():
-    """A real 3-node Ray cluster on 127.0.0.2-4 for one test module, stopped by pid even when a
-    test fails."""
+    """A real 3-node Ray cluster on 127.0.0.2-4, shared by the test modules that need one (a test
+    that stops a node starts it again), stopped by pid at the end even when a test fails."""
     c = LocalCluster(nodes=3, cpus_per_node=1)
     try:
         c.start()

