@@ -1,4 +1,5 @@
-"""Shared test fixtures: where ../shared lives, and golden files."""
+"""Shared test fixtures: where ../shared lives, golden files, a local Ray session and a cluster."""
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,6 +25,20 @@ def need_data(*parts):
     if not path.exists():
         pytest.skip(f"{path} is not present")
     return path
+
+
+@contextlib.contextmanager
+def local_ray(num_cpus: int = 4, ip: str = "127.0.0.2", **kwargs):
+    """A private single-node Ray session on a loopback address, dashboard off; stopped (after a
+    garbage collection, see shutdown_ray) even when the body fails."""
+    import ray
+    from ptncn_dist.engines.placement import shutdown_ray
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address=ip,
+             log_to_driver=False, configure_logging=False, **kwargs)
+    try:
+        yield ray
+    finally:
+        shutdown_ray()
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import DATA, REPO, need_data
+from conftest import DATA, REPO, local_ray, need_data
 from ptncn_dist import metrics, references
 from ptncn_dist.config import load
-from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.data import open_streams
 from ptncn_dist.data.batch import Batch
 from ptncn_dist.engines.factory import build_engine
@@ -188,13 +187,8 @@ def test_text_loss_by_position_and_evaluations_at_sentence_ends(tmp_path):
 
 @pytest.fixture(scope="module")
 def private_ray():
-    import ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.5",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(2, "127.0.0.5") as ray:
         yield ray
-    finally:
-        shutdown_ray()
 
 
 @pytest.mark.parametrize("extra", [[], ['engine.transport="calls"', "engine.compiled=true"]],

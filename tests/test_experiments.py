@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, REPO
+from conftest import DATA, REPO, local_ray
 
 pytestmark = pytest.mark.slow
 
@@ -45,14 +45,8 @@ import compare_methods  # noqa: E402  (importable once compare.py has put experi
 @pytest.fixture(scope="module")
 def ray_up():
     """One Ray session for this module's later runs (2 CPUs, 127.0.0.2, no dashboard)."""
-    import ray
-    from ptncn_dist.engines.placement import shutdown_ray
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(2):
         yield
-    finally:
-        shutdown_ray()
 
 
 @pytest.fixture(autouse=True)

@@ -7,13 +7,12 @@ import time
 
 import numpy as np
 import pytest
-import ray
 
 from ptncn_dist.config import load
 from ptncn_dist.engines.heartbeat import LayerHung
-from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.errors import ConfigError
 from ptncn_dist.train import Trainer
+from conftest import local_ray
 
 HUNG_AFTER = 4.0
 SETS = ["model.hidden=[32,24,16]", "data.frame=32", "data.batch=4", "data.seq_len=10", 'model.dtype="float64"',
@@ -25,12 +24,8 @@ SETS = ["model.hidden=[32,24,16]", "data.frame=32", "data.batch=4", "data.seq_le
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(4):
         yield
-    finally:
-        shutdown_ray()
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import numpy as np
 import pytest
 import ray
 
-from conftest import golden_files
+from conftest import golden_files, local_ray
 from test_divergence import every_checkpoint_is_finite, run_poisoned
 from ptncn_dist.config import load
-from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.data import open_streams
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
@@ -20,10 +19,8 @@ from ptncn_dist.train import Trainer
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False,
-             configure_logging=False)
-    yield
-    shutdown_ray()
+    with local_ray(4):
+        yield
 
 
 def small(hidden, extra=()):

@@ -4,15 +4,14 @@ one step agrees with an independent NumPy program, and the forecasting protocol 
 step t never depends on x[t] or later frames)."""
 import numpy as np
 import pytest
-import ray
 
 from ptncn_dist.config import load
-from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.errors import ConfigError
 from ptncn_dist.layer import init_params, layer_specs
 from ptncn_dist.optim import OptimConfig
+from conftest import local_ray
 
 X_DIM, T, B = 10, 6, 3
 VARIANTS = {
@@ -211,10 +210,8 @@ def test_one_step_equals_an_independent_numpy_program():
 
 @pytest.fixture(scope="module")
 def ray_session():
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2", log_to_driver=False,
-             configure_logging=False)
-    yield
-    shutdown_ray()
+    with local_ray(4):
+        yield
 
 
 def ray_weights(hidden, extra):
