@@ -99,6 +99,9 @@ def test_layer_hung_names_the_layer_and_carries_its_silence():
     assert str(exc) == ("layer 3 (pid 4242 on 127.0.0.3) sent no heartbeat for 12.3 s "
                         "(engine.hung_after_s = 10, 57 steps run): stopped or hung")
     assert exc.detection_s == 12.34 and exc.layer == 3
+    never = LayerHung(Beat(2, 11.0), 10.0)
+    assert str(never) == ("layer 2 (its process never beat) sent no heartbeat for 11.0 s "
+                          "(engine.hung_after_s = 10): stopped or hung")
 
 
 @pytest.mark.parametrize("sets, key", [(["engine.heartbeat_s=0"], "engine.heartbeat_s"),

@@ -50,7 +50,8 @@ class LayerHung(Exception):
 
     def __init__(self, beat: Beat, hung_after_s: float):
         steps = f", {beat.steps} steps run" if beat.steps >= 0 else ""
-        super().__init__(f"layer {beat.layer} (pid {beat.pid} on {beat.ip}) sent no heartbeat for {beat.age_s:.1f} s "
+        where = f"pid {beat.pid} on {beat.ip}" if beat.pid else "its process never beat"
+        super().__init__(f"layer {beat.layer} ({where}) sent no heartbeat for {beat.age_s:.1f} s "
                          f"(engine.hung_after_s = {hung_after_s:g}{steps}): stopped or hung")
         self.beat, self.layer, self.detection_s = beat, beat.layer, beat.age_s
 
