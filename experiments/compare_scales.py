@@ -10,7 +10,9 @@ their last sequence, so a short text run still costs a whole batch of sentences 
 character or 55 word steps at batch 50).
 
 - bouncing, zeroshot: 0.74 s per step over the 8 methods (UORO 0.40 of it); 2 training sets x
-  3.75 runs x 1,200 steps = 6,700 core-s, plus ~1,200 s overhead: ~66 min.
+  3.75 runs x 1,200 steps = 6,700 core-s, plus ~1,200 s overhead: ~66 min. Measured alone on the
+  machine, the bouncing experiment took 27.7 min (P-TNCN 48 steps/s, UORO 8.1): the MEASURED
+  rates below were taken under load and are 2-3 times low.
 - continual: 9.75 phase-runs x 1,000 steps x 0.74 s = 7,250 core-s, plus ~800 s: ~67 min.
 - ptb: 3.5 s per character step and 6.0 s per word step over the 8 methods; UORO at the matched
   widths (H = 2,431 and 1,661) is 90% and 58% of it, and each of its character runs takes ~12
