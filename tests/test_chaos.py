@@ -14,7 +14,7 @@ import pytest
 import ray
 from ray.actor import ActorHandle
 
-from conftest import REPO
+from conftest import REPO, local_ray
 from ptncn_dist.studies import chaos
 from ptncn_dist.config import load
 from ptncn_dist.engines.placement import shutdown_ray
@@ -34,15 +34,11 @@ def reference_weights(steps):
 
 
 def test_killed_layer_actors_recover_exactly(tmp_path):
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(4):
         cfg = load(None, SETS + ['engine.name="ray"', "train.steps=600"])
         res = chaos.drill(cfg, faults=3, seed=1, run_dir=str(tmp_path), log=lambda *_: None)
         gc.collect()
         leftover = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (ray.ObjectRef, ActorHandle))]
-    finally:
-        shutdown_ray()
     # nothing keeps the failed calls' refs or the closed actors' handles once the run is over
     assert leftover == []
     assert res["faults_injected"] == 3 and res["recoveries"] == 3
@@ -84,14 +80,10 @@ def test_other_transports_recover_exactly(tmp_path, transport):
     exactly in tests/test_storage.py, killed, and tests/test_hung.py, stopped): a killed actor
     closes a compiled graph, which is torn down and rebuilt with the layers. Seed 7 puts the
     fault near step 45 of 120."""
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(4):
         sets = ["engine.compiled=true"] if transport == "compiled" else ['engine.transport="calls"']
         cfg = load(None, SETS + ['engine.name="ray"', *sets, "train.steps=120", "model.hidden=[32,24]"])
         res = chaos.drill(cfg, faults=1, seed=7, run_dir=str(tmp_path), log=lambda *_: None)
-    finally:
-        shutdown_ray()
     assert res["faults_injected"] == 1 and res["recoveries"] == 1
     assert res["max_final_weight_difference"] == 0.0
 

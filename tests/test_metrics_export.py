@@ -8,10 +8,9 @@ import urllib.request
 
 import numpy as np
 import pytest
-import ray
 
 from ptncn_dist.config import load
-from ptncn_dist.engines.placement import shutdown_ray
+from conftest import local_ray
 from ptncn_dist.engines.factory import build_engine
 
 pytest.importorskip("aiohttp", reason="the Ray metrics agent comes with ray[default]")
@@ -38,10 +37,7 @@ def scrape(url: str) -> dict:
 
 def test_layer_metrics_reach_a_prometheus_scrape():
     port = free_port("127.0.0.2")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False, _metrics_export_port=port,
-             _system_config={"metrics_report_interval_ms": 500})
-    try:
+    with local_ray(4, _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 500}):
         cfg = load(None, ["model.hidden=[12, 8]", 'engine.name="ray"', "engine.cpus_per_layer=0.5"])
         engine = build_engine(cfg, 16, "frames")
         try:
@@ -56,8 +52,6 @@ def test_layer_metrics_reach_a_prometheus_scrape():
                 time.sleep(0.5)
         finally:
             engine.close()
-    finally:
-        shutdown_ray()
     for l, st in enumerate(stats, start=1):
         assert seen.get(("ptncn_layer_steps_total", l)) == 7, sorted(seen)
         assert seen[("ptncn_layer_bytes_sent_total", l)] == st["sent_bytes"] > 0

@@ -14,6 +14,7 @@ import pytest
 from ptncn_dist import checkpoint, storage
 from ptncn_dist.checkpoint import CheckpointWriteError
 from ptncn_dist.errors import CheckpointError, ConfigError
+from conftest import local_ray
 from test_checkpoint import write
 
 pytest.importorskip("moto.server")
@@ -209,17 +210,13 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
     weights. A second Trainer (one process: the config hash leaves the engine out) then resumes
     that stopped run from S3 alone and continues it, again exactly, and `ptncn export RUN_DIR`
     reads the run's weights back from its S3 root. About 40 s on 2 busy cores."""
-    import ray
     from ptncn_dist.config import load
-    from ptncn_dist.engines.placement import shutdown_ray
     from ptncn_dist.studies.chaos import kill_actor_process
     from ptncn_dist.train import Trainer
 
     root = s3("run")
     sets = SETS + [f'train.checkpoint_dir="{root}"']
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
-    try:
+    with local_ray(2):
         trainer = Trainer(load(None, sets + ['engine.name="ray"', "train.steps=40"]), str(tmp_path),
                           log=lambda *_: None)
         killed = []
@@ -249,8 +246,6 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
         finally:
             second.close()
         assert [storage.basename(p) for p in checkpoint.list_checkpoints(root)][-1] == "ckpt-0000000060"
-    finally:
-        shutdown_ray()
     assert_same(first, reference_weights(40))
     assert_same(resumed, reference_weights(60))
     from ptncn_dist.cli import main
