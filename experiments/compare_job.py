@@ -40,15 +40,19 @@ PHASE_SEED_STRIDE = 10_007
 REFERENCE_BATCHES = 50
 
 
-def config_for(spec: dict, dataset: str, steps: int = 1, seed_offset: int = 0):
-    """The validated Config of `spec` on `dataset`, training `steps` steps with the data seed
-    moved by `seed_offset` (later phases see fresh training batches), evaluating the held-out
-    stream `curve_points` times along the way."""
+def config_for(spec: dict, dataset: str, steps: int = 1, seed_offset: int = 0, minutes: float = 0.0):
+    """The validated Config of `spec` on `dataset`, training `steps` steps (or until `minutes` of
+    training time, when given) with the data seed moved by `seed_offset` (later phases see fresh
+    training batches), evaluating the held-out stream `curve_points` times along the way."""
     points = int(spec.get("curve_points", 0))
     overrides = list(spec["overrides"]) + list(spec["datasets"][dataset]) + [
         f"train.steps={int(steps)}", f"train.seed={int(spec['seed']) + seed_offset}",
-        f"train.eval_every={max(1, int(steps) // points) if points else 0}",
         f"train.eval_batches={int(spec.get('eval_batches', 1))}"]
+    if minutes:
+        overrides += [f"train.max_minutes={minutes}", "train.eval_every=0",
+                      f"train.eval_every_minutes={minutes / points if points else 0}"]
+    else:
+        overrides.append(f"train.eval_every={max(1, int(steps) // points) if points else 0}")
     return load(None, overrides)
 
 
@@ -57,12 +61,13 @@ def split_of(spec: dict) -> str:
 
 
 class Curve:
-    """The held-out loss at each evaluation of a phase, with training seconds (the sum of each
-    logged window's steps over its steps/s, which leaves evaluations out) and wall seconds."""
+    """The held-out loss at each evaluation of a phase, with training seconds (the trainer's own
+    count when its records carry one, else the sum of each logged window's steps over its steps/s;
+    both leave evaluations out) and wall seconds."""
 
     def __init__(self, t0: float):
         self.t0, self.train_s, self.last_step, self.points = t0, 0.0, 0, []
-        self.first, self.last = None, None
+        self.base, self.first, self.last = 0.0, None, None
 
     def __call__(self, rec: dict) -> None:
         step = int(rec.get("step", 0))
@@ -70,7 +75,9 @@ class Curve:
         if held_out:
             self.first = self.first or held_out
             self.last = held_out
-        if rec.get("steps_per_s"):
+        if "train_s" in rec:
+            self.train_s = self.base + rec["train_s"]
+        elif rec.get("steps_per_s"):
             self.train_s += (step - self.last_step) / rec["steps_per_s"]
             self.last_step = step
         loss = rec.get("test_bce", rec.get("test_nll"))
@@ -82,6 +89,7 @@ class Curve:
     def offset(self, train_s: float) -> "Curve":
         """Continue the training clock of an earlier phase."""
         self.train_s += train_s
+        self.base = self.train_s
         return self
 
 
@@ -141,7 +149,7 @@ def run_model(spec: dict) -> dict:
     """Train one model through the phases, evaluating after each (and before the first)."""
     seed, nb, split = int(spec["seed"]), int(spec["eval_batches"]), split_of(spec)
     first = spec["phases"][0]
-    base = config_for(spec, first["data"], first["steps"])
+    base = config_for(spec, first["data"], first["steps"], minutes=first.get("minutes", 0.0))
     tp = base.model.t_prime
     streams = {name: open_streams(config_for(spec, name).data, seed, split) for name in spec["evals"]}
     curve = Curve(time.perf_counter())
@@ -156,7 +164,7 @@ def run_model(spec: dict) -> dict:
     out["rss_before_train_mib"] = rss_mib()
     for k, phase in enumerate(spec["phases"]):
         if k > 0:
-            cfg = config_for(spec, phase["data"], phase["steps"], PHASE_SEED_STRIDE * k)
+            cfg = config_for(spec, phase["data"], phase["steps"], PHASE_SEED_STRIDE * k, phase.get("minutes", 0.0))
             curve = Curve(time.perf_counter()).offset(curve.train_s)
             trainer = Trainer(cfg, None, engine=engine, log=lambda *a: None, on_record=curve)
             trainer.streams = open_streams(cfg.data, cfg.train.seed, split)
@@ -165,7 +173,7 @@ def run_model(spec: dict) -> dict:
         if k == 0 and own in streams:
             out["initial"][own], evals[own] = curve.first, curve.last
         rec = {"name": phase["name"], "train_data": phase["data"], "steps": result.steps,
-               "train_s": result.steps / max(result.steps_per_s, 1e-12),
+               "train_s": result.train_s or result.steps / max(result.steps_per_s, 1e-12),
                "train_stream": trainer.streams.description,
                "items_seen": items_seen(trainer), "curve": curve.points,
                "evals": {name: evals[name] for name in streams}}
@@ -175,7 +183,8 @@ def run_model(spec: dict) -> dict:
             rec["evals_nocorr"] = eval_all(copy, streams, nb, tp)
             copy.close()
         out["phases"].append(rec)
-    out["seq_memory_mib"] = sequence_memory_mib(engine, trainer.streams.train, tp)
+    if split == "test":  # the tables read it from test runs only
+        out["seq_memory_mib"] = sequence_memory_mib(engine, trainer.streams.train, tp)
     engine.close()
     return out
 

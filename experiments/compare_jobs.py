@@ -99,16 +99,19 @@ def model_job(plan: Plan, method: Method, seed: int, datasets: dict, phases: lis
     overrides += list(PTNCN_OPTIM if method.type == "ptncn" else ()) + list(method.overrides) + width
     overrides += list(settings) + list(plan.inject.get(method.key, ()))
     shortest = min(p["steps"] for p in phases)
-    overrides.append(f"train.log_every={max(1, shortest // 20)}")
+    timed = any(p.get("minutes") for p in phases)
+    overrides.append(f"train.log_every={100 if timed else max(1, shortest // 20)}")
     label = {"rtrl": f"RTRL (tiny, H={hidden_text})", "tbptt": f"TBPTT (k={trunc})",
              "lstm": f"LSTM (k={trunc})"}.get(method.key, method.label)
+    if method.key == "uoro" and text and (scale.uoro_hidden_word if word else scale.uoro_hidden_char):
+        label = f"UORO (H={hidden_text}, not matched)"
     prefix = "tune-" if stage == "tune" else ""
     suffix = f"t{seed - TUNE_SEED}" if stage == "tune" else f"s{seed}"
     job = {"id": f"{prefix}{plan.experiment}-{method.key}-{'+'.join(p['name'] for p in phases)}-{suffix}",
            "stage": stage, "kind": "model", "method": method.key, "label": label, "type": method.type,
            "seed": seed, "hidden_text": hidden_text, "overrides": overrides, "datasets": datasets,
            "phases": phases, "evals": evals, "eval_batches": scale.text_eval_batches if text else scale.eval_batches,
-           "curve_points": scale.curve_points, "nocorr": nocorr, "settings": list(settings)}
+           "curve_points": 0 if timed and stage == "tune" else scale.curve_points, "nocorr": nocorr, "settings": list(settings)}
     return finish(job, plan)
 
 
@@ -154,10 +157,10 @@ def test_jobs(plan: Plan, st: Setting) -> list:
     if exp in ("bouncing", "ptb"):
         text = exp == "ptb"
         for name in st.datasets:
-            steps = (s.char_steps if name == "char" else s.word_steps) if text else s.video_steps
+            steps, minutes = s.text_budget(name) if text else (s.video_steps, 0.0)
             for seed in plan.seeds:
                 jobs.append(reference_job(plan, seed, st.datasets, name, [name], text))
-                phases = [{"name": name, "data": name, "steps": steps}]
+                phases = [{"name": name, "data": name, "steps": steps, **({"minutes": minutes} if minutes else {})}]
                 jobs += [model_job(plan, m, seed, st.datasets, phases, [name], st.x_dims[name], text=text,
                                    word=name == "word", settings=st.of(m.key, name)) for m in plan.methods]
     elif exp == "zeroshot":
@@ -187,7 +190,8 @@ def describe_jobs(jobs: list) -> list[str]:
         for ph in job["phases"]:
             load(None, job["overrides"] + job["datasets"][ph["data"]] + [f"train.steps={max(1, ph['steps'])}"])
         width = f"hidden {job['hidden_text']}" if job["kind"] == "model" else "reference"
-        steps = "+".join(str(ph["steps"]) for ph in job["phases"])
+        steps = "+".join(str(ph["steps"]) + (f" (or {ph['minutes']:g} min)" if ph.get("minutes") else "")
+                         for ph in job["phases"])
         gpus = f", {job['gpus']:g} GPU" if job.get("gpus") else ""
         lines.append(f"{job['id']} [{job['key']}]: {job['threads']} CPU{gpus}; {width}, {steps} steps, "
                      f"evals {job['evals']}" + (f", settings {job['settings']}" if job.get("settings") else ""))

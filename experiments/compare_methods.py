@@ -88,8 +88,11 @@ def method_width(method: Method, scale: Scale, x_dim: int, text: bool = False, w
     if method.sizing == "ptncn":
         return [f"model.hidden={widths}"], "x".join(map(str, widths))
     target = ptncn_params(x_dim, widths)
+    uoro_text = (scale.uoro_hidden_word if word else scale.uoro_hidden_char) if text else 0
     if method.sizing == "tiny":
         h = scale.rtrl_hidden_word if word else scale.rtrl_hidden
+    elif method.key == "uoro" and uoro_text:
+        h = uoro_text
     elif method.sizing == "esn":
         h = matched_hidden(esn_params, x_dim, target)
         if h > scale.esn_max_hidden:

@@ -58,6 +58,13 @@ class Scale:
     tune_trials: int = 0
     tune_fraction: float = 0.25
     curve_points: int = 4
+    text_minutes: float = 0.0
+    uoro_hidden_char: int = 0
+    uoro_hidden_word: int = 0
+
+    def text_budget(self, dataset: str) -> tuple[int, float]:
+        """(step cap, minutes of training or 0) of one text run on `dataset` ('char' or 'word')."""
+        return (self.char_steps if dataset == "char" else self.word_steps), self.text_minutes
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scale":
@@ -72,7 +79,7 @@ SCALES = {
                    text_eval_batches=1, ptncn_hidden=(8, 8), text_ptncn_hidden=(8, 8),
                    esn_max_hidden=64, rtrl_hidden=4, rtrl_hidden_word=2,
                    video_truncation=3, text_truncation=3, seeds=1, tune_trials=2, tune_fraction=0.5,
-                   curve_points=2),
+                   curve_points=2, text_minutes=0.5),
     "small": Scale("small", frame=32, sprites=2, seq_len=20, batch=16, video_steps=3000, continual_steps=2000,
                    eval_batches=8, text_batch=16, text_max_len=0, char_steps=8000, word_steps=800,
                    text_eval_batches=8, ptncn_hidden=(64, 64), text_ptncn_hidden=(64, 64),
@@ -80,10 +87,11 @@ SCALES = {
                    video_truncation=5, text_truncation=5, seeds=3, tune_trials=2),
     # Sized from MEASURED at 1 thread (two trials at a time); see the module docstring.
     "medium": Scale("medium", frame=64, sprites=2, seq_len=20, batch=16, video_steps=1200, continual_steps=1000,
-                    eval_batches=4, text_batch=50, text_max_len=0, char_steps=200, word_steps=100,
+                    eval_batches=4, text_batch=50, text_max_len=0, char_steps=225_525, word_steps=10_412,
                     text_eval_batches=2, ptncn_hidden=(256, 256), text_ptncn_hidden=(1000, 1000),
                     esn_max_hidden=2000, rtrl_hidden=8, rtrl_hidden_word=4,
-                    video_truncation=10, text_truncation=50, seeds=3, tune_trials=3),
+                    video_truncation=10, text_truncation=50, seeds=3, tune_trials=3,
+                    text_minutes=1.5, uoro_hidden_char=512, uoro_hidden_word=256),
     "full": Scale("full", frame=64, sprites=2, seq_len=20, batch=16, video_steps=20000, continual_steps=20000,
                   eval_batches=64, text_batch=50, text_max_len=0, char_steps=200000, word_steps=100000,
                   text_eval_batches=76, ptncn_hidden=(1024, 1024), text_ptncn_hidden=(1000, 1000),

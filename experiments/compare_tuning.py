@@ -67,9 +67,10 @@ def tune_jobs(plan: Plan, st: Setting) -> list:
     s, jobs = plan.scale, []
     text = plan.experiment == "ptb"
     for name in tuning_datasets(plan, st):
-        full = (s.char_steps if name == "char" else s.word_steps) if text else (
-            s.continual_steps if plan.experiment == "continual" else s.video_steps)
-        phases = [{"name": name, "data": name, "steps": max(1, int(full * s.tune_fraction))}]
+        full, minutes = s.text_budget(name) if text else (
+            s.continual_steps if plan.experiment == "continual" else s.video_steps, 0.0)
+        phases = [{"name": name, "data": name, "steps": max(1, int(full * s.tune_fraction)),
+                   **({"minutes": round(minutes * s.tune_fraction, 6)} if minutes else {})}]
         for m in plan.methods:
             for i, setting in enumerate(candidates(m.key, s.tune_trials, text)):
                 jobs.append(model_job(plan, m, TUNE_SEED + i, st.datasets, phases, [name], st.x_dims[name],

@@ -72,6 +72,8 @@ class TrainConfig:
     eval_batches: int = 4
     checkpoint_every: int = 0
     checkpoint_minutes: float = 10.0
+    max_minutes: float = 0.0
+    eval_every_minutes: float = 0.0
     checkpoint_dir: str = ""
     keep_checkpoints: int = 3
     max_failures: int = 3

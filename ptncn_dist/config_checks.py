@@ -26,7 +26,8 @@ _RANGES = {
               "lateral_l1": (0, False)},
     "optim": {"lr": (0, True), "momentum": (0, False, 1, True), "beta1": (0, False, 1, True),
               "beta2": (0, False, 1, True), "eps": (0, True)},
-    "train": {"seed": (0, False), "checkpoint_minutes": (0, False)},
+    "train": {"seed": (0, False), "checkpoint_minutes": (0, False), "max_minutes": (0, False),
+              "eval_every_minutes": (0, False)},
     "engine": {"cpus_per_layer": (0, False), "gpus_per_layer": (0, False), "blas_threads": (0, False),
                "placement_timeout_s": (0, True), "segment_timeout_s": (0, True), "trace_steps": (0, False)},
 }

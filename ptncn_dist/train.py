@@ -40,6 +40,7 @@ class RunResult:
     history: list = field(default_factory=list)
     recoveries: int = 0
     recovery_log: list = field(default_factory=list)
+    train_s: float = 0.0
 
 
 def evaluation_batches(stream, n_batches: int) -> list:
@@ -97,6 +98,7 @@ class Trainer:
         self.kind = self.streams.train.kind
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
+        self.train_s = 0.0  # seconds spent in training segments (not evaluations), kept in checkpoints
         self.ckpt_root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir)
         self.config_hash = cfg.hash()
         self._last_ckpt_time, self._saved_step = time.monotonic(), None
@@ -131,7 +133,8 @@ class Trainer:
         try:
             path = checkpoint.save(self.ckpt_root, self.step, self.engine.save_shards,
                                    position={"batch": self.position, "t": self.t}, config_hash=self.config_hash,
-                                   extra={"engine": self.engine.name, "data": self.streams.description},
+                                   extra={"engine": self.engine.name, "data": self.streams.description,
+                                          "train_s": round(self.train_s, 6)},
                                    passthrough=self.engine.failure_types() + (NonFiniteState,))
         except NonFiniteState as exc:
             first = str(getattr(exc, "cause", None) or exc).strip().splitlines()[0]  # a Ray task error's cause
@@ -167,6 +170,8 @@ class Trainer:
             return False
         m = loaded.manifest
         self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
+        spent = m.get("extra", {}).get("train_s", 0.0)
+        self.train_s = float(spent) if isinstance(spent, (int, float)) else 0.0
         for msg in loaded.skipped:
             line = (f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} "
                     f"({display(loaded.path)})")
@@ -183,6 +188,11 @@ class Trainer:
         return tc.checkpoint_minutes > 0 and time.monotonic() - self._last_ckpt_time >= 60 * tc.checkpoint_minutes
 
     # -- the loop ------------------------------------------------------------------------------
+    def _done(self) -> bool:
+        """The run has trained its steps, or its training time has reached train.max_minutes."""
+        tc = self.cfg.train
+        return self.step >= tc.steps or (tc.max_minutes > 0 and self.train_s >= 60 * tc.max_minutes)
+
     def _segment_end(self, T: int) -> int:
         """Where the current segment stops: the sequence end, or the next log / checkpoint /
         final step, whichever comes first."""
@@ -283,33 +293,43 @@ class Trainer:
         t_start, steps_at_start = time.perf_counter(), self.step
         last_logged = self.step
         next_eval = (self.step // tc.eval_every + 1) * tc.eval_every if tc.eval_every else None
+        every_s = 60 * tc.eval_every_minutes
+        next_eval_s = (self.train_s // every_s + 1) * every_s if every_s else None
         bar = _progress(tc, self.step)
         evaluated = False
         try:
-            while self.step < tc.steps:
-                before = self.step
+            while not self._done():
+                before, t_seg = self.step, time.perf_counter()
                 metrics.add_sums(window, self.recovery.guarded(self._train_segment))
+                self.train_s += time.perf_counter() - t_seg
+                done = self._done()
                 if self.step < before:
                     window = {}
                 if bar is not None:
                     bar.update(self.step - before)
                 rec = None
-                if self.step // tc.log_every > before // tc.log_every or self.step >= tc.steps:
+                if self.step // tc.log_every > before // tc.log_every or done:
                     now = time.perf_counter()
                     rate = (self.step - last_logged) / max(now - t_window, 1e-9)
                     last_logged = self.step
                     rec = {"step": self.step, "train_loss": metrics.main_loss(metrics.summarize(window)),
-                           **metrics.summarize(window, prefix="train_"), "steps_per_s": rate}
+                           **metrics.summarize(window, prefix="train_"), "steps_per_s": rate,
+                           "train_s": round(self.train_s, 3)}
                     window, t_window = {}, now
-                if next_eval is not None and self.step >= next_eval and self.t == 0 and self.step < tc.steps:
+                due = ((next_eval is not None and self.step >= next_eval)
+                       or (next_eval_s is not None and self.train_s >= next_eval_s))
+                if due and self.t == 0 and not done:
                     # the first sequence boundary at or after an evaluation point (not a log point)
                     t_eval = time.perf_counter()
                     if not evaluated:  # a checkpoint before the run's first evaluation of trained weights
                         self.recovery.guarded(self.save_checkpoint)
                         evaluated = True
-                    rec = rec or {"step": self.step}
+                    rec = rec or {"step": self.step, "train_s": round(self.train_s, 3)}
                     rec.update(self.recovery.guarded(self._eval))
-                    next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
+                    if next_eval is not None:
+                        next_eval = (self.step // tc.eval_every + 1) * tc.eval_every
+                    if next_eval_s is not None:
+                        next_eval_s = (self.train_s // every_s + 1) * every_s
                     t_window += time.perf_counter() - t_eval
                 if rec is not None:
                     history.append(rec)
@@ -326,10 +346,10 @@ class Trainer:
         if self._saved_step != self.step:
             self.recovery.guarded(self.save_checkpoint)
         final = self.recovery.guarded(self._eval)
-        self._record({"step": self.step, "final": True, **final})
+        self._record({"step": self.step, "final": True, "train_s": round(self.train_s, 3), **final})
         rate = (self.step - steps_at_start) / max(elapsed, 1e-9)
         result = RunResult(self.run_dir, self.step, initial, final, rate, self.streams.description,
-                           history, self.recoveries, self.recovery_log)
+                           history, self.recoveries, self.recovery_log, self.train_s)
         self._finish(result)
         return result
 
@@ -337,7 +357,7 @@ class Trainer:
         if self.run_dir:
             summary = {"steps": result.steps, "initial_test": result.initial_test,
                        "final_test": result.final_test, "reference": self.reference,
-                       "steps_per_s": result.steps_per_s,
+                       "steps_per_s": result.steps_per_s, "train_s": result.train_s,
                        "data": result.data, "engine": self.engine.name, "recoveries": result.recoveries,
                        "recovery_log": self.recovery_log,
                        "config_hash": self.config_hash}
@@ -353,6 +373,10 @@ class Trainer:
         if self.writer:
             self.writer.close()
         self.board.close()
+        tc = self.cfg.train
+        if result.steps < tc.steps and tc.max_minutes > 0:
+            self.log(f"stopped by train.max_minutes={tc.max_minutes:g} after {result.train_s:.1f} s of "
+                     f"training, at step {result.steps} of {tc.steps}")
         key = "test_bce" if self.kind == "frames" else "test_bpc"
         if result.initial_test or result.final_test:
             self.log(f"{key}: untrained {result.initial_test.get(key, float('nan')):.4f} -> "

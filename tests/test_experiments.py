@@ -233,3 +233,33 @@ def test_continual_smoke(tmp_path, ray_up):
     for phase, trained in (("1", "mnist"), ("2", "notmnist"), ("3", "mnist")):
         for ds in ("mnist", "notmnist"):
             check_learners(rows, "test_bce", table, FEW, phase=phase, trained_on=trained, eval_on=ds)
+
+
+def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_keys(monkeypatch):
+    """Medium PTB runs stop on training minutes (tuning trials on a quarter of them) with the
+    step cap at one epoch of characters and a quarter of words; UORO's text width is named as
+    not matched; the video experiments' jobs are unchanged, so their committed trials are reused."""
+    if not (DATA / "ptb_word").is_dir():
+        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    from compare_job import config_for
+    from compare_jobs import setting_for, test_jobs
+    from compare_tuning import tune_jobs
+    plan = compare.make_plan(compare.parse_args(["ptb", "--data", str(DATA)]))
+    st = setting_for(plan)
+    tests, tunes = test_jobs(plan, st), tune_jobs(plan, st)
+    models = [j for j in tests if j["kind"] == "model"]
+    assert models and all(j["phases"][0]["minutes"] == plan.scale.text_minutes > 0 for j in models)
+    assert all(j["phases"][0]["minutes"] == pytest.approx(plan.scale.text_minutes * plan.scale.tune_fraction)
+               for j in tunes)
+    assert {j["phases"][0]["steps"] for j in models if j["phases"][0]["data"] == "char"} == {225_525}
+    cfg = config_for(models[0], models[0]["phases"][0]["data"], models[0]["phases"][0]["steps"],
+                     minutes=models[0]["phases"][0]["minutes"])
+    assert cfg.train.max_minutes == plan.scale.text_minutes and cfg.train.eval_every == 0
+    assert cfg.train.eval_every_minutes == pytest.approx(plan.scale.text_minutes / plan.scale.curve_points)
+    assert all("not matched" in j["label"] for j in models if j["method"] == "uoro")
+    done = REPO / "experiments" / "results" / "bouncing" / "medium" / "trials"
+    monkeypatch.chdir(REPO)  # the committed trials were run with the default data root, ../shared/data
+    if done.is_dir() and (REPO.parent / "shared" / "data" / "notmnist").is_dir():
+        video = compare.make_plan(compare.parse_args(["bouncing"]))
+        keys = {j["key"] for j in tune_jobs(video, setting_for(video))}
+        assert keys and all((done / f"{k}.json").is_file() for k in keys)

@@ -210,3 +210,27 @@ def test_checkpoints_by_default_every_10_minutes_and_before_the_first_evaluation
     assert steps(tmp_path / "a" / "checkpoints") == [0, 20, 60]
     train(load(None, base + ["train.eval_every=0", "train.checkpoint_minutes=1e-9"]), str(tmp_path / "b"), log=quiet)
     assert steps(tmp_path / "b" / "checkpoints") == list(range(0, 61, 5))
+
+
+def test_max_minutes_stops_on_training_time_and_a_resume_counts_it(tmp_path):
+    """train.max_minutes ends a run on training seconds (evaluations left out) long before its
+    step cap; evaluations come every train.eval_every_minutes; the seconds spent are kept in the
+    checkpoint, so a resume with the same budget trains no further and a larger one continues."""
+    base = SMALL + ["model.hidden=[16, 12]", "train.steps=1000000000", "train.log_every=5",
+                    "train.references=false", "train.eval_every_minutes=0.002"]
+    recs = []
+    first = Trainer(load(None, base + ["train.max_minutes=0.01"]), str(tmp_path), log=quiet, on_record=recs.append)
+    res = first.run()
+    assert 0 < res.steps < 1_000_000_000
+    assert 0.6 <= res.train_s < 30
+    evals = [r for r in recs if "test_bce" in r and not r.get("final")]
+    assert len(evals) >= 3 and evals[0]["step"] == 0
+    assert all(0.12 <= r["train_s"] for r in evals[1:])
+    assert [r["train_s"] for r in evals[1:]] == sorted(r["train_s"] for r in evals[1:])
+    assert json.load(open(tmp_path / "summary.json"))["train_s"] == pytest.approx(res.train_s)
+    newest = checkpoint.list_checkpoints(str(tmp_path / "checkpoints"))[-1]
+    assert checkpoint.read_manifest(newest)["extra"]["train_s"] == pytest.approx(res.train_s, abs=1e-5)
+    again = Trainer(load(None, base + ["train.max_minutes=0.01"]), str(tmp_path), resume=True, log=quiet).run()
+    assert again.steps == res.steps and again.train_s == pytest.approx(res.train_s, abs=1e-5)
+    more = Trainer(load(None, base + ["train.max_minutes=0.02"]), str(tmp_path), resume=True, log=quiet).run()
+    assert more.steps > res.steps and more.train_s >= 1.2
