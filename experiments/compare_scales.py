@@ -14,15 +14,17 @@ character or 55 word steps at batch 50).
   machine, the bouncing experiment took 27.7 min (P-TNCN 48 steps/s, UORO 8.1): the MEASURED
   rates below were taken under load and are 2-3 times low.
 - continual: 9.75 phase-runs x 1,000 steps x 0.74 s = 7,250 core-s, plus ~800 s: ~67 min.
-- ptb: 3.5 s per character step and 6.0 s per word step over the 8 methods; UORO at the matched
-  widths (H = 2,431 and 1,661) is 90% and 58% of it, and each of its character runs takes ~12
-  minutes for one batch of sentences. 200 character and 100 word steps make ~7,600 core-s of
-  training plus ~3,100 s of overhead: ~89 min, at the limit; on a loaded machine run it as two
-  commands, `--datasets char` (~50 min) and `--datasets word` (~40 min). That is about 0.1% of an
-  epoch of characters and 0.25% of words, far from a meaningful PTB budget: one epoch of characters
-  (225,525 steps at batch 50) takes P-TNCN alone 3.2 hours at 19.6 steps/s, and a quarter epoch
-  of words (10,412 steps) 81 minutes at 2.15 steps/s, per trial. Those budgets are the `full`
-  scale's, for a cluster. UORO's word trials peak near 5 GiB each.
+- ptb: every method trains for the same `text_minutes` of training time per run (1.5 at
+  medium; tuning trials a quarter of it), with the step cap at one epoch of
+  characters (225,525 steps at batch 50) and a quarter epoch of words (10,412): on 2 cores the
+  time binds long before the cap. One epoch of characters takes P-TNCN alone 3.2 hours at 19.6
+  steps/s, and a quarter epoch of words 81 minutes at 2.15 steps/s, per trial; those step budgets
+  are the `full` scale's, for a cluster. Measured per trial on top of the training time: about 45
+  s for P-TNCN (its four evaluations of 100 test sentences at 2 x 1000, and the memory probe), 15-20
+  s for the others; learners that update once per sentence batch finish the batch they are in.
+  With 96 model trials two at a time that is about 75 minutes. UORO runs at H = 512 (characters)
+  and 256 (words), not matched: at the matched widths (2,431 and 1,661) one batch of 50 sentences
+  of characters takes it 12 minutes, longer than the whole budget.
 """
 from __future__ import annotations
 

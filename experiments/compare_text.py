@@ -27,8 +27,9 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
     """What was run, in words (the caveats every table needs)."""
     s = scale
     if experiment == "ptb":
-        data = fill("data_text", batch=s.text_batch, char_steps=f"{s.char_steps:,}", word_steps=f"{s.word_steps:,}",
-                    eval_batches=s.text_eval_batches)
+        budget = {"minutes": f"{s.text_minutes:g}"} if s.text_minutes else {}
+        data = fill("data_text_timed" if budget else "data_text", batch=s.text_batch, char_steps=f"{s.char_steps:,}",
+                    word_steps=f"{s.word_steps:,}", eval_batches=s.text_eval_batches, **budget)
     else:
         steps = s.continual_steps if experiment == "continual" else s.video_steps
         data = fill("data_video", frame=s.frame, sprites=s.sprites, seq_len=s.seq_len, batch=s.batch,
