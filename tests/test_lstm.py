@@ -161,3 +161,35 @@ def test_embed_enters_the_config_hash_only_when_set():
     assert plain.baseline.embed == 64 and "embed" not in plain.baseline.numbers()
     assert plain.hash() == load(None, ['model.type="lstm"', "baseline.embed=64"]).hash()
     assert plain.hash() != load(None, ['model.type="lstm"', "baseline.embed=32"]).hash()
+
+
+def test_contiguous_windows_with_carried_state_equal_one_long_sequence():
+    """run_stream carries (h, c) and the last token across windows: three 8-token windows learn
+    exactly what one 24-token sequence cut every 4 steps learns (same losses, same weights);
+    without the carry (fresh each window) they differ."""
+    needs_torch()
+    x = np.array([[(3 * t + b * b) % V for b in range(3)] for t in range(24)])
+    mask = np.ones(x.shape)
+    whole, pieces, cold = (make(t_prime=0) for _ in range(3))
+    one = whole.run_sequence(x, mask, learn=True)
+    sums = [pieces.run_stream(x[i:i + 8], mask[i:i + 8], learn=True, fresh=i == 0) for i in (0, 8, 16)]
+    assert sum(s["nll"] for s in sums) == pytest.approx(one["nll"], rel=1e-12)
+    for name, p in whole.params.items():
+        np.testing.assert_allclose(pieces.params[name], p, rtol=1e-12, atol=1e-14, err_msg=name)
+    for i in (0, 8, 16):
+        cold.run_stream(x[i:i + 8], mask[i:i + 8], learn=True, fresh=True)
+    assert not np.allclose(cold.params["Whh"], whole.params["Whh"])
+
+
+def test_contiguous_stream_columns_read_the_joined_split_in_order():
+    from ptncn_dist.data.contiguous import ContiguousStream
+    sentences = [np.arange(1, 1 + n) for n in (3, 5, 2, 7, 4)]
+    s = ContiguousStream(sentences, list(range(10)), batch_size=2, window=3, separator=0)
+    joined = np.concatenate([np.append(q, 0) for q in sentences])  # 26 tokens: 13 per column
+    assert s.windows_per_pass == 4 and s.starts_pass(0) and s.starts_pass(4) and not s.starts_pass(1)
+    got = np.concatenate([s.batch(p).x for p in range(4)])
+    np.testing.assert_array_equal(got[:, 0], joined[:12])
+    np.testing.assert_array_equal(got[:, 1], joined[13:25])
+    np.testing.assert_array_equal(s.batch(4).x, s.batch(0).x)
+    with pytest.raises(ValueError, match="cannot fill"):
+        ContiguousStream(sentences, list(range(10)), batch_size=20, window=3, separator=0)

@@ -184,6 +184,59 @@ def test_failed_checkpoint_write_is_one_line_and_keeps_complete_ones(tmp_path, c
     assert checkpoint.list_checkpoints(str(ckpts))[-1].endswith("ckpt-0000000030")
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB tmpfs (root with mount rights; skipped elsewhere), unmounted afterwards."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs at {mnt}: {made.stderr.strip() or made.returncode}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk) -> str:
+    """Write a file until the disk says ENOSPC; its path."""
+    import errno
+    filler = str(disk / "filler")
+    with open(filler, "wb") as fh:
+        try:
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+def test_full_disk_is_one_line_keeps_complete_checkpoints_and_a_rerun_continues(tmp_path, small_disk, capsys):
+    """Checkpoints on a real filesystem that fills up (ENOSPC): the run stops with one error line
+    naming the step and the last complete checkpoint, leaves no staging files, and once space is
+    freed a rerun continues from that checkpoint."""
+    import os
+    from ptncn_dist.cli import main
+    ckpts = small_disk / "ckpts"
+    args = ["train", "--run-dir", str(tmp_path / "run"), "--set", "train.progress=false",
+            "--set", "train.checkpoint_every=10", "--set", f'train.checkpoint_dir="{ckpts}"'] + \
+        [a for s in SMALL + TINY_CKPT for a in ("--set", s)]
+    assert main(args + ["--steps", "10"]) == 0
+    filler = fill(small_disk)
+    capsys.readouterr()
+    assert main(args + ["--steps", "30"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 20" in err, err
+    assert "No space left on device" in err and "ckpt-0000000010" in err, err
+    assert [p.name for p in ckpts.iterdir()] and all(".tmp-" not in p.name for p in ckpts.rglob("*"))
+    assert [int(p[-10:]) for p in checkpoint.list_checkpoints(str(ckpts))] == [0, 10]
+    os.remove(filler)
+    assert main(args + ["--steps", "30"]) == 0
+    assert "ckpt-0000000010 at step 10" in capsys.readouterr().out
+    assert checkpoint.list_checkpoints(str(ckpts))[-1].endswith("ckpt-0000000030")
+
+
 def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
     """A checkpoint directory whose parent is a plain file (NotADirectoryError even for root):
     one error line, rc 2, nothing left behind."""

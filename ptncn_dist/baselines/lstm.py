@@ -26,7 +26,8 @@ import numpy as np
 
 from .. import optim
 from ..errors import ConfigError
-from .learner import GradientLearner
+from . import elman
+from .learner import GradientLearner, prepare_inputs
 
 TORCH_HINT = "model.type = 'lstm' needs the torch extra: pip install 'ptncn_dist[torch]'"
 
@@ -127,8 +128,18 @@ class LSTM(GradientLearner):
         self.lstm, self.tensors = build_modules(torch, host)
         self.params = {n: t.detach().numpy() for n, t in self.tensors.items()}
         self.slots = {n: optim.init_slots(cfg.optim, p, np) for n, p in self.params.items()}
+        self.carried = None
 
-    def _run(self, x, weight, learn: bool):
+    def run_stream(self, x, mask, learn: bool, fresh: bool = False) -> dict:
+        """run_sequence for a window of contiguous streams (data.contiguous): it starts from the
+        (h, c) and last input the previous window ended with, or from zero when `fresh`, so the
+        columns train and test as one long sequence each, cut every `baseline.truncation` steps."""
+        if fresh:
+            self.carried = None
+        x, weight = prepare_inputs(x, mask, self.x_dim, self.data_kind, self.dtype, self.cfg.t_prime, self.xp)
+        return elman.loss_sums(self._run(x, weight, learn, carry=True), x, weight, self.xp)
+
+    def _run(self, x, weight, learn: bool, carry: bool = False):
         """Predictions (T, B, D) of the sequence, window by window, updating after each if learn.
 
         A window runs only the columns still scored in it (a column ends at its last step with
@@ -142,7 +153,9 @@ class LSTM(GradientLearner):
         wt = torch.from_numpy(weight)
         lengths = np.where((weight != 0).any(axis=0), T - np.argmax(weight[::-1] != 0, axis=0), 0)
         h = self.tensors["Whh"].new_zeros((1, B, self.cfg.hidden))
-        state = (h, h.clone())
+        state, last = (h, h.clone()), None
+        if carry and self.carried is not None:
+            state, last = self.carried
         z = self.tensors["bo"].new_zeros((T, B, self.x_dim))
         for start in range(0, T, k):
             stop = min(start + k, T)
@@ -150,21 +163,27 @@ class LSTM(GradientLearner):
             if cols.size == 0:
                 break
             with torch.set_grad_enabled(learn):
-                zw, state = self._window(xt, start, stop, cols, state)
+                zw, state = self._window(xt, start, stop, cols, state, last if start == 0 else None)
                 if learn:
                     sel = (slice(start, stop), torch.from_numpy(cols))
                     loss = objective(torch, zw, xt[sel], wt[sel], self.cfg.output) / B
                     grads = torch.autograd.grad(loss, list(self.tensors.values()))
                     self.update({n: g.numpy() for n, g in zip(self.tensors, grads)})
             z[start:stop, cols] = zw.detach()
+        if carry:
+            self.carried = (state, xt[T - 1])
         return activate(torch, z, self.cfg.output).numpy()
 
-    def _window(self, xt, start, stop, cols, state):
+    def _window(self, xt, start, stop, cols, state, last=None):
         """Pre-outputs (stop - start, len(cols), D) of the columns `cols` and the whole batch's
-        (h, c) with those columns advanced to `stop` (detached)."""
+        (h, c) with those columns advanced to `stop` (detached). `last` is the input before
+        step 0 (a carried stream's previous token), else a zero input there."""
         torch = self.torch
         idx = torch.from_numpy(cols)
-        u = window_inputs(torch, self.tensors, xt[max(start - 1, 0):stop - 1, idx], start == 0, self.tokens)
+        prev = xt[max(start - 1, 0):stop - 1]
+        if last is not None:
+            prev = torch.cat([last[None], xt[:stop - 1]])
+        u = window_inputs(torch, self.tensors, prev[:, idx], start == 0 and last is None, self.tokens)
         h, (hn, cn) = self.lstm(u, tuple(s[:, idx] for s in state))
         new = tuple(s.index_copy(1, idx, n.detach()) for s, n in zip(state, (hn, cn)))
         return h @ self.tensors["Wo"].T + self.tensors["bo"], new
