@@ -100,7 +100,7 @@ def _load_into(trainer, run_dir, allow_older: bool = False):
 
 
 def cmd_eval(args) -> int:
-    from .train import evaluate, reference_losses
+    from .evaluation import evaluate, reference_losses
     trainer, cfg = _restored(args.run_dir)
     loaded = _load_into(trainer, args.run_dir, args.allow_older)
     n = args.batches or cfg.train.eval_batches

@@ -17,7 +17,8 @@ from ptncn_dist.config import load
 from ptncn_dist.data import open_streams
 from ptncn_dist.data.batch import Batch
 from ptncn_dist.engines.factory import build_engine
-from ptncn_dist.train import evaluate, run_evaluation, train
+from ptncn_dist.evaluation import evaluate, run_evaluation
+from ptncn_dist.train import train
 
 EPS = 1e-7
 SMALL = ["model.hidden=[24, 16]", "data.frame=32", "data.batch=4", "data.eval_batch=4", "data.seq_len=6",
