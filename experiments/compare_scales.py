@@ -22,7 +22,7 @@ character or 55 word steps at batch 50).
   are the `full` scale's, for a cluster. Measured per trial on top of the training time: about 45
   s for P-TNCN (its four evaluations of 100 test sentences at 2 x 1000, and the memory probe), 15-20
   s for the others; learners that update once per sentence batch finish the batch they are in.
-  With 96 model trials two at a time that is about 75 minutes. UORO runs at H = 512 (characters)
+  With 96 model trials two at a time it took 70.8 minutes here. UORO runs at H = 512 (characters)
   and 256 (words), not matched: at the matched widths (2,431 and 1,661) one batch of 50 sentences
   of characters takes it 12 minutes, longer than the whole budget.
 """
