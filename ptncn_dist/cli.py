@@ -175,6 +175,9 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointWarning)  # the command prints its own warning line
+            # numpy's overflow warnings from the layer math: the divergence guard's one line says
+            # where a NaN or Inf appeared, and a finite overflow (a saturated exp) is harmless
+            warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"ptncn_dist\.")
             return args.func(args)
     except PtncnError as exc:
         print(f"error: {exc}", file=sys.stderr)

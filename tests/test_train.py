@@ -65,6 +65,19 @@ def test_divergence_names_layer_and_keeps_checkpoint(tmp_path):
         assert all(np.isfinite(v).all() for v in st["params"].values())
 
 
+def test_divergence_on_the_command_line_is_one_line(tmp_path):
+    """`ptncn train` on a run that diverges prints the guard's one error line and nothing else on
+    stderr (numpy's overflow warnings from the layer math are not shown)."""
+    sets = SMALL + ["model.hidden=[16,12,8]", "train.steps=200", 'optim.name="sgd"', "optim.lr=30.0",
+                    "model.update_radius=0.0", 'model.activation="relu"', 'model.output="identity"']
+    argv = [sys.executable, "-m", "ptncn_dist.cli", "train", "--run-dir", str(tmp_path / "run")]
+    done = subprocess.run(argv + [a for s in sets for a in ("--set", s)], capture_output=True, text=True,
+                          cwd=REPO, timeout=300)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: non-finite values at step ") and "last good checkpoint" in lines[0]
+
+
 def test_bad_data_dir_is_a_clear_error(tmp_path):
     cfg = load(None, SMALL + [f'data.path="{tmp_path}"'])
     with pytest.raises(DataError, match=r"images IDX file; tried .*-images-idx3-ubyte\.gz"):
