@@ -63,11 +63,10 @@ def split_of(spec: dict) -> str:
 
 class Curve:
     """The held-out loss at each evaluation of a phase, with training seconds (the trainer's own
-    count when its records carry one, else the sum of each logged window's steps over its steps/s;
-    both leave evaluations out) and wall seconds."""
+    count, which leaves evaluations out, after those of earlier phases) and wall seconds."""
 
     def __init__(self, t0: float):
-        self.t0, self.train_s, self.last_step, self.points = t0, 0.0, 0, []
+        self.t0, self.train_s, self.points = t0, 0.0, []
         self.base, self.first, self.last = 0.0, None, None
 
     def __call__(self, rec: dict) -> None:
@@ -76,11 +75,7 @@ class Curve:
         if held_out:
             self.first = self.first or held_out
             self.last = held_out
-        if "train_s" in rec:
-            self.train_s = self.base + rec["train_s"]
-        elif rec.get("steps_per_s"):
-            self.train_s += (step - self.last_step) / rec["steps_per_s"]
-            self.last_step = step
+        self.train_s = self.base + rec.get("train_s", 0.0)  # the step-0 record has none
         loss = rec.get("test_bce", rec.get("test_nll"))
         if loss is not None:
             self.points.append({"step": step, "train_s": round(self.train_s, 3),
@@ -174,7 +169,7 @@ def run_model(spec: dict) -> dict:
         if k == 0 and own in streams:
             out["initial"][own], evals[own] = curve.first, curve.last
         rec = {"name": phase["name"], "train_data": phase["data"], "steps": result.steps,
-               "train_s": result.train_s or result.steps / max(result.steps_per_s, 1e-12),
+               "train_s": result.train_s,
                "train_stream": trainer.streams.description,
                "items_seen": items_seen(trainer), "curve": curve.points,
                "evals": {name: evals[name] for name in streams}}

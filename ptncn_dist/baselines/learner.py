@@ -49,12 +49,12 @@ class GradientLearner:
         self.params = elman.init_params(rng, x_dim, cfg.hidden, xp, self.dtype, cfg.weight_sd)
         self.slots = {n: optim.init_slots(cfg.optim, p, xp) for n, p in self.params.items()}
 
-    def run_sequence(self, x, mask, learn: bool, by_t: bool = False) -> dict:
+    def run_sequence(self, x, mask, learn: bool, by_t: bool = False, **run) -> dict:
         """Loss sums over steps t >= t_prime (before each update; per position too with
-        `by_t`); updates weights if learn."""
+        `by_t`); updates weights if learn. `run` goes to the learner's `_run`."""
         x, weight = prepare_inputs(x, mask, self.x_dim, self.data_kind, self.dtype,
                                    self.cfg.t_prime, self.xp)
-        xhat = self._run(x, weight, learn)
+        xhat = self._run(x, weight, learn, **run)
         return elman.loss_sums(xhat, x, weight, self.xp, by_t)
 
     def update(self, grads: dict) -> None:

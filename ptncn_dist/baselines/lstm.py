@@ -26,8 +26,7 @@ import numpy as np
 
 from .. import optim
 from ..errors import ConfigError
-from . import elman
-from .learner import GradientLearner, prepare_inputs
+from .learner import GradientLearner
 
 TORCH_HINT = "model.type = 'lstm' needs the torch extra: pip install 'ptncn_dist[torch]'"
 
@@ -136,8 +135,7 @@ class LSTM(GradientLearner):
         columns train and test as one long sequence each, cut every `baseline.truncation` steps."""
         if fresh:
             self.carried = None
-        x, weight = prepare_inputs(x, mask, self.x_dim, self.data_kind, self.dtype, self.cfg.t_prime, self.xp)
-        return elman.loss_sums(self._run(x, weight, learn, carry=True), x, weight, self.xp)
+        return self.run_sequence(x, mask, learn, carry=True)
 
     def _run(self, x, weight, learn: bool, carry: bool = False):
         """Predictions (T, B, D) of the sequence, window by window, updating after each if learn.
