@@ -69,11 +69,12 @@ def parse_args(argv):
     p.add_argument("--out", help="output directory; default experiments/results/<experiment>/<scale>")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"data root holding mnist/, notmnist/, ptb_word/ "
                                                         f"(default {DEFAULT_DATA}, relative to the current directory)")
-    p.add_argument("--datasets", default="mnist,notmnist,char,word",
-                   help="bouncing: a subset of mnist,notmnist (MNIST alone needs no data root); ptb: of char,word")
-    p.add_argument("--methods", default=",".join(METHOD_KEYS),
-                   help="comma-separated subset of " + ",".join(METHOD_KEYS))
-    p.add_argument("--threads", type=int, help="CPUs and BLAS threads per trial (default 1; full: 4)")
+    p.add_argument("--datasets", help="bouncing: a subset of mnist,notmnist (MNIST alone needs no data root); "
+                                      "ptb: of char,word (default: all, or the scale's)")
+    p.add_argument("--methods", help="comma-separated subset of " + ",".join(METHOD_KEYS)
+                                     + " (default: all, or the scale's)")
+    p.add_argument("--threads", type=int, help="CPUs and BLAS threads per trial (default: the scale's; "
+                                               "1, full 4, epoch 2)")
     p.add_argument("--gpus", type=float, default=0.0, help="GPUs per trial (default 0)")
     p.add_argument("--parallel", type=int, help="trials at once (default: the Ray CPUs / --threads)")
     p.add_argument("--address", default="", help="join a running Ray cluster ('auto', HOST:PORT) instead of "
@@ -87,8 +88,13 @@ def parse_args(argv):
                    help="validate every trial's config, list the trials and the cluster command; run nothing")
     p.add_argument("--inject", action="append", default=[], help=argparse.SUPPRESS)  # tests: METHOD:KEY=VALUE
     args = p.parse_args(argv)
+    scale = SCALES[args.scale]
+    if scale.experiments and args.experiment not in scale.experiments:
+        p.error(f"scale {args.scale} is for {', '.join(scale.experiments)} only")
+    args.datasets = args.datasets or ",".join(scale.datasets or ("mnist", "notmnist", "char", "word"))
+    args.methods = args.methods or ",".join(scale.methods or METHOD_KEYS)
     if args.threads is None:
-        args.threads = 4 if args.scale == "full" else 1
+        args.threads = scale.threads
     if args.parallel is None and not args.address:
         args.parallel = max(1, (args.num_cpus or os.cpu_count() or 1) // (args.threads or 1))
     unknown = set(args.methods.split(",")) - set(METHOD_KEYS)

@@ -62,6 +62,7 @@ def text_datasets(scale: Scale, data_root: str) -> dict:
     need(path, "Penn Treebank")
     common = [f"data.path={json.dumps(str(path))}", f"data.batch={scale.text_batch}",
               f"data.eval_batch={scale.text_batch}", f"data.max_len={scale.text_max_len}"]
+    common += ["data.bucket=true"] if scale.text_bucket else []
     return {"char": common + ['data.source="ptb_char"', 'data.format="char_from_words"'],
             "word": common + ['data.source="ptb_word"', 'data.format="word"']}
 

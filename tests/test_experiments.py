@@ -263,3 +263,35 @@ def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_ke
         video = compare.make_plan(compare.parse_args(["bouncing"]))
         keys = {j["key"] for j in tune_jobs(video, setting_for(video))}
         assert keys and all((done / f"{k}.json").is_file() for k in keys)
+
+
+def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings(monkeypatch):
+    """`--scale epoch`: PTB only; P-TNCN and the LSTM on characters, one trial at a time on 2
+    CPUs, no tuning, P-TNCN at Nesterov 0.075 / 0.95; its step budget is exactly one bucketed
+    epoch of the real training split, and the committed medium PTB trials keep their keys."""
+    if not (DATA / "ptb_word").is_dir():
+        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    from compare_job import config_for
+    from compare_jobs import setting_for, test_jobs
+    from ptncn_dist.data import open_streams
+    with pytest.raises(SystemExit):
+        compare.parse_args(["bouncing", "--scale", "epoch"])
+    lines = []
+    outcome = compare.main(["ptb", "--scale", "epoch", "--dry-run", "--data", str(DATA)], log=lines.append)
+    models = [j for j in outcome.jobs if j["kind"] == "model"]
+    assert sorted(j["method"] for j in models) == ["lstm", "ptncn"] and not any(j["stage"] == "tune" for j in outcome.jobs)
+    assert all(j["threads"] == 2 and j["phases"][0]["data"] == "char" and "minutes" not in j["phases"][0] for j in models)
+    ptncn = next(j for j in models if j["method"] == "ptncn")
+    cfg = config_for(ptncn, "char", ptncn["phases"][0]["steps"])
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("nag", 0.075, 0.95)
+    assert cfg.model.hidden == [1000, 1000] and cfg.data.bucket and cfg.data.batch == 50
+    train = open_streams(cfg.data, 0).train
+    assert ptncn["phases"][0]["steps"] == train.epoch_steps() == sum(train.batch(p).x.shape[0]
+                                                                     for p in range(train.batches_per_epoch))
+    done = REPO / "experiments" / "results" / "ptb" / "medium" / "trials"
+    monkeypatch.chdir(REPO)
+    if done.is_dir() and (REPO.parent / "shared" / "data" / "ptb_word").is_dir():
+        from compare_tuning import tune_jobs
+        medium = compare.make_plan(compare.parse_args(["ptb"]))
+        keys = {j["key"] for j in tune_jobs(medium, setting_for(medium))}
+        assert keys and all((done / f"{k}.json").is_file() for k in keys)

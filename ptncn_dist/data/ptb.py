@@ -212,12 +212,18 @@ class SentenceStream:
     p // batches_per_epoch, whose order is a permutation seeded by (seed, epoch).
     shuffle=False (evaluation): file order, `num_batches` batches. A short last batch is
     padded with fully masked columns so every batch has `batch_size` columns.
+
+    bucket=True (training only): each epoch's batches hold sentences of about one length (the
+    epoch's permutation, stably sorted by length, cut into batches, the batches in a seeded
+    order; a short remainder batch, the longest sentences, ends the epoch), so padding nearly
+    vanishes and an epoch of PTB characters takes 96,442 steps at batch 50 instead of 225,525
+    (`epoch_steps()`). Every sentence is still seen once per epoch.
     """
 
     kind = "tokens"
 
     def __init__(self, corpus: Corpus, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 max_len: int = 0, name: str = ""):
+                 max_len: int = 0, name: str = "", bucket: bool = False):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch size must be an integer >= 1, got {batch_size!r}")
         self.sentences = corpus.sentences
@@ -226,6 +232,7 @@ class SentenceStream:
         self.batch_size = batch_size
         self.seed = int(seed)
         self.shuffle = shuffle
+        self.bucket = bool(bucket) and shuffle
         self.max_len = int(max_len)
         self.name = name or corpus.source
         self.lengths = np.array([len(s) for s in corpus.sentences], dtype=np.int64)
@@ -238,8 +245,22 @@ class SentenceStream:
         if not self.shuffle:
             return np.arange(len(self.sentences))
         if self._order[0] != epoch:
-            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.sentences)))
+            rng = np.random.default_rng([self.seed, epoch])
+            order = rng.permutation(len(self.sentences))
+            if self.bucket:
+                order = order[np.argsort(self.lengths[order], kind="stable")]
+                full = len(order) // self.batch_size
+                cuts = np.arange(full)[rng.permutation(full)] * self.batch_size
+                order = np.concatenate([order[c:c + self.batch_size] for c in cuts] + [order[full * self.batch_size:]])
+            self._order = (epoch, order)
         return self._order[1]
+
+    def epoch_steps(self) -> int:
+        """Time steps (padding included) of one epoch; the same for every epoch when bucketing."""
+        lengths = np.minimum(self.lengths, self.max_len) if self.max_len > 0 else self.lengths
+        ordered = np.sort(lengths) if self.bucket else lengths[self.order(0)]
+        return int(sum(max(1, int(ordered[c:c + self.batch_size].max()))
+                       for c in range(0, len(ordered), self.batch_size)))
 
     def batch(self, position: int) -> Batch:
         """The batch at `position`: a pure function of (corpus, seed, position)."""

@@ -46,6 +46,7 @@ class DataConfig:
     speed_max: float = 4.0
     max_len: int = 0
     format: str = "auto"
+    bucket: bool = False
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -66,6 +67,10 @@ class DataConfig:
                 f"data.speed_min and data.speed_max need 0 <= speed_min <= speed_max, "
                 f"got {self.speed_min} and {self.speed_max}"
             )
+        if not isinstance(self.bucket, bool):
+            raise ConfigError(f"data.bucket must be true or false, got {self.bucket!r}")
+        if self.bucket and self.source not in TEXT_FORMATS:
+            raise ConfigError(f"data.bucket batches sentences by length; source {self.source} has no sentences")
         if self.format not in FORMATS:
             raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}; got {self.format!r}")
         allowed = TEXT_FORMATS.get(self.source, ("auto",))
@@ -234,7 +239,8 @@ def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     fmt = text_format(cfg)
     train_corpus = open_corpus(cfg, "train")
     test_corpus = open_corpus(cfg, split, train_corpus.vocab)
-    train = ptb.SentenceStream(train_corpus, cfg.batch, seed, shuffle=True, max_len=cfg.max_len)
+    train = ptb.SentenceStream(train_corpus, cfg.batch, seed, shuffle=True, max_len=cfg.max_len,
+                               bucket=cfg.bucket)
     test = ptb.SentenceStream(test_corpus, cfg.eval_batch, seed, shuffle=False, max_len=cfg.max_len)
     note = f"{cfg.source} ({fmt}, {train.dim} symbols): train {train.name}; {split} {test.name}"
     return Streams(train, test, note)
