@@ -272,7 +272,7 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
     from compare_job import config_for
-    from compare_jobs import setting_for, test_jobs
+    from compare_jobs import setting_for
     from ptncn_dist.data import open_streams
     with pytest.raises(SystemExit):
         compare.parse_args(["bouncing", "--scale", "epoch"])
