@@ -1,4 +1,4 @@
-"""The comparison's scales: sizes, budgets and seeds of each (smoke, small, medium, full).
+"""The comparison's scales: sizes, budgets and seeds of each (smoke, small, medium, epoch, full).
 
 `medium` is the default. Its budgets come from steps/s measured at its sizes on the project's
 2-core machine (MEASURED below: one BLAS thread, short runs, the machine shared with other work).
@@ -18,13 +18,16 @@ character or 55 word steps at batch 50).
   medium; tuning trials a quarter of it), with the step cap at one epoch of
   characters (225,525 steps at batch 50) and a quarter epoch of words (10,412): on 2 cores the
   time binds long before the cap. One epoch of characters takes P-TNCN alone 3.2 hours at 19.6
-  steps/s, and a quarter epoch of words 81 minutes at 2.15 steps/s, per trial; those step budgets
-  are the `full` scale's, for a cluster. Measured per trial on top of the training time: about 45
+  steps/s, and a quarter epoch of words 81 minutes at 2.15 steps/s, per trial. Measured per trial on top of the training time: about 45
   s for P-TNCN (its four evaluations of 100 test sentences at 2 x 1000, and the memory probe), 15-20
   s for the others; learners that update once per sentence batch finish the batch they are in.
   With 96 model trials two at a time it took 70.8 minutes here. UORO runs at H = 512 (characters)
   and 256 (words), not matched: at the matched widths (2,431 and 1,661) one batch of 50 sentences
   of characters takes it 12 minutes, longer than the whole budget.
+- epoch (PTB only): sentences bucketed by length, so an epoch of characters is 96,442 steps at
+  batch 50 (padding nearly gone); P-TNCN at the authors' settings and the LSTM, one at a time
+  with 2 BLAS threads each, no time limit.
+- full (a cluster): ten bucketed epochs of characters and of words, the whole test split.
 """
 from __future__ import annotations
 
@@ -109,10 +112,10 @@ SCALES = {
                    tune_trials=0, curve_points=6, text_bucket=True, experiments=("ptb",),
                    methods=("ptncn", "lstm"), datasets=("char",), threads=2),
     "full": Scale("full", frame=64, sprites=2, seq_len=20, batch=16, video_steps=20000, continual_steps=20000,
-                  eval_batches=64, text_batch=50, text_max_len=0, char_steps=200000, word_steps=100000,
+                  eval_batches=64, text_batch=50, text_max_len=0, char_steps=10 * 96_442, word_steps=10 * 18_687,
                   text_eval_batches=76, ptncn_hidden=(1024, 1024), text_ptncn_hidden=(1000, 1000),
                   esn_max_hidden=5000, rtrl_hidden=32, rtrl_hidden_word=16,
-                  video_truncation=10, text_truncation=50, seeds=3, tune_trials=8, threads=4),
+                  video_truncation=10, text_truncation=50, seeds=3, tune_trials=8, threads=4, text_bucket=True),
 }
 DEFAULT_SCALE = "medium"
 

@@ -1,6 +1,7 @@
 """Test BPC of the PyTorch LSTM baseline on PTB characters after fixed amounts of training time.
 
     python experiments/lstm_bpc_by_time.py --marks 60,540 [--layout streams|sentences] [--data ../shared/data/ptb_word] [--threads 2]
+    python experiments/lstm_bpc_by_time.py --chars 1220000,11000000
 
 One 512-unit layer, 64-dim embedding, windows of 100 (truncated BPTT), Adam 2e-3, 32 columns.
 `--layout streams` (the default, the usual language-model set-up): the training split joined
@@ -8,7 +9,9 @@ into 32 contiguous streams (`_` between sentences), (h, c) carried from window t
 whole test split read the same way in 10 streams. `--layout sentences`: batches of 32 whole
 sentences, each from a zero state, the stream every method of the comparison reads, tested on
 the test split's sentences. Training time excludes the evaluations; each mark prints one JSON
-line: seconds trained, windows or batches, characters seen and test BPC. Needs the torch extra.
+line: seconds trained, windows or batches, characters seen and test BPC. `--chars` tests after
+numbers of training characters instead, to compare with figures from a faster machine at the
+same amount of text. Needs the torch extra.
 
     python experiments/lstm_bpc_by_time.py --speed
 
@@ -38,6 +41,8 @@ from ptncn_dist.evaluation import evaluate  # noqa: E402
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--marks", default="60,540", help="training seconds at which to test, comma-separated")
+    p.add_argument("--chars", help="test after these numbers of training characters instead, comma-separated "
+                                   "(the same amount of text on any machine)")
     p.add_argument("--data", default="../shared/data/ptb_word")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--layout", choices=("streams", "sentences"), default="streams")
@@ -58,8 +63,9 @@ def main(argv=None) -> None:
         train = ContiguousStream(streams.train.sentences, streams.train.vocab, 32, 100, sep, "ptb.train")
         test = ContiguousStream(streams.test.sentences, streams.test.vocab, 10, 100, sep, "ptb.test")
     trained, pos, chars = 0.0, 0, 0
-    for mark in (float(m) for m in args.marks.split(",")):
-        while trained < mark:
+    marks = args.chars or args.marks
+    for mark in (float(m) for m in marks.split(",")):
+        while (chars if args.chars else trained) < mark:
             t0 = time.perf_counter()
             if args.layout == "streams":
                 b = train.batch(pos)
