@@ -149,6 +149,11 @@ def report_ptb(rows: list, scale: Scale, out: Path) -> str:
     return "\n".join(parts)
 
 
+def percent(x: float) -> str:
+    """A share in percent, two significant digits below 10 and whole numbers above."""
+    return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+
+
 def text_seen(rows: list, unit: str) -> str:
     """How much of the training split each method's runs saw (mean over seeds): under a time
     budget the learners differ by their speed; baselines finish their last sentence."""
@@ -160,7 +165,7 @@ def text_seen(rows: list, unit: str) -> str:
             seen[label] = sum(got) / len(got)
     if not seen or not split:
         return "- Training text seen: unknown."
-    each = "; ".join(f"{label} {n:,.0f} ({100 * n / split:.2g}%)" for label, n in seen.items())
+    each = "; ".join(f"{label} {n:,.0f} ({percent(100 * n / split)}%)" for label, n in seen.items())
     return f"- Training {unit} seen per run (mean over seeds; share of the {split:,.0f} in the training split): {each}."
 
 
