@@ -58,7 +58,7 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     datasets = datasets_of(tests)
     plot_by_position(tests, datasets, out / "loss_by_position.png")
     failed = [(job["id"], res.get("status")) for job, res in done if res.get("status") != "ok"]
-    md = page(experiment, command=meta["command"], results=body, curve_points=scale.curve_points,
+    md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
                                meta["machine"].get("cpu_count")),
               time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done),
@@ -72,5 +72,7 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
                        "settings": job.get("settings", []), "overrides": job["overrides"]}
                       for job, res in done]
     meta["failed"] = [jid for jid, _ in failed]
+    spans = [(res["start"], res["end"]) for _, res in done if res.get("start") and res.get("end")]
+    meta["trials_span_s"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     return rows

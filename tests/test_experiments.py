@@ -108,6 +108,10 @@ def test_rerun_does_nothing(finished, ray_up):
     assert outcome.ran == [] and "tuning: 2 of 2 trials already done" in lines
     assert all(s.cached == s.total for s in outcome.summaries.values())
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")} == before
+    meta = json.loads((out / "meta.json").read_text())
+    spans = [(t["start"], t["end"]) for t in meta["trials"]]
+    assert meta["trials_run_now"] == [] and meta["trials_span_s"] == pytest.approx(
+        max(e for _, e in spans) - min(s for s, _ in spans), abs=0.1) and meta["trials_span_s"] > 0
 
 
 def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
