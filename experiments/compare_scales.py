@@ -18,9 +18,9 @@ character or 55 word steps at batch 50).
   medium; tuning trials a quarter of it), with the step cap at one epoch of
   characters (225,525 steps at batch 50) and a quarter epoch of words (10,412): on 2 cores the
   time binds long before the cap. One epoch of characters takes P-TNCN alone 3.2 hours at 19.6
-  steps/s, and a quarter epoch of words 81 minutes at 2.15 steps/s, per trial. Measured per trial on top of the training time: about 45
-  s for P-TNCN (its four evaluations of 100 test sentences at 2 x 1000, and the memory probe), 15-20
-  s for the others; learners that update once per sentence batch finish the batch they are in.
+  steps/s, and a quarter epoch of words 81 minutes at 2.15 steps/s, per trial. Measured per
+  trial on top of the training time: about 45 s for P-TNCN (its four evaluations of 100 test
+  sentences at 2 x 1000, and the memory probe), 15-20 s for the others; learners that update once per sentence batch finish the batch they are in.
   With 96 model trials two at a time it took 70.8 minutes here. UORO runs at H = 512 (characters)
   and 256 (words), not matched: at the matched widths (2,431 and 1,661) one batch of 50 sentences
   of characters takes it 12 minutes, longer than the whole budget.
