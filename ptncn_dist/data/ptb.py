@@ -256,11 +256,9 @@ class SentenceStream:
         return self._order[1]
 
     def epoch_steps(self) -> int:
-        """Time steps (padding included) of one epoch; the same for every epoch when bucketing."""
-        lengths = np.minimum(self.lengths, self.max_len) if self.max_len > 0 else self.lengths
-        ordered = np.sort(lengths) if self.bucket else lengths[self.order(0)]
-        return int(sum(max(1, int(ordered[c:c + self.batch_size].max()))
-                       for c in range(0, len(ordered), self.batch_size)))
+        """Time steps (padding included) of epoch 0, the sum of its batches' lengths; the same for
+        every epoch when bucketing."""
+        return int(sum(self.batch(p).x.shape[0] for p in range(self.batches_per_epoch)))
 
     def batch(self, position: int) -> Batch:
         """The batch at `position`: a pure function of (corpus, seed, position)."""
