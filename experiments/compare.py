@@ -32,11 +32,11 @@ for p in (str(REPO), str(HERE)):
 
 import compare_report as rep  # noqa: E402
 import compare_runner as runner  # noqa: E402
-from compare_jobs import Plan, describe_jobs, setting_for, test_jobs  # noqa: E402
+from compare_jobs import Plan, describe_jobs, setting_for, test_jobs, tuning_datasets  # noqa: E402
 from compare_methods import METHOD_KEYS, METHODS  # noqa: E402
 from compare_output import write_results  # noqa: E402
 from compare_scales import DEFAULT_SCALE, SCALES, Scale  # noqa: E402
-from compare_tuning import choose, tune_jobs  # noqa: E402
+from compare_tuning import choose, chosen_from, tune_jobs  # noqa: E402
 
 EXPERIMENTS = ("bouncing", "ptb", "zeroshot", "continual")
 DEFAULT_DATA = "../shared/data"
@@ -66,6 +66,9 @@ def parse_args(argv):
     p.add_argument("--scale", choices=tuple(SCALES), default=DEFAULT_SCALE)
     p.add_argument("--seeds", type=int, help="number of seeds (0..N-1); default: the scale's (3, smoke 1)")
     p.add_argument("--tune-trials", type=int, help="tuning trials per method and dataset (default: the scale's)")
+    p.add_argument("--settings-from", metavar="DIR",
+                   help="run no tuning here: use the settings chosen by the tuning trials of a finished run "
+                        "of the same experiment in DIR (e.g. experiments/results/ptb/medium)")
     p.add_argument("--out", help="output directory; default experiments/results/<experiment>/<scale>")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"data root holding mnist/, notmnist/, ptb_word/ "
                                                         f"(default {DEFAULT_DATA}, relative to the current directory)")
@@ -132,6 +135,7 @@ def meta_for(args, argv: list, plan: Plan) -> dict:
             "memory_measure": ("peak RSS of each trial's fresh Ray worker process, getrusage(RUSAGE_SELF) "
                                "ru_maxrss (KiB on Linux); seq_memory_mib: tracemalloc peak while learning one "
                                "extra training sequence"),
+            "settings_from": args.settings_from,
             "software": rep.software_versions(), "machine": rep.machine_info(), "git": rep.git_state(REPO),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
@@ -152,14 +156,19 @@ def main(argv=None, log=print) -> Outcome:
     out = Path(args.out).resolve() if args.out else HERE / "results" / args.experiment / plan.scale.name
     trials = out / "trials"
     setting = setting_for(plan)
-    tuning = tune_jobs(plan, setting)
+    tuning, source = tune_jobs(plan, setting), None
+    if args.settings_from:
+        pairs = [(m.key, d) for d in tuning_datasets(plan, setting) for m in plan.methods]
+        setting.chosen, source_done = chosen_from(Path(args.settings_from), plan.experiment, pairs)
+        tuning, source = [], (args.settings_from, source_done)
     outcome = Outcome(out)
     meta = meta_for(args, argv, plan)
     if args.dry_run:
         jobs = tuning + test_jobs(plan, setting)
         lines = describe_jobs(jobs)
         log(f"{args.experiment} ({plan.scale.name}): {len(tuning)} tuning + {len(jobs) - len(tuning)} test trials; "
-            f"test runs use each method's setting chosen by tuning (listed here at its default)")
+            + (f"test runs use the settings chosen in {args.settings_from}" if source else
+               "test runs use each method's setting chosen by tuning (listed here at its default)"))
         for line in lines:
             log(line)
         log("on a cluster (the data at --data on every node):")
@@ -175,7 +184,8 @@ def main(argv=None, log=print) -> Outcome:
     with runner.TrialRunner(opts, log) as tr:
         if not args.report_only:
             outcome.summaries["tune"] = tr.run(tuning, trials, only, "tuning: ")
-        setting.chosen = choose(runner.collect(tuning, trials))
+        if not source:
+            setting.chosen = choose(runner.collect(tuning, trials))
         tests = test_jobs(plan, setting)
         if not args.report_only:
             outcome.summaries["test"] = tr.run(tests, trials, only, "test: ")
@@ -185,7 +195,7 @@ def main(argv=None, log=print) -> Outcome:
     meta["trials_run_now"] = outcome.ran
     failed = [job["id"] for job, res in done if res.get("status") != "ok"]
     rerun = runner.rerun_command(argv, failed) if failed else ""
-    write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun)
+    write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source)
     if failed:
         log(f"{len(failed)} trial(s) failed or not run: {', '.join(failed)}")
         log(f"rerun them alone: {rerun}")

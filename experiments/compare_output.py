@@ -15,9 +15,10 @@ from compare_text import failed_text, page, setup_text
 from compare_tuning import tuning_rows
 
 
-def tuning_text(done: list) -> str:
-    """The chosen setting per (method, dataset), then every tuning trial's validation loss."""
-    rows = tuning_rows(done)
+def tuning_text(done: list, source: tuple | None = None) -> str:
+    """The chosen setting per (method, dataset), then every tuning trial's validation loss; with
+    `source` ((directory, its tuning trials) of --settings-from), the choices made there."""
+    rows = tuning_rows(source[1] if source else done)
     if not rows:
         return "No tuning trials (every method ran at its default setting)."
     chosen = [r for r in rows if r["chosen"]]
@@ -31,6 +32,8 @@ def tuning_text(done: list) -> str:
                                [[r["id"], settings_text(r["settings"]),
                                  rep.fmt(r["valid_loss"]) if math.isfinite(r["valid_loss"]) else "–", r["status"]]
                                 for r in rows])
+    if source:
+        top = f"No tuning trials here: the settings were chosen by the tuning trials in `{source[0]}`.\n\n{top}"
     return "\n".join([top, "", "<details><summary>Every tuning trial</summary>", "", every, "", "</details>"])
 
 
@@ -48,8 +51,9 @@ def datasets_of(done: list) -> list:
 
 
 def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: Path, meta: dict,
-                  rerun: str = "") -> list:
-    """results.csv, results.md, the plots and meta.json for one experiment; its CSV rows."""
+                  rerun: str = "", source: tuple | None = None) -> list:
+    """results.csv, results.md, the plots and meta.json for one experiment; its CSV rows.
+    `source`: (directory, its tuning trials) when the settings came from another run."""
     out.mkdir(parents=True, exist_ok=True)
     tests = [(j, r) for j, r in done if j.get("stage", "test") == "test"]
     rows = [r for job, res in tests for r in rep.result_rows(experiment, job, res)]
@@ -60,8 +64,8 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     failed = [(job["id"], res.get("status")) for job, res in done if res.get("status") != "ok"]
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
-                               meta["machine"].get("cpu_count")),
-              time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done),
+                               meta["machine"].get("cpu_count"), source[0] if source else ""),
+              time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
               failed=failed_text(failed, rerun))
     (out / "results.md").write_text(md, encoding="utf-8")
     meta["data"] = sorted({f"{k}: {v}" for _, res in done for k, v in (res.get("data") or {}).items()})

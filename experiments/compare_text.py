@@ -23,8 +23,10 @@ def title_and_reading(experiment: str) -> tuple[str, str]:
     return head.lstrip("# ").strip(), body.strip()
 
 
-def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, parallel: int, cores) -> str:
-    """What was run, in words (the caveats every table needs)."""
+def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, parallel: int, cores,
+               settings_from: str = "") -> str:
+    """What was run, in words (the caveats every table needs); `settings_from`: the directory
+    whose tuning chose the settings (--settings-from)."""
     s = scale
     if experiment == "ptb":
         budget = {"minutes": f"{s.text_minutes:g}"} if s.text_minutes else {}
@@ -37,7 +39,8 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
                     steps=f"{steps:,}", videos=f"{steps // s.seq_len * s.batch:,}",
                     per_phase=" per phase" if experiment == "continual" else "", eval_batches=s.eval_batches)
     widths = list(s.text_ptncn_hidden if experiment == "ptb" else s.ptncn_hidden)
-    tuning = (fill("tuning", tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}")
+    tuning = (fill("tuning_from", source=settings_from) if settings_from else
+              fill("tuning", tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}")
               if s.tune_trials else fill("tuning_none"))
     return fill("setup", scale=s.name, seeds=seeds, widths=widths, esn_cap=s.esn_max_hidden, data=data,
                 tuning=tuning, threads=threads, parallel=parallel, cores=cores)

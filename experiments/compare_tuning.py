@@ -13,8 +13,10 @@ diverge on PTB characters within a sentence.
 """
 from __future__ import annotations
 
+import json
 import math
 import random
+from pathlib import Path
 
 from compare_jobs import TUNE_SEED, Plan, Setting, model_job, tuning_datasets
 
@@ -113,3 +115,28 @@ def tuning_rows(done: list) -> list[dict]:
                      "dataset": k[1], "settings": job["settings"], "valid_loss": score(job, res),
                      "status": res.get("status", "?"), "chosen": chosen.get(k) == tuple(job["settings"])})
     return rows
+
+
+def chosen_from(source: Path, experiment: str, pairs: list) -> tuple[dict, list]:
+    """The settings chosen by the tuning trials cached in SOURCE/trials (another command's run
+    of `experiment`, e.g. the medium scale), for every (method, dataset) in `pairs`, and those
+    trials as [(job, result)]. SystemExit naming what is missing or damaged; nothing falls back
+    to a default."""
+    trials = Path(source) / "trials"
+    if not trials.is_dir():
+        raise SystemExit(f"--settings-from: {trials} is not a directory of finished trials")
+    done = []
+    for path in sorted(trials.glob("*.json")):
+        try:
+            rec = json.loads(path.read_text(encoding="utf-8"))
+            job, res = rec["job"], rec["result"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"--settings-from: {path} is not a readable trial ({type(e).__name__}: {e})")
+        if job.get("stage") == "tune" and job.get("id", "").startswith(f"tune-{experiment}-"):
+            done.append((job, res))
+    chosen = choose(done)
+    missing = [f"{m} on {d}" for m, d in pairs if (m, d) not in chosen]
+    if missing:
+        raise SystemExit(f"--settings-from: {trials} holds no finished {experiment} tuning trial of "
+                         + ", ".join(missing))
+    return {k: chosen[k] for k in pairs}, [(j, r) for j, r in done if (j["method"], j["phases"][0]["data"]) in pairs]

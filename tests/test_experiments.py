@@ -129,6 +129,36 @@ def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     assert "## Failed trials" not in (out / "results.md").read_text()
 
 
+def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
+    """--settings-from DIR: no tuning trials run; each test run takes the setting that DIR's
+    tuning trials chose, the report says where they came from, and a method DIR never tuned or
+    a damaged trial file stops the command with one line before anything runs."""
+    import shutil
+    from compare_runner import collect
+    from compare_tuning import choose
+    src, first, _ = finished
+    want = choose(collect([j for j in first.jobs if j["stage"] == "tune"], src / "trials"))
+    assert set(want) == {("ptncn", "mnist"), ("bptt", "mnist")}
+    out = tmp_path / "from"
+    outcome, lines = smoke(out, "--settings-from", str(src))
+    assert outcome.jobs and not any(j["stage"] == "tune" for j in outcome.jobs) and not outcome.failed
+    models = [j for j in outcome.jobs if j["kind"] == "model"]
+    assert {j["method"]: tuple(j["settings"]) for j in models} == {m: want[(m, "mnist")] for m in ("ptncn", "bptt")}
+    assert sorted(outcome.ran) == sorted(j["id"] for j in outcome.jobs)
+    md = (out / "results.md").read_text()
+    assert f"tuning trials in `{src}` chose" in md and f"the settings were chosen by the tuning trials in `{src}`" in md
+    assert json.loads((out / "meta.json").read_text())["settings_from"] == str(src)
+    with pytest.raises(SystemExit, match="no finished bouncing tuning trial of tbptt on mnist"):
+        smoke(tmp_path / "x", "--settings-from", str(src), "--methods", "ptncn,tbptt", "--dry-run")
+    broken = tmp_path / "broken"
+    shutil.copytree(src, broken)
+    victim = sorted((broken / "trials").glob("*.json"))[0]
+    victim.write_text("{not json")
+    with pytest.raises(SystemExit, match=f"{victim} is not a readable trial"):
+        smoke(tmp_path / "y", "--settings-from", str(broken), "--dry-run")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
 def test_dry_run_full_lists_cluster_trials(tmp_path):
     lines = []
     which = ["ptb"] if (DATA / "ptb_word").is_dir() else ["bouncing", "--datasets", "mnist"]
