@@ -1,10 +1,10 @@
 """compare.py's trials: one dict per (method, seed, datasets) training run or reference forecast,
 with a stable id (for --only and the tables) and a key that hashes its whole config (the cache).
 
-A job holds: id, key, stage ('tune' or 'test'), kind ('model' or 'reference'), method, seed,
-overrides (config `section.key=value`), datasets (name -> data overrides), phases
-([{name, data, steps}]), evals, eval_batches, nocorr, settings (the tuned overrides), threads,
-gpus. compare_job.py runs one.
+A job holds: id, key (legacy_key: see `finish`), stage ('tune' or 'test'), kind ('model' or
+'reference'), method, seed, overrides (config `section.key=value`), datasets (those it trains or
+is tested on: name -> data overrides), phases ([{name, data, steps}]), evals, eval_batches,
+nocorr, settings (the tuned overrides), threads, gpus. compare_job.py runs one.
 """
 from __future__ import annotations
 
@@ -76,13 +76,22 @@ def text_vocab(data_overrides: list) -> int:
 
 def job_key(job: dict) -> str:
     """A digest of everything that determines a trial's numbers (not its id or label)."""
-    core = {k: v for k, v in job.items() if k not in ("key", "id", "label", "threads", "gpus")}
+    core = {k: v for k, v in job.items() if k not in ("key", "legacy_key", "id", "label", "threads", "gpus")}
     return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def finish(job: dict, plan: Plan) -> dict:
+    """Resources and the cache key. A job holds (and its key hashes) only the datasets it trains
+    or is tested on, so adding a dataset to a command reruns nothing of the others; where that
+    drops some, `legacy_key` is the key it had when every dataset of the command was held, under
+    which trials cached before still count as done."""
     job.update(scale=plan.scale.name, threads=plan.threads, gpus=plan.gpus)
+    every = job["datasets"]
+    used = {ph["data"] for ph in job["phases"]} | set(job["evals"])
+    job["datasets"] = {k: v for k, v in every.items() if k in used}
     job["key"] = job_key(job)
+    if job["datasets"] != every:
+        job["legacy_key"] = job_key({**job, "datasets": every})
     return job
 
 

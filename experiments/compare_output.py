@@ -9,6 +9,7 @@ from pathlib import Path
 
 import compare_report as rep
 from compare_curves import plot_by_position, time_to_quality
+from compare_runner import finished
 from compare_scales import Scale
 from compare_tables import REPORTERS
 from compare_text import failed_text, page, setup_text
@@ -61,12 +62,13 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     body = REPORTERS[experiment](rows, scale, out)
     datasets = datasets_of(tests)
     plot_by_position(tests, datasets, out / "loss_by_position.png")
-    failed = [(job["id"], res.get("status")) for job, res in done if res.get("status") != "ok"]
+    failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
+    diverged = [(job["id"], res.get("status")) for job, res in done if finished(res) and res.get("status") != "ok"]
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
                                meta["machine"].get("cpu_count"), source[0] if source else ""),
               time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
-              failed=failed_text(failed, rerun))
+              failed=failed_text(failed, rerun, diverged))
     (out / "results.md").write_text(md, encoding="utf-8")
     meta["data"] = sorted({f"{k}: {v}" for _, res in done for k, v in (res.get("data") or {}).items()})
     meta["trials"] = [{"id": job["id"], "key": job["key"], "stage": job.get("stage"), "status": res.get("status"),
@@ -76,6 +78,7 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
                        "settings": job.get("settings", []), "overrides": job["overrides"]}
                       for job, res in done]
     meta["failed"] = [jid for jid, _ in failed]
+    meta["diverged"] = [jid for jid, _ in diverged]
     spans = [(res["start"], res["end"]) for _, res in done if res.get("start") and res.get("end")]
     meta["trials_span_s"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")

@@ -3,8 +3,9 @@
 resident memory are its own. At most `parallel` trials run at once.
 
 Every finished trial is written at once, atomically, to TRIALS/<key>.json (key: a hash of the
-trial's whole config, compare_jobs.job_key); a trial whose file exists with status ok is not run
-again unless named in `only`. A local Ray is started on a loopback address (127.0.0.x) with the
+trial's whole config, compare_jobs.job_key, or for a trial cached before keys held only the
+datasets a trial uses, its legacy key); a trial whose file holds a result (`finished`: it ran
+to the end or diverged) is not run again unless named in `only`. A local Ray is started on a loopback address (127.0.0.x) with the
 dashboard off and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
 Called in a process whose Ray session is already up (a notebook, a test module), it runs its
 trials there and leaves that session running.
@@ -36,12 +37,25 @@ class RayOptions:
 
 @dataclass
 class RunSummary:
-    """What one call of `run` did: trials asked for, found done, run, and the failed ones."""
+    """What one call of `run` did: trials asked for, found done, run, the failed ones (no
+    result) and the diverged ones (a result: see `finished`)."""
 
     total: int = 0
     cached: int = 0
     ran: list = field(default_factory=list)
     failed: list = field(default_factory=list)
+    diverged: list = field(default_factory=list)
+
+
+DIVERGED = ("DivergenceError:", "StepDiverged:")  # in training; in an evaluation
+
+
+def finished(res: dict | None) -> bool:
+    """Whether a trial has a result to report: it ran to the end, or it diverged (non-finite
+    values in training or in an evaluation: an outcome of its setting and seed, which a rerun
+    repeats, so it is not rerun)."""
+    status = (res or {}).get("status") or ""
+    return status == "ok" or status.startswith(DIVERGED)
 
 
 def trial_path(trials: Path, job: dict) -> Path:
@@ -49,14 +63,15 @@ def trial_path(trials: Path, job: dict) -> Path:
 
 
 def load_trial(trials: Path, job: dict) -> dict | None:
-    """A trial's cached result, or None."""
-    path = trial_path(trials, job)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))["result"]
-    except (OSError, ValueError, KeyError):
-        return None
+    """A trial's cached result (under its key, else its legacy key: compare_jobs.finish), or None."""
+    for key in (job["key"], job.get("legacy_key")):
+        path = trials / f"{key}.json"
+        if key and path.is_file():
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))["result"]
+            except (OSError, ValueError, KeyError):
+                return None
+    return None
 
 
 def save_trial(trials: Path, job: dict, result: dict) -> None:
@@ -70,10 +85,10 @@ def save_trial(trials: Path, job: dict, result: dict) -> None:
 
 
 def to_run(jobs: list, trials: Path, only: set | None) -> list:
-    """The jobs this command must run: those named in `only`, else those without an ok result."""
+    """The jobs this command must run: those named in `only`, else those not `finished`."""
     if only is not None:
         return [j for j in jobs if j["id"] in only]
-    return [j for j in jobs if (load_trial(trials, j) or {}).get("status") != "ok"]
+    return [j for j in jobs if not finished(load_trial(trials, j))]
 
 
 class TrialRunner:
@@ -145,8 +160,10 @@ class TrialRunner:
                 res = {"status": f"{type(exc).__name__}: {str(exc).splitlines()[0][:250]}"}
             save_trial(trials, job, res)
             summary.ran.append(job["id"])
-            if res.get("status") != "ok":
+            if not finished(res):
                 summary.failed.append(job["id"])
+            elif res.get("status") != "ok":
+                summary.diverged.append(job["id"])
             self.log(f"{stage}[{len(summary.ran)}/{len(todo)}] {job['id']}: {res.get('status')} "
                      f"({res.get('wall_s') or 0:.1f} s, {res.get('peak_rss_mib') or 0:.0f} MiB; "
                      f"{time.perf_counter() - t0:.0f} s so far)")
@@ -166,7 +183,7 @@ def collect(jobs: list, trials: Path) -> list:
 
 
 def rerun_command(argv: list, ids: list) -> str:
-    """The command line that reruns `ids` alone."""
+    """The command line that reruns `ids` alone (without --only or --report-only of ARGV)."""
     import shlex
     keep, skip = [], False
     for a in argv:
@@ -176,7 +193,7 @@ def rerun_command(argv: list, ids: list) -> str:
         if a == "--only":
             skip = True
             continue
-        if not a.startswith("--only="):
+        if not a.startswith("--only=") and a != "--report-only":
             keep.append(a)
     return " ".join(["python", "experiments/compare.py"] + [shlex.quote(a) for a in keep]
                     + ["--only", shlex.quote(",".join(ids))])

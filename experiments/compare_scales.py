@@ -28,8 +28,9 @@ character or 55 word steps at batch 50).
   batch 50 (padding nearly gone); P-TNCN at the authors' settings and the LSTM, one at a time
   with 2 BLAS threads each, no time limit. It took 89.9 minutes here (P-TNCN 33.9 steps/s, 47
   minutes of training; the LSTM 42.5 steps/s, 38 minutes; six evaluations of 400 test sentences
-  each). Words (a quarter epoch, 4,672 steps) go to their own directory (`--datasets word --out
-  ...`), since a trial's key holds every dataset of its command.
+  each). Words (a quarter epoch, 4,672 steps): `--datasets word` (committed in their own
+  directory, experiments/results/ptb/epoch_words). With `--settings-from
+  experiments/results/ptb/medium` it runs at the settings that medium's equal-budget tuning chose.
 - full (a cluster): ten bucketed epochs of characters and of words, the whole test split.
 """
 from __future__ import annotations

@@ -52,9 +52,10 @@ def page(experiment: str, **parts) -> str:
     return fill("page", title=title, reading=reading, **parts) + "\n"
 
 
-def failed_text(failed: list, rerun: str) -> str:
-    """The failed-trials section ('' when none failed)."""
-    if not failed:
-        return ""
-    items = "\n".join(f"- `{jid}`: {status}" for jid, status in failed)
-    return "\n" + fill("failed", rerun=rerun, list=items) + "\n"
+def failed_text(failed: list, rerun: str, diverged: list = ()) -> str:
+    """The sections on trials that diverged and trials that did not finish ('' when none)."""
+    def items(pairs):
+        return "\n".join(f"- `{jid}`: {status}" for jid, status in pairs)
+    parts = ([fill("diverged", list=items(diverged))] if diverged else []) + (
+        [fill("failed", rerun=rerun, list=items(failed))] if failed else [])
+    return "".join(f"\n{part}\n" for part in parts)

@@ -124,9 +124,32 @@ def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     assert "## Failed trials" in md and "`bouncing-bptt-mnist-s0`: ConfigError" in md
     rerun = next(line for line in lines if line.startswith("rerun them alone: ")).partition(": ")[2]
     assert rerun.endswith("--only tune-bouncing-bptt-mnist-t0,bouncing-bptt-mnist-s0") and f"    {rerun}" in md
+    smoke(out, "--inject", "bptt:optim.lr=-1.0", "--report-only")
+    rebuilt = (out / "results.md").read_text().partition("## Failed trials")
+    assert rebuilt[1] and rerun in rebuilt[2] and "--report-only" not in rebuilt[2]
     outcome, lines = smoke(out, "--only", "bouncing-bptt-mnist-s0")
     assert outcome.ran == ["bouncing-bptt-mnist-s0"] and not outcome.failed
     assert "## Failed trials" not in (out / "results.md").read_text()
+
+
+def test_diverged_trial_is_a_result_and_is_not_rerun(finished, ray_up):
+    """A trial that stops on non-finite values (BPTT with weights of spread 1e300: its untrained
+    forecast already overflows) is a result of its setting: listed as diverged, not as failed, the command exits clean, and running it again
+    runs nothing."""
+    from compare_runner import finished as has_result
+    out, _, _ = finished
+    outcome, lines = smoke(out, "--inject", "bptt:baseline.weight_sd=1e300")
+    assert sorted(outcome.ran) == ["bouncing-bptt-mnist-s0", "tune-bouncing-bptt-mnist-t0"] and not outcome.failed
+    assert sorted(i for s in outcome.summaries.values() for i in s.diverged) == sorted(outcome.ran)
+    assert has_result({"status": "DivergenceError: x"}) and not has_result({"status": "ConfigError: x"})
+    md = (out / "results.md").read_text()
+    section = md.partition("## Diverged trials")[2]
+    assert "- `bouncing-bptt-mnist-s0`: StepDiverged: non-finite values" in section
+    assert "## Failed trials" not in md and "rerun them alone" not in " ".join(lines)
+    meta = json.loads((out / "meta.json").read_text())
+    assert sorted(meta["diverged"]) == sorted(outcome.ran) and meta["failed"] == []
+    again, _ = smoke(out, "--inject", "bptt:baseline.weight_sd=1e300")
+    assert again.ran == []
 
 
 def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
@@ -269,6 +292,41 @@ def test_continual_smoke(tmp_path, ray_up):
             check_learners(rows, "test_bce", table, FEW, phase=phase, trained_on=trained, eval_on=ds)
 
 
+def found(argv: list, done) -> list:
+    """The tuning and test trials of `compare.py ARGV` and whether each has a result in the
+    committed DONE (perhaps under the legacy key of a trial cached when keys held every dataset
+    of the command): a rerun of the command runs none that has."""
+    from compare_jobs import setting_for, test_jobs
+    from compare_runner import collect, load_trial
+    from compare_tuning import choose, tune_jobs
+    plan = compare.make_plan(compare.parse_args(argv))
+    st = setting_for(plan)
+    tunes = tune_jobs(plan, st)
+    st.chosen = choose(collect(tunes, done))
+    jobs = tunes + test_jobs(plan, st)
+    return [(j, load_trial(done, j) is not None) for j in jobs]
+
+
+def test_trial_keys_hold_only_the_datasets_a_trial_uses(tmp_path):
+    """Adding a dataset to a command leaves the keys of the other datasets' trials as they were,
+    and a trial cached under its legacy key (every dataset of the command) counts as done."""
+    if not (DATA / "ptb_word").is_dir():
+        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    from compare_runner import load_trial, save_trial
+    one = compare.main(["ptb", "--scale", "epoch", "--dry-run", "--data", str(DATA)], log=lambda *_: None).jobs
+    both = compare.main(["ptb", "--scale", "epoch", "--datasets", "char,word", "--dry-run", "--data", str(DATA)],
+                        log=lambda *_: None).jobs
+    assert {j["id"]: j["key"] for j in one} == {j["id"]: j["key"] for j in both if j["id"] in {i["id"] for i in one}}
+    assert len(both) == 2 * len(one) and all(set(j["datasets"]) == set(j["evals"]) for j in both)
+    assert all("legacy_key" not in j for j in one) and all("legacy_key" in j for j in both)
+    job = both[0]
+    assert load_trial(tmp_path, job) is None
+    save_trial(tmp_path, {**job, "key": job["legacy_key"]}, {"status": "ok", "run": 1})
+    assert load_trial(tmp_path, job) == {"status": "ok", "run": 1}
+    save_trial(tmp_path, job, {"status": "ok", "run": 2})
+    assert load_trial(tmp_path, job)["run"] == 2
+
+
 def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_keys(monkeypatch):
     """Medium PTB runs stop on training minutes (tuning trials on a quarter of them) with the
     step cap at one epoch of characters and a quarter of words; UORO's text width is named as
@@ -294,19 +352,17 @@ def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_ke
     done = REPO / "experiments" / "results" / "bouncing" / "medium" / "trials"
     monkeypatch.chdir(REPO)  # the committed trials were run with the default data root, ../shared/data
     if done.is_dir() and (REPO.parent / "shared" / "data" / "notmnist").is_dir():
-        video = compare.make_plan(compare.parse_args(["bouncing"]))
-        keys = {j["key"] for j in tune_jobs(video, setting_for(video))}
-        assert keys and all((done / f"{k}.json").is_file() for k in keys)
+        jobs = found(["bouncing"], done)
+        assert all(ok for _, ok in jobs) and any("legacy_key" in j for j, _ in jobs)
 
 
 def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings(monkeypatch):
     """`--scale epoch`: PTB only; P-TNCN and the LSTM on characters, one trial at a time on 2
     CPUs, no tuning, P-TNCN at Nesterov 0.075 / 0.95; its step budget is exactly one bucketed
-    epoch of the real training split, and the committed medium PTB trials keep their keys."""
+    epoch of the real training split; the committed medium and epoch PTB trials are all found."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
     from compare_job import config_for
-    from compare_jobs import setting_for
     from ptncn_dist.data import open_streams
     with pytest.raises(SystemExit):
         compare.parse_args(["bouncing", "--scale", "epoch"])
@@ -325,7 +381,9 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
     done = REPO / "experiments" / "results" / "ptb" / "medium" / "trials"
     monkeypatch.chdir(REPO)
     if done.is_dir() and (REPO.parent / "shared" / "data" / "ptb_word").is_dir():
-        from compare_tuning import tune_jobs
-        medium = compare.make_plan(compare.parse_args(["ptb"]))
-        keys = {j["key"] for j in tune_jobs(medium, setting_for(medium))}
-        assert keys and all((done / f"{k}.json").is_file() for k in keys)
+        jobs = found(["ptb"], done)
+        assert all(ok for _, ok in jobs) and any("legacy_key" in j for j, _ in jobs)
+        for argv, where in ((["ptb", "--scale", "epoch"], "epoch"), (["ptb", "--scale", "epoch", "--datasets", "word"],
+                                                                        "epoch_words")):
+            jobs = found(argv, done.parent.parent / where / "trials")
+            assert jobs and all(ok for _, ok in jobs) and not any("legacy_key" in j for j, _ in jobs)
