@@ -17,6 +17,7 @@ plots, meta.json. Scales: compare_scales.py (`medium` is the default).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -140,6 +141,21 @@ def meta_for(args, argv: list, plan: Plan) -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
+RUN_FIELDS = ("command", "argv", "software", "machine", "git", "started", "total_wall_s", "trials_run_now")
+
+
+def kept_run_meta(path: Path, meta: dict) -> dict:
+    """A --report-only rebuild's meta.json: what the last real run recorded about itself (its
+    command, versions, machine, commit, start and wall time) stays; the rebuild's own are
+    added under `report_rebuilt`. A missing or unreadable old file keeps the rebuild's."""
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return meta
+    rebuilt = {k: meta[k] for k in ("command", "git", "started")}
+    return {**meta, **{k: old[k] for k in RUN_FIELDS if k in old}, "report_rebuilt": rebuilt}
+
+
 def submit_line(argv: list, args, out: Path) -> str:
     """The `ray job submit` command that runs this experiment on a cluster."""
     keep = [a for a in argv if a != "--dry-run"]
@@ -193,6 +209,8 @@ def main(argv=None, log=print) -> Outcome:
     outcome.jobs = tuning + tests
     meta["total_wall_s"] = round(time.perf_counter() - t0, 1)
     meta["trials_run_now"] = outcome.ran
+    if args.report_only:
+        meta = kept_run_meta(out / "meta.json", meta)
     failed = [job["id"] for job, res in done if not runner.finished(res)]
     rerun = runner.rerun_command(argv, failed) if failed else ""
     write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source)

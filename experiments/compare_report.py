@@ -141,11 +141,11 @@ def git_state(repo: Path) -> dict:
     def git(*args):
         try:
             return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                                  timeout=10).stdout.strip()
+                                  timeout=10).stdout.rstrip("\n")
         except (OSError, subprocess.SubprocessError):
             return ""
     status = git("status", "--porcelain").splitlines()
-    return {"commit": git("rev-parse", "HEAD"),
+    return {"commit": git("rev-parse", "HEAD").strip(),
             "changed_tracked": [line[3:] for line in status if not line.startswith("??")],
             "untracked": [line[3:] for line in status if line.startswith("??")]}
 

@@ -139,4 +139,5 @@ def chosen_from(source: Path, experiment: str, pairs: list) -> tuple[dict, list]
     if missing:
         raise SystemExit(f"--settings-from: {trials} holds no finished {experiment} tuning trial of "
                          + ", ".join(missing))
-    return {k: chosen[k] for k in pairs}, [(j, r) for j, r in done if (j["method"], j["phases"][0]["data"]) in pairs]
+    used = sorted(((j, r) for j, r in done if (j["method"], j["phases"][0]["data"]) in pairs), key=lambda p: p[0]["id"])
+    return {k: chosen[k] for k in pairs}, used

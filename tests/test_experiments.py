@@ -124,9 +124,14 @@ def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     assert "## Failed trials" in md and "`bouncing-bptt-mnist-s0`: ConfigError" in md
     rerun = next(line for line in lines if line.startswith("rerun them alone: ")).partition(": ")[2]
     assert rerun.endswith("--only tune-bouncing-bptt-mnist-t0,bouncing-bptt-mnist-s0") and f"    {rerun}" in md
+    ran = json.loads((out / "meta.json").read_text())
     smoke(out, "--inject", "bptt:optim.lr=-1.0", "--report-only")
     rebuilt = (out / "results.md").read_text().partition("## Failed trials")
     assert rebuilt[1] and rerun in rebuilt[2] and "--report-only" not in rebuilt[2]
+    meta = json.loads((out / "meta.json").read_text())  # the run's own record stays; the rebuild's is added
+    assert {k: meta[k] for k in ("command", "started", "git", "total_wall_s")} == \
+        {k: ran[k] for k in ("command", "started", "git", "total_wall_s")}
+    assert meta["report_rebuilt"]["command"].endswith("--report-only") and meta["trials_run_now"] == ran["trials_run_now"]
     outcome, lines = smoke(out, "--only", "bouncing-bptt-mnist-s0")
     assert outcome.ran == ["bouncing-bptt-mnist-s0"] and not outcome.failed
     assert "## Failed trials" not in (out / "results.md").read_text()
