@@ -214,9 +214,9 @@ def main(argv=None, log=print) -> Outcome:
     failed = [job["id"] for job, res in done if not runner.finished(res)]
     rerun = runner.rerun_command(argv, failed) if failed else ""
     write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source)
-    diverged = [job["id"] for job, res in done if runner.finished(res) and res.get("status") != "ok"]
-    if diverged:
-        log(f"{len(diverged)} trial(s) diverged (a result of their setting, not rerun): {', '.join(diverged)}")
+    if meta["diverged"]:
+        log(f"{len(meta['diverged'])} trial(s) diverged (a result of their setting, not rerun): "
+            f"{', '.join(meta['diverged'])}")
     if failed:
         log(f"{len(failed)} trial(s) failed or not run: {', '.join(failed)}")
         log(f"rerun them alone: {rerun}")
