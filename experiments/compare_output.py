@@ -9,6 +9,7 @@ from pathlib import Path
 
 import compare_report as rep
 from compare_curves import plot_by_position, time_to_quality
+from compare_runner import diverged as is_diverged
 from compare_runner import finished
 from compare_scales import Scale
 from compare_tables import REPORTERS
@@ -63,7 +64,7 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     datasets = datasets_of(tests)
     plot_by_position(tests, datasets, out / "loss_by_position.png")
     failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
-    diverged = [(job["id"], res.get("status")) for job, res in done if finished(res) and res.get("status") != "ok"]
+    diverged = [(job["id"], res.get("status")) for job, res in done if is_diverged(res)]
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
                                meta["machine"].get("cpu_count"), source[0] if source else ""),

@@ -5,8 +5,8 @@ resident memory are its own. At most `parallel` trials run at once.
 Every finished trial is written at once, atomically, to TRIALS/<key>.json (key: a hash of the
 trial's whole config, compare_jobs.job_key, or for a trial cached before keys held only the
 datasets a trial uses, its legacy key); a trial whose file holds a result (`finished`: it ran
-to the end or diverged) is not run again unless named in `only`. A local Ray is started on a loopback address (127.0.0.x) with the
-dashboard off and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
+to the end or diverged) is not run again unless named in `only`. A local Ray is started on a
+loopback address (127.0.0.x) with the dashboard off and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
 Called in a process whose Ray session is already up (a notebook, a test module), it runs its
 trials there and leaves that session running.
 """
@@ -58,18 +58,28 @@ def finished(res: dict | None) -> bool:
     return status == "ok" or status.startswith(DIVERGED)
 
 
-def trial_path(trials: Path, job: dict) -> Path:
-    return trials / f"{job['key']}.json"
+def diverged(res: dict | None) -> bool:
+    """A result that is a divergence, not a finished run."""
+    return finished(res) and res.get("status") != "ok"
+
+
+def trial_path(trials: Path, key: str) -> Path:
+    return trials / f"{key}.json"
+
+
+def read_trial(path: Path) -> tuple[dict, dict]:
+    """(job, result) of one trial file; OSError, ValueError, KeyError or TypeError if unreadable."""
+    rec = json.loads(path.read_text(encoding="utf-8"))
+    return rec["job"], rec["result"]
 
 
 def load_trial(trials: Path, job: dict) -> dict | None:
     """A trial's cached result (under its key, else its legacy key: compare_jobs.finish), or None."""
     for key in (job["key"], job.get("legacy_key")):
-        path = trials / f"{key}.json"
-        if key and path.is_file():
+        if key and trial_path(trials, key).is_file():
             try:
-                return json.loads(path.read_text(encoding="utf-8"))["result"]
-            except (OSError, ValueError, KeyError):
+                return read_trial(trial_path(trials, key))[1]
+            except (OSError, ValueError, KeyError, TypeError):
                 return None
     return None
 
@@ -78,7 +88,7 @@ def save_trial(trials: Path, job: dict, result: dict) -> None:
     """Write {job, result} to TRIALS/<key>.json atomically (a rename), so a cut-off command
     never leaves half a file behind."""
     trials.mkdir(parents=True, exist_ok=True)
-    path = trial_path(trials, job)
+    path = trial_path(trials, job["key"])
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"job": job, "result": result}, indent=1, default=str), encoding="utf-8")
     os.replace(tmp, path)
@@ -162,7 +172,7 @@ class TrialRunner:
             summary.ran.append(job["id"])
             if not finished(res):
                 summary.failed.append(job["id"])
-            elif res.get("status") != "ok":
+            elif diverged(res):
                 summary.diverged.append(job["id"])
             self.log(f"{stage}[{len(summary.ran)}/{len(todo)}] {job['id']}: {res.get('status')} "
                      f"({res.get('wall_s') or 0:.1f} s, {res.get('peak_rss_mib') or 0:.0f} MiB; "

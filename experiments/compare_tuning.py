@@ -13,12 +13,12 @@ diverge on PTB characters within a sentence.
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
 from compare_jobs import TUNE_SEED, Plan, Setting, model_job, tuning_datasets
+from compare_runner import read_trial
 
 PTNCN_OPTIMS = (('optim.name="nag"', "optim.lr=0.075", "optim.momentum=0.95"),
                 ('optim.name="adam"', "optim.lr=0.0003"),
@@ -128,8 +128,7 @@ def chosen_from(source: Path, experiment: str, pairs: list) -> tuple[dict, list]
     done = []
     for path in sorted(trials.glob("*.json")):
         try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-            job, res = rec["job"], rec["result"]
+            job, res = read_trial(path)
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"--settings-from: {path} is not a readable trial ({type(e).__name__}: {e})")
         if job.get("stage") == "tune" and job.get("id", "").startswith(f"tune-{experiment}-"):
