@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 
 from . import checkpoint_manifest as cm
 from . import storage
-from .checkpoint_manifest import MANIFEST, Expect, FormatError  # noqa: F401 (re-exported)
+from .checkpoint_manifest import MANIFEST, Expect, FormatError, signing_key  # noqa: F401 (re-exported)
 from .codec import packb, unpackb
-from .errors import CheckpointError, PtncnError
+from .errors import CheckpointError, ConfigError, PtncnError
 from .storage import fsync_dir
 
 FORMAT = 2
@@ -87,10 +87,14 @@ def checkpoint_dir(root: str, step: int) -> str:
     return storage.join(root, f"ckpt-{step:010d}")
 
 
-def root_for(checkpoint_dir_setting: str, run_dir: str | None) -> str | None:
-    """Where a run keeps its checkpoints: `train.checkpoint_dir` (a path or URI) if set, else
-    RUN_DIR/checkpoints (None without a run dir)."""
-    return checkpoint_dir_setting or (os.path.join(run_dir, "checkpoints") if run_dir else None)
+def root_for(checkpoint_dir_setting: str, run_dir: str | None, run_id: str | None = None) -> str | None:
+    """Where a run keeps its checkpoints: `<train.checkpoint_dir>/<run id>` (a path or URI, one
+    namespace per run, so runs sharing the setting never touch each other's checkpoints) if
+    set, else RUN_DIR/checkpoints (the run directory is its own namespace; None without one).
+    A run made before run ids existed (run_id None) keeps the setting itself."""
+    if checkpoint_dir_setting:
+        return storage.join(checkpoint_dir_setting, run_id) if run_id else checkpoint_dir_setting
+    return os.path.join(run_dir, "checkpoints") if run_dir else None
 
 
 def write_shard(ckpt_dir: str, name: str, payload: dict) -> dict:
@@ -129,9 +133,11 @@ def read_shard(ckpt_dir: str, record: dict, max_bytes: int | None = None) -> dic
 
 
 def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str,
-                   shards: list[dict], extra: dict | None = None) -> str:
+                   shards: list[dict], extra: dict | None = None, run_id: str | None = None) -> str:
     body = {"step": int(step), "position": position, "config_hash": config_hash, "shards": shards,
             "created": time.time(), "extra": extra or {}}
+    if run_id:
+        body["run_id"] = run_id
     path = storage.join(ckpt_dir, MANIFEST)
     storage.write_bytes(path, cm.encode(body))
     return path
@@ -142,13 +148,23 @@ def read_manifest(ckpt_dir: str, config_hash: str | None = None, expect: Expect 
 
 
 def list_checkpoints(root: str) -> list[str]:
-    """Checkpoint directories under `root` that have a manifest, oldest first."""
-    found = []
-    for name in storage.list_dir(root):
-        match = _DIR.match(name)
-        if match and storage.exists(storage.join(root, name, MANIFEST)):
-            found.append((int(match.group(1)), storage.join(root, name)))
-    return [p for _, p in sorted(found)]
+    """Checkpoint directories under `root` that have a manifest, oldest first (what a writer
+    keeps and prunes)."""
+    return [p for p in list_candidates(root) if storage.exists(storage.join(p, MANIFEST))]
+
+
+def list_candidates(root: str) -> list[str]:
+    """Every ckpt-<step> directory under `root`, oldest first, whether or not its manifest can
+    be seen: a reader tries each, so a newest one without a readable manifest counts as damaged
+    instead of being passed over in silence (a plain file with such a name is no checkpoint). A
+    root that exists but cannot be listed is a CheckpointError naming it."""
+    try:
+        names = storage.list_dir(root)
+    except Exception as exc:  # noqa: BLE001 - whatever stops the listing, no checkpoint can be trusted
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else f"{type(exc).__name__}: {_one_line(exc)}"
+        raise CheckpointError(f"cannot list the checkpoints under {storage.display(root)}: {reason}") from None
+    found = [(int(m.group(1)), storage.join(root, name)) for name in names if (m := _DIR.match(name))]
+    return [p for _, p in sorted(found) if storage.is_dir(p)]
 
 
 @dataclass
@@ -188,7 +204,7 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None, exp
         def warn(msg):
             warnings.warn(f"skipping damaged checkpoint: {msg}", CheckpointWarning, stacklevel=3)
     errors = []
-    for path in reversed(list_checkpoints(root)):
+    for path in reversed(list_candidates(root)):
         try:
             if restore is None:
                 loaded = load(path, config_hash, expect)
@@ -198,7 +214,7 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None, exp
                 loaded = Loaded(path, manifest, {})
             loaded.skipped = errors
             return loaded
-        except FormatError:
+        except (FormatError, ConfigError):
             raise
         except passthrough:
             raise
@@ -213,7 +229,7 @@ def latest_valid(root: str, config_hash: str | None = None, *, restore=None, exp
 
 
 def save(root: str, step: int, write_shards, *, position: dict, config_hash: str, extra: dict,
-         passthrough: tuple = ()) -> str:
+         passthrough: tuple = (), run_id: str | None = None) -> str:
     """Write checkpoint `step` under `root`: shards by `write_shards(dir)` (each layer its own),
     then the manifest. Locally into a staging directory renamed to ckpt-<step> once all is
     durable; in an object store straight into ckpt-<step>, the manifest last. A failure removes
@@ -223,7 +239,7 @@ def save(root: str, step: int, write_shards, *, position: dict, config_hash: str
     write = _save_staged if storage.atomic_rename(root) else _save_direct
     try:
         write(root, final, lambda d: write_manifest(d, step=step, position=position, config_hash=config_hash,
-                                                    shards=write_shards(d), extra=extra))
+                                                    shards=write_shards(d), extra=extra, run_id=run_id))
     except BaseException as exc:
         if isinstance(exc, passthrough) or not isinstance(exc, Exception):
             raise

@@ -32,6 +32,9 @@ def _config(args):
 
 
 def cmd_train(args) -> int:
+    """Train into --run-dir (default runs/<time>): a directory that holds this run continues it,
+    one that holds another run is refused. --resume RUN_DIR continues the run there with its own
+    config.toml (overrides may change logging and length, not the numbers)."""
     from .config import load
     from .train import train
     if args.resume:
@@ -48,43 +51,32 @@ def cmd_train(args) -> int:
     cfg = _config(args)
     run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
     print(f"run directory: {run_dir}")
-    train(cfg, run_dir, resume=_resumable(cfg, run_dir))
+    train(cfg, run_dir, resume=None)
     return 0
 
 
-def _resumable(cfg, run_dir: str) -> bool:
-    """Whether `run_dir` already holds this run (same config hash, a checkpoint): then the same
-    command continues it, as a re-submitted job should. A different run there is an error."""
-    from . import checkpoint
-    from .config import load
-    path = os.path.join(run_dir, "config.toml")
-    root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir)
-    if not os.path.exists(path) or not checkpoint.list_checkpoints(root):
-        return False
-    if load(path).hash() != cfg.hash():
-        raise PtncnError(f"{run_dir} holds checkpoints of a different run (model, optimizer, data or seed differ); "
-                         f"choose another --run-dir")
-    print(f"{run_dir} holds this run: continuing from its last good checkpoint")
-    return True
-
-
 def _restored(run_dir: str):
+    """A single-process Trainer (no run directory of its own) for the run in `run_dir`, looking
+    for checkpoints where that run keeps them."""
+    from .checkpoint import root_for
     from .config import load
+    from .rundir import read_run_id
     from .train import Trainer
     path = os.path.join(run_dir, "config.toml")
     if not os.path.exists(path):
         raise PtncnError(f"{run_dir}: no config.toml there (not a run directory)")
     cfg = load(path, ['train.progress=false', 'engine.name="local"'])
-    return Trainer(cfg, None, log=lambda *_: None), cfg
+    trainer = Trainer(cfg, None, log=lambda *_: None)
+    trainer.run_id = read_run_id(run_dir)
+    trainer.ckpt_root = root_for(cfg.train.checkpoint_dir, run_dir, trainer.run_id)
+    return trainer, cfg
 
 
 def _load_into(trainer, run_dir, allow_older: bool = False):
-    """Restore the newest checkpoint that verifies. A damaged newer one stops here with one line
-    naming it and the step an older one would give, unless `allow_older` (then a warning line).
-    The checkpoints are where the run kept them: its train.checkpoint_dir (a path or URI) if set."""
-    from .checkpoint import root_for
+    """Restore the newest checkpoint that verifies. A damaged newer one (unreadable, or without
+    a readable manifest) stops here with one line naming it and the step an older one would
+    give, unless `allow_older` (then a warning line)."""
     from .storage import display
-    trainer.ckpt_root = root_for(trainer.cfg.train.checkpoint_dir, run_dir)
     loaded = trainer.load_latest(warn=lambda msg: None)
     if loaded is None:
         raise PtncnError(f"{run_dir}: no checkpoint to load under {display(trainer.ckpt_root)}")

@@ -1,5 +1,8 @@
 """The training loop: data stream -> engine -> metrics, checkpoints, evaluation and plots.
 
+A run directory is claimed for the life of a run and written only once every check has passed
+(rundir.py); checkpoints are written and restored by train_checkpoints.py.
+
 A step is one MODEL.md time step of a batch of sequences. The data position (sequence batch,
 step within it) is part of every checkpoint, and the stream is a pure function of (seed,
 position), so a resumed run continues at exactly the step where it stopped.
@@ -8,23 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from . import checkpoint, metrics, references, tboard
-from .config import Config, to_toml
+from . import checkpoint, metrics, references, rundir, tboard
+from .config import Config
 from .config_checks import check_memory
 from .data import open_streams
-from .engines.base import StepDiverged, shard_name
+from .engines.base import StepDiverged
 from .engines.factory import build_engine
 from .evaluation import reference_losses, run_evaluation
 from .errors import CheckpointError, DivergenceError
-from .finite import NonFiniteState
-from .storage import display
 from .recovery import Recovery
+from .train_checkpoints import CheckpointsMixin
 
 
 STRIP_SEQS = 3
@@ -44,35 +43,69 @@ class RunResult:
     train_s: float = 0.0
 
 
-class Trainer:
+class Trainer(CheckpointsMixin):
     """Runs one training run; `run()` returns a RunResult. Owns the engine and the run dir."""
 
-    def __init__(self, cfg: Config, run_dir: str | None = None, *, resume: bool = False,
+    def __init__(self, cfg: Config, run_dir: str | None = None, *, resume: bool | None = None,
                  engine=None, log=print, on_record=None):
+        """`resume`: True continues the run in `run_dir` (its config hash must match, and a
+        checkpoint must exist); None continues it when `run_dir` holds this run with a
+        checkpoint and starts it otherwise; False needs a directory that holds no run yet.
+        Nothing but the directory's lock is written until every check has passed."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.on_record = on_record
         self.streams = open_streams(cfg.data, cfg.train.seed)
         check_memory(cfg, self.streams.train.dim, self.streams.train.kind)  # before any weight exists
         self.kind = self.streams.train.kind
+        checkpoint.signing_key()  # a PTNCN_CHECKPOINT_KEY too short to use stops here, before anything
+        self.claim = rundir.Claim.open(cfg, run_dir) if run_dir else None
+        self.engine = None
+        try:
+            self._open(cfg, run_dir, resume, engine)
+        except BaseException:
+            if self.engine is not None and engine is None:
+                self.engine.close()
+            if self.claim is not None:
+                self.claim.release()
+            raise
+
+    def _open(self, cfg: Config, run_dir, resume, engine) -> None:
+        held = self.claim is not None and self.claim.holds_run
+        if held and resume is False:
+            raise CheckpointError(f"{run_dir} already holds a run; continue it (ptncn train --resume {run_dir}) "
+                                  f"or choose another --run-dir")
+        if resume and not held:
+            raise CheckpointError(f"{run_dir or 'no run directory'}: no config.toml there (not a run directory)")
+        self.run_id = self.claim.run_id if self.claim else rundir.new_run_id(None)
+        self.ckpt_root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir, self.run_id)
+        if resume is None:
+            resume = held and bool(checkpoint.list_candidates(self.ckpt_root))
+            if resume:
+                self.log(f"{run_dir} holds this run: continuing from its last good checkpoint")
         self.engine = engine or build_engine(cfg, self.streams.train.dim, self.kind)
         self.step, self.position, self.t = 0, 0, 0
         self.train_s = 0.0  # seconds spent in training segments (not evaluations), kept in checkpoints
-        self.ckpt_root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir)
         self.config_hash = cfg.hash()
         self._last_ckpt_time, self._saved_step = time.monotonic(), None
-        if run_dir:
-            os.makedirs(run_dir, exist_ok=True)
-            with open(os.path.join(run_dir, "config.toml"), "w", encoding="utf-8") as fh:
-                fh.write(to_toml(cfg))
-        self.writer = metrics.MetricsWriter(os.path.join(run_dir, "metrics.jsonl")) if run_dir else None
-        self.board = tboard.Board(run_dir if cfg.train.tensorboard else None, log)
+        self.fitted, self.reference, self.strip = None, {}, None
+        self.writer = None
         self.recovery = Recovery(self.engine, restore=lambda: self.restore_latest(required=True),
                                  step=lambda: self.step, max_failures=cfg.train.max_failures,
-                                 has_checkpoints=bool(self.ckpt_root), log=log,
-                                 record=self.writer.write if self.writer else (lambda rec: None))
-        self.fitted, self.reference, self.strip = None, {}, None
+                                 has_checkpoints=bool(self.ckpt_root), log=self.log,
+                                 record=lambda rec: self.writer.write(rec) if self.writer else None)
         if resume:
             self.restore_latest(required=True)
+        if self.claim is not None:  # every check passed: now the run directory is written
+            for change in self.claim.changed_keys(cfg):
+                self.log(f"this session runs with {change} (config.toml keeps the run's)")
+            self.claim.commit(cfg)
+        self.writer = metrics.MetricsWriter(os.path.join(run_dir, "metrics.jsonl")) if run_dir else None
+        self.board = tboard.Board(run_dir if cfg.train.tensorboard else None, self.log)
+
+    def release(self) -> None:
+        """Give the run directory back (the end of `run()`, or `close()`)."""
+        if self.claim is not None:
+            self.claim.release()
 
     @property
     def recoveries(self) -> int:
@@ -81,69 +114,6 @@ class Trainer:
     @property
     def recovery_log(self) -> list[dict]:
         return self.recovery.records
-
-    # -- checkpoints ---------------------------------------------------------------------------
-    def save_checkpoint(self) -> str | None:
-        """Write this step's checkpoint (each layer its own shard), then prune older ones; a
-        failed write raises CheckpointWriteError and keeps every complete checkpoint."""
-        if not self.ckpt_root:
-            return None
-        try:
-            path = checkpoint.save(self.ckpt_root, self.step, self.engine.save_shards,
-                                   position={"batch": self.position, "t": self.t}, config_hash=self.config_hash,
-                                   extra={"engine": self.engine.name, "data": self.streams.description,
-                                          "train_s": round(self.train_s, 6)},
-                                   passthrough=self.engine.failure_types() + (NonFiniteState,))
-        except NonFiniteState as exc:
-            first = str(getattr(exc, "cause", None) or exc).strip().splitlines()[0]  # a Ray task error's cause
-            raise DivergenceError(f"{first} at step {self.step}: its checkpoint is not written; the "
-                                  f"last good checkpoint is {self._last_good()}") from None
-        checkpoint.prune(self.ckpt_root, self.cfg.train.keep_checkpoints)
-        self._last_ckpt_time, self._saved_step = time.monotonic(), self.step
-        return path
-
-    def checkpoint_expect(self) -> checkpoint.Expect:
-        """What a checkpoint of this config holds: one shard per layer, in order, each at most a
-        bound from the config's shapes (weights, four optimizer slots each, carried state)."""
-        if self.engine.whole_sequences:
-            from .engines.baseline import SHARD
-            names = (SHARD,)
-        else:
-            names = tuple(shard_name(l) for l in range(1, len(self.cfg.model.hidden) + 1))
-        values = sum(int(np.size(v)) for st in self.engine.layer_states() for v in st["params"].values())
-        carry = self.cfg.data.batch * (self.streams.train.dim + sum(self.cfg.model.hidden)) * 8
-        return checkpoint.Expect(names, 8 * 8 * (values + carry) + (1 << 20))
-
-    def load_latest(self, warn):
-        """The newest checkpoint that verifies, restored into the engine (see checkpoint.latest_valid)."""
-        return checkpoint.latest_valid(self.ckpt_root, self.config_hash, restore=self.engine.load_shards,
-                                       expect=self.checkpoint_expect(), warn=warn,
-                                       passthrough=self.engine.failure_types())
-
-    def restore_latest(self, required: bool = False) -> bool:
-        loaded = self.load_latest(warn=lambda msg: None) if self.ckpt_root else None
-        if loaded is None:
-            if required:
-                raise CheckpointError(f"no checkpoint to resume from under {display(self.ckpt_root)}")
-            return False
-        m = loaded.manifest
-        self.step, self.position, self.t = m["step"], m["position"]["batch"], m["position"]["t"]
-        spent = m.get("extra", {}).get("train_s", 0.0)
-        self.train_s = float(spent) if isinstance(spent, (int, float)) else 0.0
-        for msg in loaded.skipped:
-            line = (f"warning: damaged checkpoint skipped: {msg}; falling back to step {self.step} "
-                    f"({display(loaded.path)})")
-            print(line, file=sys.stderr, flush=True)
-        self.log(f"resumed from {display(loaded.path)} at step {self.step}")
-        return True
-
-    def _checkpoint_due(self, before: int) -> bool:
-        """A checkpoint is due when the last segment crossed a multiple of checkpoint_every (or
-        checkpoint_minutes passed)."""
-        tc = self.cfg.train
-        if tc.checkpoint_every and self.step // tc.checkpoint_every > before // tc.checkpoint_every:
-            return True
-        return tc.checkpoint_minutes > 0 and time.monotonic() - self._last_ckpt_time >= 60 * tc.checkpoint_minutes
 
     # -- the loop ------------------------------------------------------------------------------
     def _done(self) -> bool:
@@ -177,10 +147,6 @@ class Trainer:
         if self.t >= T:
             self.position, self.t = self.position + 1, 0
         return sums
-
-    def _last_good(self) -> str:
-        kept = checkpoint.list_checkpoints(self.ckpt_root)[-1:] if self.ckpt_root else []
-        return display(kept[0]) if kept else "none (no run dir or none written yet)"
 
     def _diverged(self, step: int, sighting=None) -> None:
         """Stop on a NaN or Inf, naming the step, the layer where it first appeared (what it
@@ -238,6 +204,14 @@ class Trainer:
             self.on_record(rec)
 
     def run(self) -> RunResult:
+        """Train to train.steps (or train.max_minutes), evaluate, write the summary; the run
+        directory is given back at the end, whether the run finished or failed."""
+        try:
+            return self._run()
+        finally:
+            self.release()
+
+    def _run(self) -> RunResult:
         tc = self.cfg.train
         self.log(f"data: {self.streams.description}")
         self.log(f"engine: {self.engine.name}; model: {self.cfg.model.type} {self.cfg.model.hidden}")
@@ -345,6 +319,7 @@ class Trainer:
             self.log(line)
 
     def close(self) -> None:
+        self.release()
         self.board.close()
         self.engine.close()
 
@@ -356,9 +331,10 @@ def _progress(tc, start: int):
     return tqdm(total=tc.steps, initial=start, unit="step", dynamic_ncols=True, mininterval=0.5)
 
 
-def train(cfg: Config, run_dir: str | None = None, *, resume: bool = False, log=print,
+def train(cfg: Config, run_dir: str | None = None, *, resume: bool | None = None, log=print,
           on_record=None) -> RunResult:
     """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this).
+    `resume` as Trainer's (None: continue the run in `run_dir` if it holds this one).
     `on_record(rec)` sees every metrics.jsonl record as it is written (a Tune trial reports them)."""
     trainer = Trainer(cfg, run_dir, resume=resume, log=log, on_record=on_record)
     try:

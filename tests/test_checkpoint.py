@@ -52,12 +52,18 @@ def test_latest_and_prune(tmp_path):
     assert [os.path.basename(p) for p in checkpoint.list_checkpoints(root)] == ["ckpt-0000000020", "ckpt-0000000030"]
 
 
-def test_checkpoint_without_manifest_does_not_exist(tmp_path):
+def test_checkpoint_without_manifest_is_damaged_not_silently_skipped(tmp_path):
+    """A newest ckpt-<step> directory without a manifest is no checkpoint for the writer (not
+    listed, not pruned as complete) but a damaged one for a reader: passed over with a warning
+    naming it, never in silence."""
     root = str(tmp_path)
     write(root, 10, 10)
     d = checkpoint.checkpoint_dir(root, 20)
     checkpoint.write_shard(d, "layer-1.msgpack", {"x": 1})
-    assert checkpoint.latest_valid(root).manifest["step"] == 10
+    assert [os.path.basename(p) for p in checkpoint.list_checkpoints(root)] == ["ckpt-0000000010"]
+    with pytest.warns(checkpoint.CheckpointWarning, match="ckpt-0000000020/manifest.msgpack"):
+        loaded = checkpoint.latest_valid(root)
+    assert loaded.manifest["step"] == 10 and len(loaded.skipped) == 1
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])

@@ -133,7 +133,9 @@ def test_manifest_is_written_last(s3):
     assert seen == [[], False, [], False]
     assert checkpoint.latest_valid(root).shards["layer-1.msgpack"] == {"v": 3}
     checkpoint.write_shard(checkpoint.checkpoint_dir(root, 20), "layer-1.msgpack", {"v": 9})
-    assert checkpoint.latest_valid(root).manifest["step"] == 10
+    assert [storage.basename(p) for p in checkpoint.list_checkpoints(root)] == ["ckpt-0000000010"]
+    with pytest.warns(checkpoint.CheckpointWarning, match="ckpt-0000000020"):  # a reader calls it damaged
+        assert checkpoint.latest_valid(root).manifest["step"] == 10
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
@@ -211,6 +213,7 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
     that stopped run from S3 alone and continues it, again exactly, and `ptncn export RUN_DIR`
     reads the run's weights back from its S3 root. About 40 s on 2 busy cores."""
     from ptncn_dist.config import load
+    from ptncn_dist.rundir import read_run_id
     from ptncn_dist.studies.chaos import kill_actor_process
     from ptncn_dist.train import Trainer
 
@@ -235,7 +238,9 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
         assert killed == [True] and trainer.recoveries == 1
         assert trainer.recovery_log[0]["resumed_from_step"] == 20
         assert not (tmp_path / "checkpoints").exists()
-        assert [storage.basename(p) for p in checkpoint.list_checkpoints(root)] == \
+        own = trainer.ckpt_root  # the run's namespace under the shared prefix
+        assert own == storage.join(root, read_run_id(str(tmp_path)))
+        assert [storage.basename(p) for p in checkpoint.list_checkpoints(own)] == \
             ["ckpt-0000000000", "ckpt-0000000020", "ckpt-0000000040"]
 
         second = Trainer(load(None, sets + ["train.steps=60"]), str(tmp_path), resume=True, log=lambda *_: None)
@@ -245,7 +250,8 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
             resumed = second.engine.weights()
         finally:
             second.close()
-        assert [storage.basename(p) for p in checkpoint.list_checkpoints(root)][-1] == "ckpt-0000000060"
+        assert second.ckpt_root == own
+        assert [storage.basename(p) for p in checkpoint.list_checkpoints(own)][-1] == "ckpt-0000000060"
     assert_same(first, reference_weights(40))
     assert_same(resumed, reference_weights(60))
     from ptncn_dist.cli import main

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import DATA, REPO, need_data
 from ptncn_dist import checkpoint
+from ptncn_dist.rundir import read_run_id
 from ptncn_dist.config import load
 from ptncn_dist.errors import DataError, DivergenceError
 from ptncn_dist.train import Trainer, train
@@ -247,11 +248,12 @@ def test_full_disk_is_one_line_keeps_complete_checkpoints_and_a_rerun_continues(
     assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 20" in err, err
     assert "No space left on device" in err and "ckpt-0000000010" in err, err
     assert [p.name for p in ckpts.iterdir()] and all(".tmp-" not in p.name for p in ckpts.rglob("*"))
-    assert [int(p[-10:]) for p in checkpoint.list_checkpoints(str(ckpts))] == [0, 10]
+    own = ckpts / read_run_id(str(tmp_path / "run"))  # the run's namespace in the shared directory
+    assert [int(p[-10:]) for p in checkpoint.list_checkpoints(str(own))] == [0, 10]
     os.remove(filler)
     assert main(args + ["--steps", "30"]) == 0
     assert "ckpt-0000000010 at step 10" in capsys.readouterr().out
-    assert checkpoint.list_checkpoints(str(ckpts))[-1].endswith("ckpt-0000000030")
+    assert checkpoint.list_checkpoints(str(own))[-1].endswith("ckpt-0000000030")
 
 
 def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
