@@ -6,7 +6,8 @@ Every finished trial is written at once, atomically, to TRIALS/<key>.json (key: 
 trial's whole config, compare_jobs.job_key, or for a trial cached before keys held only the
 datasets a trial uses, its legacy key); a trial whose file holds a result (`finished`: it ran
 to the end or diverged) is not run again unless named in `only`. A local Ray is started on a
-loopback address (127.0.0.x) with the dashboard off and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
+loopback address (127.0.0.1 by default, ptncn_dist.engines.ray_session) with the dashboard off
+and stopped at the end; `address` ('auto', HOST:PORT) joins a running cluster.
 Called in a process whose Ray session is already up (a notebook, a test module), it runs its
 trials there and leaves that session running.
 """
@@ -19,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import compare_job
+from ptncn_dist.engines import ray_session
+from ptncn_dist.errors import ConfigError
 
-NODE_IP = "127.0.0.2"
+NODE_IP = ray_session.LOOPBACK  # every listener of the private Ray on loopback (ray_session)
 START_ATTEMPTS = 2
 
 
@@ -117,12 +120,15 @@ class TrialRunner:
         if not self.owned:
             self.log("using this process's running Ray session")
         elif self.opts.address:
-            ray.init(address=self.opts.address, log_to_driver=False, configure_logging=False)
+            ray_session.join(self.opts.address)
         else:
+            try:
+                ray_session.check_node_ip(self.opts.node_ip, "--node-ip")
+            except ConfigError as exc:  # one line, as compare.py reports its other argument errors
+                raise SystemExit(str(exc)) from None
             for attempt in range(START_ATTEMPTS):
                 try:
-                    ray.init(address="local", num_cpus=self.opts.num_cpus or os.cpu_count(), include_dashboard=False,
-                             _node_ip_address=self.opts.node_ip, log_to_driver=False, configure_logging=False)
+                    ray_session.start_private(self.opts.node_ip, self.opts.num_cpus or os.cpu_count(), "--node-ip")
                     break
                 except Exception as exc:  # a raylet slow to register on a loaded machine: once more
                     ray.shutdown()

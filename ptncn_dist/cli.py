@@ -96,7 +96,7 @@ def cmd_eval(args) -> int:
     trainer, cfg = _restored(args.run_dir)
     loaded = _load_into(trainer, args.run_dir, args.allow_older)
     n = args.batches or cfg.train.eval_batches
-    res = evaluate(trainer.engine, trainer.streams.test, n, cfg.model.t_prime)
+    res = evaluate(trainer.engine, trainer.streams.test, n, cfg.model.t_prime, step=loaded.manifest["step"])
     _, ref = reference_losses(trainer.streams, n, cfg.model.t_prime)
     out = {"checkpoint": loaded.path, "step": loaded.manifest["step"], **res, "reference": ref}
     if args.context:

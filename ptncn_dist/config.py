@@ -106,7 +106,7 @@ class EngineConfig:
     gpus_per_layer: float = 0.0
     blas_threads: int = 0
     in_flight: int = 8
-    node_ip: str = "127.0.0.2"
+    node_ip: str = "127.0.0.1"  # kept as is by ray_session, so every listener stays on loopback
     placement_timeout_s: float = 60.0
     segment_timeout_s: float = 300.0
     heartbeat_s: float = 1.0
@@ -212,7 +212,7 @@ def from_dict(raw: dict) -> Config:
             raise ConfigError(f"unknown config section [{section}];{_did_you_mean(section, list(SECTIONS))} "
                               f"valid sections: {sorted(SECTIONS)}")
         if not isinstance(values, dict):
-            raise ConfigError(f"[{section}] must be a table of keys")
+            raise ConfigError(f"[{section}] must be a table of keys, not {repr(values):.60}")
         cls = SECTIONS[section]
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -240,39 +240,42 @@ def parse_override(text: str) -> tuple[str, str, object]:
 
 
 def load(path: str | None = None, overrides: list[str] = ()) -> Config:
-    """Read a TOML file (or the defaults), apply `--set` overrides, validate everything."""
+    """Read a TOML file (or the defaults), apply `--set` overrides, validate everything. The file
+    must be UTF-8 TOML of at most 1 MiB (a config is a few KB); anything else is a ConfigError."""
+    max_bytes = 1 << 20
     raw: dict = {}
     if path:
         try:
             with open(path, "rb") as fh:
-                raw = tomllib.load(fh)
+                data = fh.read(max_bytes + 1)
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path} is a directory, not a config file (a TOML file such as "
+                              f"experiments/configs/ptb_char.toml)") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+        if len(data) > max_bytes:
+            raise ConfigError(f"{path} is larger than {max_bytes:,} bytes: not a config file (a few KB of TOML)")
+        try:
+            raw = tomllib.loads(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: not UTF-8 text (byte {exc.start} is "
+                              f"0x{data[exc.start]:02x}); is it a binary file?") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     for text in overrides:
         section, key, value = parse_override(text)
-        raw.setdefault(section, {})[key] = value
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}] must be a table of keys, not {repr(table):.60} (in {path}); "
+                              f"--set {text} cannot add a key to it")
+        table[key] = value
     return from_dict(raw)
 
 
 def to_toml(cfg: Config) -> str:
-    """The resolved config as TOML (what `load` reads back to an equal Config)."""
-    lines = []
-    for section, values in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
+    """The resolved config as TOML (what `load` reads back to an equal Config), by tomli-w: any
+    string, emoji included, is written as TOML reads it."""
+    import tomli_w
+    return tomli_w.dumps(cfg.to_dict())

@@ -6,7 +6,9 @@
 - `check_memory(cfg, x_dim, kind)`: an estimate of the memory a run needs (weights and optimizer
   slots per layer from the layer shapes, plus the data batch arrays) against the machine's memory.
   Run when a run starts (the Trainer, before the engine allocates), because it needs x_dim from
-  the data: frame * frame for videos, the vocabulary for text.
+  the data: frame * frame for videos, the vocabulary for text. It first runs `check_sequences`.
+- `check_sequences(cfg)`: model.t_prime leaves some step of the data's sequences to score (the
+  sequence lengths are known only once the data is open).
 """
 from __future__ import annotations
 
@@ -127,11 +129,20 @@ def _gib(n: float) -> str:
     return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / GIB:.3f} GiB"
 
 
+def check_sequences(cfg) -> None:
+    """ConfigError when model.t_prime is at or past the end of every sequence of the data (the
+    run would train and evaluate on nothing); see `data.sources.check_scored`."""
+    from .data.sources import check_scored
+    check_scored(cfg.data, cfg.model.t_prime)
+
+
 def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> dict:
     """ConfigError when the run cannot fit in this machine's memory; else the estimate (bytes).
+    Runs `check_sequences` first: both are the checks a run makes once its data is open.
 
     With a Ray engine on a cluster (engine.address set) only the largest layer must fit, since
     each layer may have a node of its own; everything else runs here and must fit as a whole."""
+    check_sequences(cfg)
     available = machine_memory() if available is None else available
     layers = layer_bytes(cfg, x_dim)
     weights, data = sum(layers), data_bytes(cfg, x_dim, kind)

@@ -12,6 +12,8 @@ Works on any engine (it only calls `run_segment`) and for video and text alike.
 from __future__ import annotations
 
 from . import metrics
+from .engines.base import StepDiverged
+from .evaluation import diverged
 
 
 def _score_segment(engine, x, mask, start: int, t: int) -> dict:
@@ -38,11 +40,14 @@ def probe(engine, stream, contexts, n_batches: int = 1) -> dict:
         if T <= first:
             continue
         last = T - 1
-        whole, _ = engine.run_segment(b.x, b.mask, 0, T, learn=False, t_prime=first)
-        metrics.add_sums(full, whole)
-        for t in range(first, T):
-            for k in ks:
-                metrics.add_sums(by_k[k], _score_segment(engine, b.x, b.mask, t - k, t))
+        try:
+            whole, _ = engine.run_segment(b.x, b.mask, 0, T, learn=False, t_prime=first)
+            metrics.add_sums(full, whole)
+            for t in range(first, T):
+                for k in ks:
+                    metrics.add_sums(by_k[k], _score_segment(engine, b.x, b.mask, t - k, t))
+        except StepDiverged as exc:  # one line, as the evaluation says it
+            raise diverged(engine, exc, pos) from None
     if last is None:
         raise ValueError(f"no test sequence is longer than the longest context ({first})")
     return {"positions": [first, last],

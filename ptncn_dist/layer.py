@@ -39,7 +39,7 @@ from .layer_learn import bound_rows, clip_factor, learn_generative, learn_recurr
 from .layer_spec import PARAM_NAMES, LayerSpec, init_params, layer_specs, stacked_blocks, stacked_names
 from .layer_step import (correction, forward, input_matmul, is_ids, output_error, predict_below,
                          stacked_rows, state_error, temporal_error)
-from .weights import LayerWeights
+from .weights import LayerWeights, check_carry
 
 __all__ = ["ACTIVATIONS", "OUTPUTS", "PARAM_NAMES", "LayerCore", "LayerSpec", "bound_rows", "check_names",
            "clip_factor", "correction", "forward", "init_params", "input_matmul", "is_ids", "layer_specs",
@@ -263,11 +263,15 @@ class LayerCore:
         yield from ((f"carry.{k}", v) for k, v in (self.carry or {}).items() if v is not None)
 
     def load_state(self, state: dict) -> None:
-        """Restore what `state` returned, in place (names and shapes are checked)."""
+        """Restore what `state` returned, in place. Every name, shape, dtype kind and type of the
+        weights, slots and carried state is checked before anything is written (StateError,
+        `weights.check_carry`); the carried floats take the layer's dtype."""
+        carry = check_carry(self.spec, state.get("carry") if isinstance(state, dict) else None)
         self.weights.load_state(state)
-        carry = state.get("carry")
+        xp = self.xp
         self.carry = None if carry is None else {
-            k: None if v is None else self.xp.asarray(v) for k, v in carry.items()}
+            k: None if v is None else xp.asarray(v, dtype=np.int64 if k == "inp" and self.spec.sparse_input
+                                                 else self.dtype) for k, v in carry.items()}
         self._t = None
 
     @property

@@ -14,6 +14,11 @@ from .activations import check_names
 from .errors import ConfigError
 
 PARAM_NAMES = ("M", "V", "U", "W", "E")
+# The most state-correction iterations per step (model.inference_steps): far above the tens that
+# iterative inference takes in predictive-coding work. Each iteration costs about a tenth of a K = 1
+# step (measured on the default model), so a step at the limit costs about 100 K = 1 steps; the
+# exchanges of the Ray engine and its compiled graph grow with K as well.
+MAX_INFERENCE_STEPS = 1000
 
 
 @dataclass(frozen=True)
@@ -22,9 +27,9 @@ class LayerHyper:
 
     Defined once here: ModelConfig and LayerSpec both extend it, so a field added here is a config
     key and reaches every layer. Beyond MODEL.md (defaults keep it exact): `inference_steps` K
-    rounds of state correction per step, `lateral_l1` the sparsity term added to d, `standardize`
-    the pre-activations, and `row_norm_bound` the per-row max-norm of every weight after its
-    update (see README, "Variants beyond MODEL.md")."""
+    rounds of state correction per step (1 <= K <= MAX_INFERENCE_STEPS = 1000), `lateral_l1`
+    the sparsity term added to d, `standardize` the pre-activations, and `row_norm_bound` the
+    per-row max-norm of every weight after its update (see README, "Variants beyond MODEL.md")."""
 
     activation: str = "tanh"
     output: str = "sigmoid"
@@ -41,9 +46,12 @@ class LayerHyper:
     def __post_init__(self):
         check_names(self.activation, self.output)
         k = self.inference_steps
-        if isinstance(k, bool) or int(k) != k or k < 1:
+        number = isinstance(k, (int, float)) and not isinstance(k, bool)
+        if not number or not 1 <= k <= MAX_INFERENCE_STEPS or k != int(k):
+            why = (f" (each iteration costs about a tenth of a step: K = {MAX_INFERENCE_STEPS} already makes "
+                   f"a step about 100 times slower)" if number and k > MAX_INFERENCE_STEPS else "")
             raise ConfigError(f"model.inference_steps (K, state-correction iterations per step) must be "
-                              f"an integer >= 1, not {k!r}")
+                              f"an integer from 1 to {MAX_INFERENCE_STEPS}, not {k!r}{why}")
         if not (math.isfinite(self.lateral_l1) and self.lateral_l1 >= 0):
             raise ConfigError(f"model.lateral_l1 (the lateral sparsity term) must be a finite number >= 0, "
                               f"not {self.lateral_l1!r}")

@@ -3,7 +3,10 @@
 the machine's outward address), each advertising a node resource `ptncn_node_<i>`.
 
 Every process of the cluster, and every driver that joins it, shares one token file
-(RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH): `env()` gives those variables. Stopping sends
+(RAY_AUTH_MODE=token, RAY_AUTH_TOKEN_PATH): `env()` gives those variables. The flags and
+environment every node shares come from engines/ray_session.py; each node's address is checked
+to be this machine's first. Ray binds the servers of a node on any address but 127.0.0.1 to all
+interfaces (docs/security.md): the token is what guards their gRPC ports. Stopping sends
 SIGTERM to exactly the `ray start` processes this object started (each then stops its own
 raylet and workers), and SIGKILL to their process groups only if they linger. Never `ray stop`.
 
@@ -60,27 +63,30 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
     def _start_node(self, i: int) -> None:
+        from .engines.ray_session import ray_env, ray_start_args
         beside = os.path.join(os.path.dirname(sys.executable), "ray")
         ray = beside if os.path.exists(beside) else shutil.which("ray")
-        args = [ray, "start", "--block", f"--node-ip-address={self.ip(i)}", f"--num-cpus={self.cpus}",
-                f"--resources={json.dumps({f'ptncn_node_{i}': 1})}", "--disable-usage-stats",
+        head = i == 0
+        args = [ray, "start", "--block", *ray_start_args(self.ip(i), self.cpus, head, f"node {i}'s IP"),
+                f"--resources={json.dumps({f'ptncn_node_{i}': 1})}",
                 f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
                 f"--memory={self.memory_mb * 1024 * 1024}"]
-        if i == 0:
+        if head:
             from .engines.placement import SYSTEM_CONFIG
             config = {**SYSTEM_CONFIG, **HEALTH_CHECKS}
-            args += ["--head", f"--port={self.port}", "--include-dashboard=false",
-                     f"--system-config={json.dumps(config)}"]
+            args += ["--head", f"--port={self.port}", f"--system-config={json.dumps(config)}"]
         else:
             args += [f"--address={self.address}"]
         log = open(os.path.join(self.workdir, f"node{i}.log"), "w")
-        proc = subprocess.Popen(args, env={**os.environ, **self.env()}, stdout=log, stderr=subprocess.STDOUT,
+        env = {**os.environ, **ray_env(self.ip(i), head), **self.env()}
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs[i], self.pids[i] = proc, proc.pid
 
     def start(self, timeout: float = 60.0) -> "LocalCluster":
         """Start the head and the workers; returns once every node is registered and alive."""
-        with open(self.token_path, "w") as fh:
+        fd = os.open(self.token_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_hex(32))
         os.chmod(self.token_path, 0o600)
         self.port = free_port(self.ip(0))
@@ -112,8 +118,8 @@ class LocalCluster:
 
     def alive_nodes(self) -> list[dict]:
         """The live nodes as the cluster's GCS reports them (asked from a short-lived driver)."""
-        probe = ("import json, ray; ray.init(address=%r, _node_ip_address=%r, log_to_driver=False, "
-                 "configure_logging=False); print(json.dumps([{'ip': n['NodeManagerAddress'], 'id': n['NodeID'], "
+        probe = ("import json, ray; from ptncn_dist.engines.ray_session import join; join(%r, %r); "
+                 "print(json.dumps([{'ip': n['NodeManagerAddress'], 'id': n['NodeID'], "
                  "'resources': n['Resources']} for n in ray.nodes() if n['Alive']]))") % (self.address, self.ip(0))
         out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, **self.env()},
                              capture_output=True, text=True, timeout=60)

@@ -20,7 +20,7 @@ from .config_checks import check_memory
 from .data import open_streams
 from .engines.base import StepDiverged
 from .engines.factory import build_engine
-from .evaluation import reference_losses, run_evaluation
+from .evaluation import nonfinite_where, reference_losses, run_evaluation
 from .errors import CheckpointError, DivergenceError
 from .recovery import Recovery
 from .train_checkpoints import CheckpointsMixin
@@ -151,25 +151,15 @@ class Trainer(CheckpointsMixin):
     def _diverged(self, step: int, sighting=None) -> None:
         """Stop on a NaN or Inf, naming the step, the layer where it first appeared (what it
         was) and every layer that holds non-finite values now."""
-        layers = self.engine.nonfinite_layers()
-        now = "; ".join(f"layer {l}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''}"
-                        for l, names in sorted(layers.items()))
-        if sighting is not None:
-            where = f"layer {sighting.layer} (first seen: {sighting.what})"
-        elif layers:
-            where = f"layer {min(layers)} ({', '.join(layers[min(layers)])})"
-        else:
-            where = "layer 1's forecast (every layer's state is finite)"
-        held = f"; non-finite now in {now}" if now and sighting is not None else ""
-        raise DivergenceError(f"non-finite values at step {step} in {where}{held}; the last good "
-                              f"checkpoint is {self._last_good()}")
+        raise DivergenceError(f"non-finite values at step {step} in {nonfinite_where(self.engine, sighting)}; "
+                              f"the last good checkpoint is {self._last_good()}")
 
     def _eval(self) -> dict:
         """Test losses; for video also the frame strip, kept for frames.png and TensorBoard."""
         tc = self.cfg.train
         want = self.kind == "frames" and (self.board.active or (tc.plots and self.run_dir))
         ev = run_evaluation(self.engine, self.streams.test, tc.eval_batches, self.cfg.model.t_prime,
-                            strip_seqs=STRIP_SEQS if want else 0)
+                            strip_seqs=STRIP_SEQS if want else 0, step=self.step)
         if ev.strip is not None:
             self.strip = [*ev.strip] + ([self._blend(ev.strip[0])] if self.fitted else [])
             self.board.frames(self.step, self.strip, self.cfg.data.frame)

@@ -16,6 +16,7 @@ import math
 import os
 import time
 
+from .engines import ray_session
 from .engines.placement import shutdown_ray
 from .errors import ConfigError, PtncnError
 from .tune_space import Dist, SearchSpace, read_space, trial_config
@@ -87,11 +88,10 @@ def _strip_private(params: dict) -> dict:
 
 
 def study(base_path: str | None, space_path: str, out_dir: str, storage: str, name: str,
-          num_cpus: int | None = None, node_ip: str = "127.0.0.2", address: str = "") -> list[dict]:
+          num_cpus: int | None = None, node_ip: str = ray_session.LOOPBACK, address: str = "") -> list[dict]:
     """Run the study on a private local Ray (on `node_ip`), or on the cluster at `address`;
     returns one summary row per trial (also written to `out_dir`)."""
     try:
-        import ray
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
     except ImportError as exc:
@@ -106,10 +106,9 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
         max_t = max(max_t, int(v.overrides.get("train.steps", 0)))
     os.makedirs(out_dir, exist_ok=True)
     if address:
-        ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+        ray_session.join(address, node_ip, "tune --node-ip")
     else:
-        ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
-                 _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+        ray_session.start_private(node_ip, num_cpus or os.cpu_count(), "tune --node-ip")
     try:
         cpus = space.cpus_per_trial
         space.fixed.setdefault("engine.blas_threads", max(1, int(cpus)))
@@ -221,7 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--storage", default="runs/tune", help="Tune's experiment directory root")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs a private local Ray may use (default: all)")
     p.add_argument("--address", default="", help="join a running Ray cluster ('auto', HOST:PORT) instead of a private local Ray")
-    p.add_argument("--node-ip", default="127.0.0.2", help="this machine's Ray node address (a loopback one by default)")
+    p.add_argument("--node-ip", default=ray_session.LOOPBACK,
+                   help="this machine's Ray node address (default 127.0.0.1: Ray keeps every listener on loopback)")
     args = p.parse_args(argv)
     name = args.name or os.path.splitext(os.path.basename(args.space))[0]
     out = args.out or os.path.join("experiments", "results", "tuning", name)

@@ -17,8 +17,62 @@ import numpy as np
 
 from . import optim
 from .backend import to_numpy
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 from .layer_spec import LayerSpec, stacked_blocks
+
+
+class StateError(ConfigError, CheckpointError):
+    """A saved layer state (weights, optimizer slots, carried state) that does not fit the layer:
+    a wrong name, shape, type or value. `layer` is the layer's index; a checkpoint holding one is
+    damaged (an engine's `load_shards` names its shard file)."""
+
+    def __init__(self, layer: int, message: str):
+        super().__init__(f"layer {layer}: {message}")
+        self.layer = layer
+
+
+def _array(value, kinds: str) -> bool:
+    """Whether `value` is an array (NumPy or device) whose dtype kind is one of `kinds`."""
+    dtype = getattr(value, "dtype", None)
+    return hasattr(value, "shape") and dtype is not None and getattr(dtype, "kind", None) in kinds
+
+
+def _describe(value) -> str:
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"an array of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {repr(value)[:40]}"
+
+
+def check_carry(spec: LayerSpec, carry):
+    """The carried state of a saved layer state, checked against `spec`: None, or {"inp", "y",
+    "y_up"} with y (B, d) floats, inp (B, d_in) floats or (B,) token ids in -1..d_in-1 for a
+    token-input layer 1, and y_up (B, d_up) floats, or None for the top layer. StateError names
+    the field and what is wrong."""
+    if carry is None:
+        return None
+    l = spec.index
+    if not isinstance(carry, dict) or set(carry) != {"inp", "y", "y_up"}:
+        got = sorted(carry) if isinstance(carry, dict) else _describe(carry)
+        raise StateError(l, f"saved carried state must be None or hold inp, y and y_up, not {got}")
+    y = carry["y"]
+    if not _array(y, "f") or len(y.shape) != 2 or y.shape[0] < 1:
+        raise StateError(l, f"saved carried state y must be a (batch, {spec.d}) float array, not {_describe(y)}")
+    b = int(y.shape[0])
+    want = {"y": (b, spec.d), "y_up": (b, spec.d_up) if spec.d_up else None,
+            "inp": (b,) if spec.sparse_input else (b, spec.d_in)}
+    for key, shape in want.items():
+        v = carry[key]
+        if shape is None:
+            if v is not None:
+                raise StateError(l, f"saved carried state {key} must be None (the top layer), not {_describe(v)}")
+            continue
+        ids = key == "inp" and spec.sparse_input
+        if not _array(v, "iu" if ids else "f") or tuple(v.shape) != shape:
+            what = "token ids" if ids else "floats"
+            raise StateError(l, f"saved carried state {key} must be {shape} {what} (batch {b}), not {_describe(v)}")
+        if ids and v.size and (int(v.min()) < -1 or int(v.max()) >= spec.d_in):
+            raise StateError(l, f"saved carried state inp holds token ids outside -1..{spec.d_in - 1}")
+    return carry
 
 
 @dataclass(frozen=True)
@@ -86,8 +140,8 @@ class LayerWeights:
 
     def load_state(self, state: dict) -> None:
         """Restore what `state` returned, in place; other keys of `state` are ignored. Every
-        name and shape is checked before anything is written (ConfigError names the layer, the
-        weight and the slot)."""
+        name, shape and type is checked before anything is written (StateError, a ConfigError
+        and a CheckpointError, names the layer, the weight and the slot)."""
         checked = self.check(state)
         xp = self.xp
         for name, value in checked.params.items():
@@ -107,36 +161,53 @@ class LayerWeights:
         self.load_state({"params": params, "slots": zero})
 
     def check(self, state: dict) -> _Checked:
-        """Validate a `state`-shaped dict against this layer without writing anything."""
-        where = f"layer {self.spec.index}"
+        """Validate a `state`-shaped dict against this layer without writing anything; StateError
+        names the layer, the weight and the slot."""
+        l = self.spec.index
+        if not isinstance(state, dict):
+            raise StateError(l, f"a state must be a dict of 'params' and 'slots', not {_describe(state)}")
         params, slots = state.get("params"), state.get("slots")
         if not isinstance(params, dict) or not isinstance(slots, dict):
-            raise ConfigError(f"{where}: a state needs 'params' and 'slots' dicts")
+            raise StateError(l, "a state needs 'params' and 'slots' dicts")
         for what, got in (("weights", params), ("optimizer slots", slots)):
             if set(got) != set(self.p):
-                raise ConfigError(f"{where}: saved {what} for {sorted(got)}, the model has {sorted(self.p)}")
+                raise StateError(l, f"saved {what} for {sorted(map(str, got))}, the model has {sorted(self.p)}")
         for name, value in params.items():
             shape = tuple(self.p[name].shape)
             if tuple(np.shape(value)) != shape:
-                raise ConfigError(f"{where}: saved weight {name} has shape {tuple(np.shape(value))}, "
-                                  f"the model needs {shape}")
+                raise StateError(l, f"saved weight {name} has shape {tuple(np.shape(value))}, the model needs {shape}")
+            if not _array(value, "f"):
+                raise StateError(l, f"saved weight {name} must be a float array, not {_describe(value)}")
         keys = set(optim.slot_names(self.opt_cfg))
         arrays, scalars = {}, {}
         for name, sl in slots.items():
-            given = {n: v for n, v in sl.items() if not n.startswith("_")}
+            if not isinstance(sl, dict):
+                raise StateError(l, f"saved optimizer slots of weight {name} must be a dict, not {_describe(sl)}")
+            given = {n: v for n, v in sl.items() if not str(n).startswith("_")}
             if set(given) != keys:
-                raise ConfigError(f"{where}: saved optimizer slots {sorted(given)} for weight {name}, "
-                                  f"{self.opt_cfg.name} keeps {sorted(keys)}")
+                raise StateError(l, f"saved optimizer slots {sorted(map(str, given))} for weight {name}, "
+                                    f"{self.opt_cfg.name} keeps {sorted(keys)}")
             for n, v in given.items():
                 if n in optim.ARRAY_SLOTS:
                     if tuple(np.shape(v)) != tuple(self.p[name].shape):
-                        raise ConfigError(f"{where}: saved slot {n} of weight {name} has shape "
-                                          f"{tuple(np.shape(v))}, the weight has {tuple(self.p[name].shape)}")
+                        raise StateError(l, f"saved slot {n} of weight {name} has shape {tuple(np.shape(v))}, "
+                                            f"the weight has {tuple(self.p[name].shape)}")
+                    if not _array(v, "f"):
+                        raise StateError(l, f"saved slot {n} of weight {name} must be a float array, "
+                                            f"not {_describe(v)}")
                     arrays[name, n] = v
                 else:
-                    scalars.setdefault(name, {})[n] = int(v)
+                    scalars.setdefault(name, {})[n] = _step_count(l, name, n, v)
         shared = [scalars.get(name) for name in self.rows]
         if any(v != shared[0] for v in shared):
-            raise ConfigError(f"{where}: the stacked weights {sorted(self.rows)} share one optimizer "
-                              f"step count, the saved slots differ: {[scalars.get(n) for n in self.rows]}")
+            raise StateError(l, f"the stacked weights {sorted(self.rows)} share one optimizer "
+                                f"step count, the saved slots differ: {[scalars.get(n) for n in self.rows]}")
         return _Checked(params, arrays, scalars)
+
+
+def _step_count(layer: int, name: str, slot: str, value) -> int:
+    """A saved optimizer step count (Adam's t): an integer >= 0, else StateError."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise StateError(layer, f"saved optimizer step count {slot} of weight {name} must be an integer "
+                                f">= 0, not {repr(value)[:40]}")
+    return int(value)

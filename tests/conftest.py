@@ -27,14 +27,21 @@ def need_data(*parts):
     return path
 
 
+# The node address of the tests' private Ray sessions: on 127.0.0.1 Ray keeps every listener of
+# the session on 127.0.0.1 (on 127.0.0.2 and up it binds them to all interfaces; see
+# ptncn_dist/engines/ray_session.py and docs/security.md).
+NODE_IP = "127.0.0.1"
+
+
 @contextlib.contextmanager
-def local_ray(num_cpus: int = 4, ip: str = "127.0.0.2", **kwargs):
-    """A private single-node Ray session on a loopback address, dashboard off; stopped (after a
-    garbage collection, see shutdown_ray) even when the body fails."""
+def local_ray(num_cpus: int = 4, ip: str = NODE_IP, **kwargs):
+    """A private single-node Ray session on a loopback address (ray_session.start_private: token
+    auth, dashboard off); stopped (after a garbage collection, see shutdown_ray) even when the
+    body fails."""
     import ray
     from ptncn_dist.engines.placement import shutdown_ray
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address=ip,
-             log_to_driver=False, configure_logging=False, **kwargs)
+    from ptncn_dist.engines.ray_session import start_private
+    start_private(ip, num_cpus, "local_ray ip", **kwargs)
     try:
         yield ray
     finally:

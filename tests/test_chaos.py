@@ -14,10 +14,11 @@ import pytest
 import ray
 from ray.actor import ActorHandle
 
-from conftest import REPO, local_ray
+from conftest import NODE_IP, REPO, local_ray
 from ptncn_dist.studies import chaos
 from ptncn_dist.config import load
 from ptncn_dist.engines.placement import shutdown_ray
+from ptncn_dist.engines.ray_session import start_private
 from ptncn_dist.train import Trainer
 
 pytestmark = pytest.mark.slow
@@ -62,8 +63,7 @@ def test_shutdown_frees_ray_objects_in_cycles_while_the_session_lives():
         def __del__(self):
             seen.append(ray.is_initialized())
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, _node_ip_address="127.0.0.2",
-             log_to_driver=False, configure_logging=False)
+    start_private(NODE_IP, 1)
     try:
         gc.disable()
         Cycle(ray.put(np.zeros(4)))

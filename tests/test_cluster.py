@@ -40,7 +40,9 @@ def test_nodes_are_loopback(cluster):
 
 
 def test_spread_and_explicit_equal_local(cluster, tmp_path):
-    join = [f'engine.address="{cluster.address}"', 'engine.node_ip="127.0.0.2"', 'engine.name="ray"']
+    # engine.node_ip left at its default (127.0.0.1): a driver joining a local cluster sits on
+    # the node it joins at (127.0.0.2), as no node of a cluster can be on 127.0.0.1
+    join = [f'engine.address="{cluster.address}"', 'engine.name="ray"']
     local, _ = train_export(tmp_path, "local")
     spread, where = train_export(tmp_path, "spread", [*join, 'engine.placement="spread"'], env=cluster.env())
     assert len({p["node_id"] for p in where}) == 3

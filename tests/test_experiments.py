@@ -2,7 +2,7 @@
 trial cache, a failed trial and its rerun alone, the cluster dry run), and a tiny version of each
 experiment writing a table, a CSV, plots and meta.json holding every method with finite numbers.
 
-The first run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.2) that compare.py stops
+The first run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.1) that compare.py stops
 itself, even on failure; the others run in one Ray session of this module (`ray_up`), which
 compare.py uses and leaves running. `no_ray_left` checks both and stops a leftover. Experiments that need
 NotMNIST or Penn Treebank skip when ../shared/data lacks them; Bouncing MNIST alone runs anywhere
@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, REPO, local_ray
+from conftest import DATA, NODE_IP, REPO, local_ray
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ EXPERIMENTS_DIR = REPO / "experiments"
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the LSTM needs the torch extra (not in CI)
 LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn") + (("lstm",) if HAS_TORCH else ())
 TEXT = ("ptncn", "esn") + (("lstm",) if HAS_TORCH else ())
-RAY = ("--num-cpus", "2", "--node-ip", "127.0.0.2", "--parallel", "2")
+RAY = ("--num-cpus", "2", "--node-ip", NODE_IP, "--parallel", "2")
 
 
 def load_compare():
@@ -44,7 +44,7 @@ import compare_methods  # noqa: E402  (importable once compare.py has put experi
 
 @pytest.fixture(scope="module")
 def ray_up():
-    """One Ray session for this module's later runs (2 CPUs, 127.0.0.2, no dashboard)."""
+    """One Ray session for this module's later runs (2 CPUs, 127.0.0.1, no dashboard)."""
     with local_ray(2):
         yield
 
@@ -89,7 +89,7 @@ def test_runner_runs_two_trials_at_once_and_writes_results(finished):
     assert meta["seeds"] == [0] and {"python", "numpy", "ray"} <= set(meta["software"])
     assert meta["machine"]["cpu_count"] >= 1 and meta["git"]["commit"]
     spans = sorted((t["start"], t["end"]) for t in meta["trials"])
-    assert len(spans) == 5 and all(t["status"] == "ok" and t["peak_rss_mib"] > 0 and t["node_ip"] == "127.0.0.2"
+    assert len(spans) == 5 and all(t["status"] == "ok" and t["peak_rss_mib"] > 0 and t["node_ip"] == NODE_IP
                                    for t in meta["trials"])
     assert any(b[0] < a[1] for a, b in zip(spans, spans[1:])), f"no two trials overlapped: {spans}"
     assert len(list((out / "trials").glob("*.json"))) == 5

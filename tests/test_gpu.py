@@ -44,7 +44,9 @@ def test_ray_gpu_layer_keeps_weights_on_device():
     from ptncn_dist.config import load
     from ptncn_dist.data import open_streams
     from ptncn_dist.engines.factory import build_engine
-    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.2")
+    from conftest import NODE_IP
+    from ptncn_dist.engines.ray_session import start_private
+    start_private(NODE_IP, 2, num_gpus=1, log_to_driver=True, configure_logging=True)
     try:
         sets = ["model.hidden=[32,16]", "data.frame=32", "data.batch=4", 'model.dtype="float64"']
         cfg = load(None, sets + ['engine.name="ray"', 'model.device="gpu"', "engine.gpus_per_layer=0.5"])

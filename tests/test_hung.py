@@ -12,7 +12,7 @@ from ptncn_dist.config import load
 from ptncn_dist.engines.heartbeat import LayerHung
 from ptncn_dist.errors import ConfigError
 from ptncn_dist.train import Trainer
-from conftest import local_ray
+from conftest import NODE_IP, local_ray
 
 HUNG_AFTER = 4.0
 SETS = ["model.hidden=[32,24,16]", "data.frame=32", "data.batch=4", "data.seq_len=10", 'model.dtype="float64"',
@@ -84,7 +84,7 @@ def test_stopped_layer_is_detected_within_seconds_and_recovers_exactly(ray_sessi
         trainer.close()
     (rec,) = trainer.recovery_log
     recovered_at = next(t for t, line in lines if line.startswith("recovered in"))
-    assert rec["cause"].startswith(f"LayerHung: layer 2 (pid {stopped[0]} on 127.0.0.2)")
+    assert rec["cause"].startswith(f"LayerHung: layer 2 (pid {stopped[0]} on {NODE_IP})")
     assert HUNG_AFTER <= rec["detection_s"] < HUNG_AFTER + 3.0
     assert rec["seconds"] == pytest.approx(rec["detection_s"] + rec["rebuild_s"], abs=2e-3)
     assert rec["seconds"] >= rec["detection_s"] and (rec["failed_by_step"], rec["resumed_from_step"]) == (30, 20)

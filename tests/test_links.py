@@ -339,3 +339,34 @@ def test_attached_to_an_event_loop_frames_arrive_on_the_loop_while_it_was_busy(e
     seen = asyncio.run(scenario())
     assert [s for _, _, s in seen] == list(range(5))
     assert {p for p, _, _ in seen} == {1} and {t for _, t, _ in seen} == {threading.get_ident()}
+
+
+def test_a_flood_on_an_attached_link_does_not_starve_the_event_loop(endpoints):
+    """Frames queued faster than the layer reads them are read at most DRAIN_BATCH per turn of
+    the loop: another coroutine (the layer's step, its timers) runs between turns, and every
+    frame still arrives, in order."""
+    import asyncio
+    from ptncn_dist.transports.links import DRAIN_BATCH
+    n = 20 * DRAIN_BATCH
+    sender, receiver = endpoints(1, hwm=4 * n), endpoints(2, hwm=4 * n)
+    link(sender, receiver)
+    sender.links.start()
+    for i in range(n):
+        sender.links.send(2, [b"%d" % i])
+    time.sleep(0.5)  # the frames wait in the receiver's queue before the loop reads any
+
+    async def scenario():
+        seen, ticks = [], []
+        receiver.links.on_message = lambda peer, data: seen.append(int(data))
+        receiver.links.attach(asyncio.get_running_loop())
+        deadline = time.monotonic() + 10
+        while len(seen) < n and time.monotonic() < deadline:
+            ticks.append(len(seen))
+            await asyncio.sleep(0)
+        receiver.links.close()
+        return seen, ticks + [len(seen)]
+
+    seen, ticks = asyncio.run(scenario())
+    assert seen == list(range(n))
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert max(gaps) <= DRAIN_BATCH and len(ticks) > n // DRAIN_BATCH

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ptncn_dist.config import load
-from conftest import local_ray
+from conftest import NODE_IP, local_ray
 from ptncn_dist.engines.factory import build_engine
 
 pytest.importorskip("aiohttp", reason="the Ray metrics agent comes with ray[default]")
@@ -36,7 +36,7 @@ def scrape(url: str) -> dict:
 
 
 def test_layer_metrics_reach_a_prometheus_scrape():
-    port = free_port("127.0.0.2")
+    port = free_port(NODE_IP)
     with local_ray(4, _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 500}):
         cfg = load(None, ["model.hidden=[12, 8]", 'engine.name="ray"', "engine.cpus_per_layer=0.5"])
         engine = build_engine(cfg, 16, "frames")
@@ -44,7 +44,7 @@ def test_layer_metrics_reach_a_prometheus_scrape():
             x = (np.random.default_rng(0).random((7, 3, 16)) > 0.5).astype(np.float32)
             engine.run_segment(x, np.ones((7, 3), np.float32), 0, 7, learn=True, t_prime=1)
             stats = engine.actor_stats()
-            url, deadline, seen = f"http://127.0.0.2:{port}/metrics", time.monotonic() + 60, {}
+            url, deadline, seen = f"http://{NODE_IP}:{port}/metrics", time.monotonic() + 60, {}
             while time.monotonic() < deadline:
                 seen = scrape(url)
                 if all(seen.get(("ptncn_layer_steps_total", l)) == 7 for l in (1, 2)):

@@ -282,17 +282,19 @@ def test_links_keep_the_run_going_under_wrong_keys_garbage_and_idle_floods():
 
 
 def test_malformed_messages_are_dropped_and_the_run_goes_on():
-    """Messages of the wrong shape, kind, sender or clock, and undecodable bytes, delivered
-    into layer 2's mailbox by actor calls: each is dropped and counted; results still equal."""
-    from ptncn_dist.messages import Message
+    """Messages of the wrong shape, kind, sender, dtype or key, and undecodable bytes, delivered
+    into layer 2's mailbox by actor calls: each is dropped and counted; results still equal. A
+    message 20 steps ahead (a neighbour out of sync) then fails the next segment at once."""
+    import time
+    from ptncn_dist.messages import Message, MessageError
     cfg_l = load(None, small([24, 16, 12]))
     cfg_r = load(None, small([24, 16, 12]) + ['engine.name="ray"', 'engine.transport="calls"'])
     streams = open_streams(cfg_l.data, 0)
     local = build_engine(cfg_l, streams.train.dim, "frames")
     remote = build_engine(cfg_r, streams.train.dim, "frames")
     bad = [Message(0, 1, "z", np.ones((4, 5))).encode(), Message(0, 1, "pred", np.ones((4, 24))).encode(),
-           Message(0, 3, "y", np.ones((4, 12))).encode(), Message(50, 1, "z", np.ones((4, 24))).encode(),
-           b"\x00garbage"]
+           Message(0, 3, "y", np.ones((4, 12))).encode(), Message(0, 1, "z", np.ones((4, 24), np.float32)).encode(),
+           Message(1, 1, "y", np.ones((4, 24))).encode(), b"\x00garbage"]
     try:
         layer2 = remote.actors[1]
         ray.get(layer2.receive.remote(1, *bad))
@@ -302,10 +304,15 @@ def test_malformed_messages_are_dropped_and_the_run_goes_on():
             r, _ = remote.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
             assert r["bce"] == pytest.approx(a["bce"], rel=1e-9)
         dropped = remote.actor_stats()[1]["dropped"]
+        ray.get(layer2.receive.remote(1, Message(50, 1, "z", np.ones((4, 24))).encode()))
+        t0 = time.monotonic()
+        with pytest.raises(MessageError, match="out of sync"):
+            remote.run_segment(b.x, b.mask, 0, 10, learn=True, t_prime=1)
+        assert time.monotonic() - t0 < 30 < cfg_r.engine.segment_timeout_s
     finally:
         remote.close()
     assert dropped == {"wrong shape": 1, "kind or sender not expected": 1, "claims another sender": 1,
-                       "clock out of window": 1, "undecodable": 1}
+                       "wrong dtype": 1, "not awaited": 1, "undecodable": 1}
 
 
 @pytest.mark.parametrize("transport,at,layer,start", [

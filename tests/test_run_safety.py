@@ -146,14 +146,17 @@ def test_a_lock_naming_another_host_is_refused_with_the_file_to_delete(run, caps
 
 
 def test_runs_sharing_a_checkpoint_dir_keep_their_own(tmp_path, capsys):
-    """Two runs (different seeds) with one train.checkpoint_dir and keep_checkpoints=1: each
-    prunes only its own namespace, each manifest names its run, and both can be evaluated and
+    """Two runs (different seeds) at once with one train.checkpoint_dir and keep_checkpoints=1:
+    each prunes only its own namespace, each manifest names its run, and both can be evaluated and
     exported afterwards, the first with the weights it ended on."""
     shared = tmp_path / "shared-ckpts"
     runs = [tmp_path / "a", tmp_path / "b"]
-    for seed, r in enumerate(runs):
-        assert train(r, "--set", f'train.checkpoint_dir="{shared}"', "--set", "train.keep_checkpoints=1",
-                     "--set", f"train.seed={seed}") == 0
+    procs = [subprocess.Popen([sys.executable, "-m", "ptncn_dist.cli", "train", "--run-dir", str(r), "--steps", "200",
+                               *RUN, "--set", f'train.checkpoint_dir="{shared}"', "--set", "train.keep_checkpoints=1",
+                               "--set", f"train.seed={seed}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for seed, r in enumerate(runs)]  # at the same time
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
     ids = [rundir.read_run_id(str(r)) for r in runs]
     assert sorted(os.listdir(shared)) == sorted(ids) and ids[0] != ids[1]
     for r, run_id in zip(runs, ids):

@@ -8,9 +8,13 @@ Formats (all one sentence per line):
   same transform that produced Mikolov's char files; used because ptb.char.train.txt is rare).
 - ids: the P-TNCN authors' vocab.txt (line index = id) plus comma-separated {train,sub,valid,test}X.txt;
   `<unk>` is spelled as five characters there.
+
+Every file's size is checked before it is read (`MAX_TEXT_BYTES`), and a split whose lines are all
+blank is refused: it would train and evaluate on nothing.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +28,9 @@ UNK = "<unk>"
 WORD_SEP = "_"
 SPLITS = ("train", "valid", "test")
 FORMATS = ("word", "char", "char_from_words", "ids")
+# The largest text file read: 512 MiB, about 100 times PTB's largest file (ptb.train.txt, 5 MB)
+# and 5 times enwik8. Parsing keeps every token, so reading peaks near 5 times the file's size.
+MAX_TEXT_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -59,15 +66,37 @@ def ids_path(directory, split: str) -> Path:
     return directory / f"{split}X.txt"
 
 
+def _size(n: int) -> str:
+    return f"{n / (1 << 20):,.1f} MiB" if n >= 1 << 20 else f"{n:,} bytes"
+
+
 def read_lines(path: Path) -> list:
-    """The lines of a text file without their line ends; DataError naming the file if unreadable."""
+    """The lines of a text file without their line ends; DataError naming the file if it is
+    unreadable or larger than `MAX_TEXT_BYTES`, its size checked before anything is read (and
+    the read itself bounded, for a pipe or a device)."""
+    limit = MAX_TEXT_BYTES
     try:
-        with open(path, encoding="utf-8") as f:
-            return f.read().splitlines()
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            raw = f.read(limit + 1) if size <= limit else b""
+        if size > limit or len(raw) > limit:
+            got = (f"{size:,} bytes" + (f" ({_size(size)})" if size >= 1 << 20 else "") if size > limit
+                   else f"more than {_size(limit)}")
+            raise DataError(f"{path}: {got}, larger than the {_size(limit)} a text file may have "
+                            f"(ptb.MAX_TEXT_BYTES; PTB's largest file is 5 MB)")
+        return raw.decode("utf-8").splitlines()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: cannot read text file ({e})") from None
+
+
+def read_sentences(path: Path) -> list:
+    """`read_lines` of a corpus file, refused when it holds no sentence (every line blank)."""
+    lines = read_lines(path)
+    if lines and not any(line.strip() for line in lines):
+        raise DataError(f"{path}: all {len(lines):,} lines are blank; expected one sentence per line")
+    return lines
 
 
 def word_tokens(line: str) -> list:
@@ -103,12 +132,12 @@ def _tokens(fmt: str, directory, split: str) -> tuple:
     """(path, token lists) of a word/char/char_from_words split."""
     if fmt == "word":
         path = word_path(directory, split)
-        return path, [word_tokens(line) for line in read_lines(path)]
+        return path, [word_tokens(line) for line in read_sentences(path)]
     if fmt == "char":
         path = char_path(directory, split)
-        return path, [line.split() for line in read_lines(path)]
+        return path, [line.split() for line in read_sentences(path)]
     path = word_path(directory, split)
-    return path, [words_to_chars(line) for line in read_lines(path)]
+    return path, [words_to_chars(line) for line in read_sentences(path)]
 
 
 def read_ids_vocab(directory) -> list:
@@ -123,9 +152,13 @@ def read_ids_vocab(directory) -> list:
 def read_ids(path: Path, vocab_size: int) -> list:
     """Comma-separated id lines as int32 arrays; DataError on a non-integer or out-of-range id."""
     sentences = []
-    for n, line in enumerate(read_lines(path), 1):
+    for n, line in enumerate(read_sentences(path), 1):
+        parts = line.split(",") if line else []
         try:
-            ids = np.array(line.split(",") if line else [], dtype=np.int64)
+            ids = np.array(parts, dtype=np.int64)
+        except OverflowError:  # an id of 20 digits does not fit int64
+            big = max(parts, key=lambda p: len(p.strip())).strip()
+            raise DataError(f"{path}:{n}: id {big[:40]} is outside the vocabulary range 0..{vocab_size - 1}") from None
         except ValueError:
             raise DataError(f"{path}:{n}: expected comma-separated integer ids, got {line[:60]!r}") from None
         bad = (ids < 0) | (ids >= vocab_size)

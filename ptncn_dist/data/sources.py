@@ -246,6 +246,29 @@ def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     return Streams(train, test, note)
 
 
+def check_scored(cfg: DataConfig, t_prime: int, split: str = "test") -> None:
+    """ConfigError when model.t_prime (the first step scored and learned) is at or past the end of
+    every sequence of the train or the held-out split: the run would train and evaluate on
+    nothing. Text splits come from the cache `open_streams` filled, so this reads no file again."""
+    rule = "only steps t >= model.t_prime of a sequence are scored and learned"
+    if cfg.source not in TEXT_FORMATS:
+        if t_prime >= cfg.seq_len:
+            raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: every video has data.seq_len = "
+                              f"{cfg.seq_len} frames (steps 0..{cfg.seq_len - 1}) and {rule}; set model.t_prime "
+                              f"below {cfg.seq_len} or data.seq_len above {t_prime}")
+        return
+    train = open_corpus(cfg, "train")
+    for corpus in (train, open_corpus(cfg, split, train.vocab)):
+        longest = max(len(s) for s in corpus.sentences)
+        cut = ""
+        if 0 < cfg.max_len < longest:
+            longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
+        if t_prime >= longest:
+            raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: the longest sentence of "
+                              f"{corpus.source} has {longest} tokens{cut} and {rule}; set model.t_prime "
+                              f"below {longest}")
+
+
 def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
     """Train and held-out streams for `cfg`; held-out streams never repeat train batches.
 

@@ -7,7 +7,11 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from .. import checkpoint
+from ..checkpoint_manifest import MANIFEST
+from ..errors import CheckpointError
 from ..finite import check_state, first_origin, nonfinite_names
+from ..storage import display, join
+from ..weights import StateError
 
 
 class StepDiverged(Exception):
@@ -83,9 +87,15 @@ class Engine(ABC):
         return [checkpoint.write_shard(ckpt_dir, shard_name(l), st) for l, st in enumerate(states, start=1)]
 
     def load_shards(self, ckpt_dir: str, manifest: dict) -> None:
-        """Restore every layer from the shards a manifest lists, each verified as it is read
-        (CheckpointError names a bad one)."""
-        self.load_layer_states([checkpoint.read_shard(ckpt_dir, rec) for rec in manifest["shards"]])
+        """Restore every layer from the shards a manifest lists, each verified as it is read and
+        as its layer takes it (CheckpointError names a bad one and what is wrong in it)."""
+        records = manifest["shards"]
+        states = [checkpoint.read_shard(ckpt_dir, rec) for rec in records]
+        try:
+            self.load_layer_states(states)
+        except StateError as exc:
+            name = records[exc.layer - 1]["name"] if 0 < exc.layer <= len(records) else MANIFEST
+            raise CheckpointError(f"{display(join(ckpt_dir, name))}: {exc}") from None
 
     def nonfinite_layers(self) -> dict:
         """{layer: [names of arrays holding NaN or Inf]} for every layer that has any."""

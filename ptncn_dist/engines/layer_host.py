@@ -8,11 +8,13 @@ import time
 
 import numpy as np
 
-from .. import checkpoint
+from .. import checkpoint, storage
+from ..errors import CheckpointError
 from ..backend import get_dtype, get_xp, limit_blas_threads, to_xp
 from ..finite import check_state, nonfinite_names
 from ..layer import LayerCore, init_params
 from ..optim import OptimConfig
+from ..weights import StateError
 from ..schedule import LayerSchedule
 from ..transports.base import Transport
 from ..transports.mailbox import Mailbox
@@ -62,7 +64,7 @@ class LayerHost:
         self.core = LayerCore(spec, params, OptimConfig(**opt), self.xp, self.dtype)
         self.spec, self.l = spec, spec.index
         self.counters = {"sent_bytes": 0, "recv_bytes": 0, "sent_msgs": 0, "recv_msgs": 0, "steps": 0}
-        self.box = Mailbox(spec, max_batch)
+        self.box = Mailbox(spec, max_batch, self.dtype, mode)
         self.transport: Transport | None = None
         self.sched = LayerSchedule(self.core, self._send, mode)
         self.beater = self._start_heartbeat(heartbeat)
@@ -145,7 +147,13 @@ class LayerHost:
         return checkpoint.write_shard(ckpt_dir, name, self.core.state())
 
     def load_shard(self, ckpt_dir: str, record: dict) -> None:
-        self.core.load_state(checkpoint.read_shard(ckpt_dir, record))
+        """Read, verify and take this layer's shard; a state that does not fit the layer is a
+        CheckpointError naming the shard file (the checkpoint counts as damaged)."""
+        state = checkpoint.read_shard(ckpt_dir, record)
+        try:
+            self.core.load_state(state)
+        except StateError as exc:
+            raise CheckpointError(f"{storage.display(storage.join(ckpt_dir, record['name']))}: {exc}") from None
         self.reset_clock()
 
     def reset_clock(self) -> None:

@@ -5,11 +5,26 @@ transport): nothing is encoded or sent anywhere."""
 from __future__ import annotations
 
 from ..backend import to_xp
+from ..errors import CheckpointError
 from ..layer import LayerCore
 from ..layer_spec import check_schedule
 from ..schedule import LayerSchedule, SegmentLoss, StepPlan, plan, run_lockstep
 from ..transports.inprocess import InProcess
+from ..weights import StateError
 from .base import Engine, diverged, token_ids
+
+
+def check_carried(layers, batch: int, t0: int) -> None:
+    """Before continuing a sequence at step t0 > 0: every layer carries a state (restored from a
+    checkpoint) for a batch of `batch` sequences; else a one-line CheckpointError."""
+    for layer in layers:
+        c = layer.carry
+        got = None if c is None else int(c["y"].shape[0])
+        if got != batch:
+            have = "no carried state" if c is None else f"a carried state for a batch of {got}"
+            raise CheckpointError(f"layer {layer.spec.index} has {have}, and continuing a sequence at step {t0} "
+                                  f"needs one for the data's batch of {batch}: the checkpoint it was restored "
+                                  f"from does not fit this data")
 
 
 class LocalEngine(Engine):
@@ -44,6 +59,8 @@ class LocalEngine(Engine):
         if t0 == 0:
             for layer in self.layers:
                 layer.reset(x.shape[1])
+        else:
+            check_carried(self.layers, x.shape[1], t0)
         tally = SegmentLoss(by_t, keep_xhat)
         for p in plan(t0, t1, mask.shape[0], learn, t_prime):
             xhat = self._step(xs[p.t], ms[p.t], p)
@@ -69,6 +86,12 @@ class LocalEngine(Engine):
         for layer, st in zip(self.layers, states):
             layer.load_state(st)
         self._restart()
+        batches = [None if layer.carry is None else int(layer.carry["y"].shape[0]) for layer in self.layers]
+        what = lambda n: "no carried state" if n is None else f"carried state for a batch of {n}"
+        for l, b in enumerate(batches[1:], start=2):
+            if b != batches[0]:
+                raise StateError(l, f"saved {what(b)}, but layer 1 saved {what(batches[0])}: the layers' "
+                                    f"carried states must agree")
 
     def _restart(self) -> None:
         for s, box in zip(self.scheds, self.boxes):

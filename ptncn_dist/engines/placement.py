@@ -1,5 +1,5 @@
 """Where layer actors go: pack (one node), spread (one layer per node), or explicit (per layer a
-node IP, a node id, or a custom resource). Also connecting to Ray on a loopback address."""
+node IP, a node id, or a custom resource). Also connecting to Ray (through ray_session)."""
 from __future__ import annotations
 
 import math
@@ -19,22 +19,30 @@ SYSTEM_CONFIG = {"max_direct_call_object_size": 8 * 1024 * 1024}
 
 
 def connect(engine_cfg, n_layers: int) -> bool:
-    """Join the cluster at engine.address, or start a local Ray on engine.node_ip (a 127.0.0.x
-    address: Ray rewrites 127.0.0.1 itself to the machine's outward address, so the default is
-    127.0.0.2). Returns whether this call started Ray (and so must shut it down)."""
+    """Join the cluster at engine.address, or start a private local Ray on engine.node_ip (see
+    ray_session: the address is checked first, token authentication is requested, and on
+    127.0.0.1 every Ray listener stays on 127.0.0.1). Returns whether this call started Ray (and
+    so must shut it down)."""
     import ray
+
+    from . import ray_session
     if ray.is_initialized():
         return False
+    node_ip = engine_cfg.node_ip
+    if node_ip:
+        ray_session.check_node_ip(node_ip, "engine.node_ip")
     address = engine_cfg.address
     if address:
-        kwargs = {}
-        if engine_cfg.node_ip and (address == "auto" or address.startswith("127.")):
-            kwargs["_node_ip_address"] = engine_cfg.node_ip
-        ray.init(address=address, log_to_driver=False, **kwargs)
+        use_ip = None
+        if address == "auto":
+            use_ip = node_ip
+        elif address.startswith("127."):  # a local cluster: the driver sits on a node of it, by
+            # default the one it joins at (a node in a cluster cannot be on 127.0.0.1)
+            use_ip = node_ip if node_ip and node_ip != ray_session.LOOPBACK else address.rsplit(":", 1)[0]
+        ray_session.join(address, use_ip, "engine.node_ip", configure_logging=True)
         return True
     cpus = max(os.cpu_count() or 1, math.ceil(n_layers * max(engine_cfg.cpus_per_layer, 0)))
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address=engine_cfg.node_ip,
-             log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
+    ray_session.start_private(node_ip, cpus, "engine.node_ip", _system_config=SYSTEM_CONFIG)
     return True
 
 

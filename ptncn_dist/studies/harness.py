@@ -12,7 +12,7 @@ import numpy as np
 from ..config import load
 from ..engines.factory import build_engine
 
-NODE_IP = "127.0.0.2"
+NODE_IP = "127.0.0.1"  # the node address Ray keeps every listener of on loopback (ray_session)
 
 # name -> (config overrides, BLAS threads of the driver process: None = all)
 ENGINES = {
@@ -69,13 +69,14 @@ def ray_cpus(layer_counts, cpus_per_layer: float = 1.0, least: int = 2) -> int:
 
 @contextlib.contextmanager
 def local_ray(num_cpus: int):
-    """A private Ray on NODE_IP (a loopback address) with `num_cpus` logical CPUs, no dashboard
-    and the layer-message system config; shut down when the block ends, even on an error."""
+    """A private Ray on NODE_IP (127.0.0.1: every listener on loopback) with `num_cpus` logical
+    CPUs, no dashboard and the layer-message system config; shut down when the block ends, even
+    on an error."""
     import ray
 
     from ..engines.placement import SYSTEM_CONFIG, shutdown_ray
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, _node_ip_address=NODE_IP,
-             log_to_driver=False, configure_logging=False, _system_config=SYSTEM_CONFIG)
+    from ..engines.ray_session import start_private
+    start_private(NODE_IP, num_cpus, "studies NODE_IP", _system_config=SYSTEM_CONFIG)
     try:
         yield ray
     finally:

@@ -111,8 +111,8 @@ def sweep_spread(configs, nodes: int, seconds: float, rows, log) -> list[dict]:
 
 
 def spread_child(address: str, node_ip: str, configs, seconds: float, bases) -> list[dict]:
-    import ray
-    ray.init(address=address, _node_ip_address=node_ip, log_to_driver=False, configure_logging=False)
+    from ..engines.ray_session import join
+    join(address, node_ip, "the cluster's head IP")
     out = []
     try:
         for (hidden, B, x_dim), base in zip(configs, bases):

@@ -23,6 +23,9 @@ are not thread-safe); all sends happen on that thread. `start()` hands the incom
 one receiver thread, which calls `on_message(peer, data)` for each frame received; `attach(loop)`
 instead delivers on the owner's asyncio loop (the layer actors use it: one thread hop fewer per
 message); `incoming()` comes before either. The ZAP handler is pyzmq's authenticator thread.
+On the loop, a socket's read stops after DRAIN_BATCH frames (a multipart message is read whole)
+and goes on in a later turn: a flood, even of frames the mailbox drops, cannot starve the
+layer's own step.
 """
 from __future__ import annotations
 
@@ -50,6 +53,9 @@ zmq applies ZMQ_MAXMSGSIZE to the wire frame, so the limit given to zmq adds the
 HANDSHAKE_FLOOR = 1024
 """The least ZMQ_MAXMSGSIZE given to zmq: the CURVE handshake (INITIATE, about 280 bytes) must
 fit under the same limit. Frames between max_bytes and this are dropped by the receiver thread."""
+
+DRAIN_BATCH = 64
+"""Frames read from one socket per turn of the event loop before the read yields to the loop."""
 
 _WILDCARDS = {"", "*", "0.0.0.0", "::"}
 
@@ -98,6 +104,7 @@ class SecureLinks:
         self._stop: zmq.Socket | None = None
         self._thread: threading.Thread | None = None
         self._loop = None
+        self._queued: set[int] = set()  # peers whose socket has a read waiting on the loop
         self._closed = False
 
     def incoming(self, peer: int, max_bytes: int) -> tuple[str, int, bytes]:
@@ -187,18 +194,35 @@ class SecureLinks:
             raise LinkError(f"layer {self.layer}: attach() after start, attach or close")
         self._loop = loop
         for peer, sock in self._in.items():
-            loop.add_reader(sock.getsockopt(zmq.FD), self._drain, peer, sock)
-            loop.call_soon(self._drain, peer, sock)
+            loop.add_reader(sock.getsockopt(zmq.FD), self._readable, peer, sock)
+            self._queue_drain(peer, sock)
+
+    def _readable(self, peer: int, sock: zmq.Socket) -> None:
+        if peer not in self._queued:
+            self._drain(peer, sock)
+
+    def _queue_drain(self, peer: int, sock: zmq.Socket) -> None:
+        self._queued.add(peer)
+        self._loop.call_soon(self._drain, peer, sock)
 
     def _drain(self, peer: int, sock: zmq.Socket) -> None:
-        """Every message waiting on `sock` (zmq's descriptor is edge-triggered: read until none)."""
-        while not self._closed and sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        """About DRAIN_BATCH frames waiting on `sock`; if more wait, another read later in the
+        loop (zmq's descriptor is edge-triggered: it does not fire again for frames already
+        queued, so the socket is read until empty, a batch per turn)."""
+        self._queued.discard(peer)
+        budget = DRAIN_BATCH
+        while budget > 0:
+            if self._closed or not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                return
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
+            budget -= len(frames)
             for data in frames:
                 self._deliver(peer, data)
+        if not self._closed:
+            self._queue_drain(peer, sock)
 
     def _receive(self, stopped: zmq.Socket) -> None:
         poller = zmq.Poller()
