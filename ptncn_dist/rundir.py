@@ -54,8 +54,9 @@ def _read_info(fd: int) -> dict:
 class RunLock:
     """The exclusive claim of one run directory by this process (see the module docstring)."""
 
-    def __init__(self, run_dir: str):
+    def __init__(self, run_dir: str, what: str = "run directory", hint: str = "choose another --run-dir"):
         self.run_dir, self.path, self.fd = run_dir, os.path.join(run_dir, LOCK), None
+        self.what, self.hint = what, hint
         self.taken_over: dict | None = None  # the stale holder replaced, if any
 
     def acquire(self) -> "RunLock":
@@ -63,14 +64,14 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
-                raise PtncnError(f"cannot claim run directory {self.run_dir}: {exc.strerror}: {self.path}") from None
+                raise PtncnError(f"cannot claim {self.what} {self.run_dir}: {exc.strerror}: {self.path}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 info = _read_info(fd)
                 os.close(fd)
-                raise RunDirInUse(f"run directory {self.run_dir} is in use by {_holder_text(info)}: "
-                                  f"wait for that run to end or choose another --run-dir") from None
+                raise RunDirInUse(f"{self.what} {self.run_dir} is in use by {_holder_text(info)}: "
+                                  f"wait for that run to end or {self.hint}") from None
             except OSError as exc:
                 os.close(fd)
                 raise PtncnError(f"cannot lock {self.path}: {exc.strerror}") from None
@@ -85,7 +86,7 @@ class RunLock:
         host = socket.gethostname()
         if old and old.get("host") != host:
             os.close(fd)
-            raise RunDirInUse(f"run directory {self.run_dir} is claimed by {_holder_text(old)}, another host; "
+            raise RunDirInUse(f"{self.what} {self.run_dir} is claimed by {_holder_text(old)}, another host; "
                               f"if no run is alive there, delete {self.path}")
         self.taken_over = old or None
         info = {"pid": os.getpid(), "host": host, "started": time.time(), "argv": sys.argv[:8]}
@@ -229,7 +230,29 @@ class Claim:
             write_once(self.config_path, to_toml(cfg))
         self.committed = True
 
+    def claim_namespace(self, ckpt_root: str | None) -> None:
+        """Also lock the run's checkpoint namespace when it lies outside the run directory on a
+        local filesystem (a shared train.checkpoint_dir): two copies of one run directory, which
+        share a run id, then cannot write into it at once. An object store has no lock to take
+        (docs/reliability.md says what a shared prefix risks)."""
+        from .storage import is_uri
+        if not ckpt_root or is_uri(ckpt_root) or os.path.abspath(ckpt_root).startswith(
+                os.path.abspath(self.run_dir) + os.sep):
+            return
+        self.namespace_created = not os.path.isdir(ckpt_root)
+        try:
+            os.makedirs(ckpt_root, exist_ok=True)
+        except OSError as exc:
+            raise PtncnError(f"cannot create the checkpoint directory {ckpt_root}: {exc.strerror}") from None
+        lock = RunLock(ckpt_root, "checkpoint namespace", "resume only one copy of this run")
+        self.namespace_lock = lock.acquire()
+
     def release(self) -> None:
+        ns = getattr(self, "namespace_lock", None)
+        if ns is not None:
+            ns.release()
+            if self.namespace_created and not self.committed:
+                _rmdir_quiet(ns.run_dir)
         self.lock.release()
         if self.created and not self.committed:
             _rmdir_quiet(self.run_dir)

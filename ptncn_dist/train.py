@@ -78,6 +78,8 @@ class Trainer(CheckpointsMixin):
             raise CheckpointError(f"{run_dir or 'no run directory'}: no config.toml there (not a run directory)")
         self.run_id = self.claim.run_id if self.claim else rundir.new_run_id(None)
         self.ckpt_root = checkpoint.root_for(cfg.train.checkpoint_dir, run_dir, self.run_id)
+        if self.claim is not None:
+            self.claim.claim_namespace(self.ckpt_root)
         if resume is None:
             resume = held and bool(checkpoint.list_candidates(self.ckpt_root))
             if resume:

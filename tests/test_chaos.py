@@ -172,9 +172,10 @@ def test_damaged_newest_checkpoint_is_skipped_on_resume(tmp_path, capsys):
 
 def test_lost_worker_node_moves_its_layers(cluster, tmp_path):
     """Stop a worker node (its whole process group) mid-run: its layer moves to a live node and
-    the run ends on the uninterrupted weights. The node is started again for the next tests."""
+    the run ends on the uninterrupted weights. The node is started again for the next tests. (The
+    run is long enough, about 15 s here, for the stop to land well before its end.)"""
     run_dir = str(tmp_path / "run")
-    proc = ptncn(*cluster_args(cluster, 600, run_dir), env=cluster.env())
+    proc = ptncn(*cluster_args(cluster, 3000, run_dir), env=cluster.env())
     try:
         wait_for_step(run_dir, 200, proc)
         cluster.stop_node(2, hard=True)
@@ -186,9 +187,9 @@ def test_lost_worker_node_moves_its_layers(cluster, tmp_path):
     assert proc.returncode == 0, out[-3000:]
     recs = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     recoveries = [r for r in recs if "recovery" in r]
-    assert len(recoveries) == 1
+    assert len(recoveries) == 1, out[-4000:]
     assert {p["ip"] for p in recoveries[0]["placement"]} <= {"127.0.0.2", "127.0.0.3"}
-    want = reference_weights(600)
+    want = reference_weights(3000)
     got = final_weights(run_dir, tmp_path)
     for k in want:
         np.testing.assert_array_equal(got[k], want[k], err_msg=k)

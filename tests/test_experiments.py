@@ -149,7 +149,7 @@ def test_diverged_trial_is_a_result_and_is_not_rerun(finished, ray_up):
     assert has_result({"status": "DivergenceError: x"}) and not has_result({"status": "ConfigError: x"})
     md = (out / "results.md").read_text()
     section = md.partition("## Diverged trials")[2]
-    assert "- `bouncing-bptt-mnist-s0`: StepDiverged: non-finite values" in section
+    assert "- `bouncing-bptt-mnist-s0`: DivergenceError: non-finite values in the evaluation" in section
     assert "## Failed trials" not in md and "rerun them alone" not in " ".join(lines)
     meta = json.loads((out / "meta.json").read_text())
     assert sorted(meta["diverged"]) == sorted(outcome.ran) and meta["failed"] == []

@@ -178,6 +178,24 @@ def test_runs_sharing_a_checkpoint_dir_keep_their_own(tmp_path, capsys):
     assert f"written by run '{ids[0]}', not by this run ({ids[1]})" in one_error_line(capsys)
 
 
+def test_two_copies_of_a_run_cannot_write_its_shared_namespace_at_once(tmp_path, capsys):
+    """A run directory copied (so two directories share one run id) and resumed twice: the
+    second is refused while the first holds the run's namespace in the shared checkpoint_dir."""
+    from ptncn_dist.train import Trainer
+    shared, a, b = tmp_path / "ck", tmp_path / "a", tmp_path / "b"
+    assert train(a, "--set", f'train.checkpoint_dir="{shared}"') == 0
+    shutil.copytree(a, b)
+    holder = Trainer(load(str(a / "config.toml"), ["train.steps=60"]), str(a), resume=True, log=lambda *_: None)
+    try:
+        capsys.readouterr()
+        assert main(["train", "--resume", str(b), "--steps", "60"]) == 2
+        line = one_error_line(capsys)
+        assert f"checkpoint namespace {shared / rundir.read_run_id(str(a))} is in use by pid {os.getpid()}" in line
+    finally:
+        holder.close()
+    assert main(["train", "--resume", str(b), "--steps", "60"]) == 0
+
+
 # -- 3. any string in the config round-trips ------------------------------------------------------
 def test_a_config_string_outside_the_bmp_round_trips(tmp_path, capsys):
     r, ck = tmp_path / "run", tmp_path / "ck\U0001F600dir"
