@@ -6,7 +6,7 @@
 set -euo pipefail
 state="${PTNCN_CLUSTER_STATE:-${TMPDIR:-/tmp}/ptncn-cluster.json}"
 case "${1:-}" in
-  up)   python -m ptncn_dist.local_cluster up --nodes "${2:-3}" --state "$state" ;;
-  down) python -m ptncn_dist.local_cluster down --state "$state" ;;
+  up)   python -m ptncn_dist.studies.local_cluster up --nodes "${2:-3}" --state "$state" ;;
+  down) python -m ptncn_dist.studies.local_cluster down --state "$state" ;;
   *)    echo "usage: $0 up [NODES] | down" >&2; exit 2 ;;
 esac

@@ -30,11 +30,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from ptncn_dist import metrics, references  # noqa: E402
+from ptncn_dist import metrics
+from ptncn_dist.diagnostics import references  # noqa: E402
 from ptncn_dist.config import load  # noqa: E402
 from ptncn_dist.data import open_streams  # noqa: E402
 from ptncn_dist.engines.factory import build_engine  # noqa: E402
-from ptncn_dist.evaluation import evaluate, evaluation_batches  # noqa: E402
+from ptncn_dist.diagnostics.evaluation import evaluate, evaluation_batches  # noqa: E402
 from ptncn_dist.train import Trainer  # noqa: E402
 
 PHASE_SEED_STRIDE = 10_007

@@ -35,7 +35,7 @@ from ptncn_dist.data import open_streams  # noqa: E402
 from ptncn_dist.data.contiguous import ContiguousStream  # noqa: E402
 from ptncn_dist.data.ptb import WORD_SEP  # noqa: E402
 from ptncn_dist.engines.factory import build_engine  # noqa: E402
-from ptncn_dist.evaluation import evaluate  # noqa: E402
+from ptncn_dist.diagnostics.evaluation import evaluate  # noqa: E402
 
 
 def main(argv=None) -> None:

@@ -60,7 +60,7 @@ def _restored(run_dir: str):
     for checkpoints where that run keeps them."""
     from .checkpoint import root_for
     from .config import load
-    from .rundir import read_run_id
+    from .checkpoint.rundir import read_run_id
     from .train import Trainer
     path = os.path.join(run_dir, "config.toml")
     if not os.path.exists(path):
@@ -76,7 +76,7 @@ def _load_into(trainer, run_dir, allow_older: bool = False):
     """Restore the newest checkpoint that verifies. A damaged newer one (unreadable, or without
     a readable manifest) stops here with one line naming it and the step an older one would
     give, unless `allow_older` (then a warning line)."""
-    from .storage import display
+    from .checkpoint.storage import display
     loaded = trainer.load_latest(warn=lambda msg: None)
     if loaded is None:
         raise PtncnError(f"{run_dir}: no checkpoint to load under {display(trainer.ckpt_root)}")
@@ -92,7 +92,7 @@ def _load_into(trainer, run_dir, allow_older: bool = False):
 
 
 def cmd_eval(args) -> int:
-    from .evaluation import evaluate, reference_losses
+    from .diagnostics.evaluation import evaluate, reference_losses
     trainer, cfg = _restored(args.run_dir)
     loaded = _load_into(trainer, args.run_dir, args.allow_older)
     n = args.batches or cfg.train.eval_batches
@@ -100,7 +100,7 @@ def cmd_eval(args) -> int:
     _, ref = reference_losses(trainer.streams, n, cfg.model.t_prime)
     out = {"checkpoint": loaded.path, "step": loaded.manifest["step"], **res, "reference": ref}
     if args.context:
-        from .context_probe import probe
+        from .diagnostics.context_probe import probe
         try:
             ks = [int(k) for k in args.context.split(",")]
             out["context_probe"] = probe(trainer.engine, trainer.streams.test, ks, n)

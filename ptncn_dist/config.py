@@ -18,8 +18,8 @@ from .baselines.config import BaselineSection
 from .config_checks import check_numbers
 from .data.sources import DataConfig
 from .errors import ConfigError
-from .layer_spec import LayerHyper
-from .optim import OptimConfig
+from .core.spec import LayerHyper
+from .core.optim import OptimConfig
 
 MODEL_TYPES = ("ptncn", "bptt", "tbptt", "rtrl", "uoro", "esn", "lstm")
 VARIANTS = ("inference_steps", "lateral_l1", "standardize")
@@ -89,7 +89,7 @@ class TrainConfig:
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0 (0 = off)")
         check_numbers("train", self)
-        from .storage import check_location
+        from .checkpoint.storage import check_location
         check_location(self.checkpoint_dir)
 
 

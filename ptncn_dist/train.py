@@ -14,16 +14,18 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from . import checkpoint, metrics, references, rundir, tboard
+from . import checkpoint, metrics
+from .diagnostics import references, tboard
+from .checkpoint import rundir
 from .config import Config
 from .config_checks import check_memory
 from .data import open_streams
 from .engines.base import StepDiverged
 from .engines.factory import build_engine
-from .evaluation import nonfinite_where, reference_losses, run_evaluation
+from .diagnostics.evaluation import nonfinite_where, reference_losses, run_evaluation
 from .errors import CheckpointError, DivergenceError
-from .recovery import Recovery
-from .train_checkpoints import CheckpointsMixin
+from .training.recovery import Recovery
+from .training.checkpoints import CheckpointsMixin
 
 
 STRIP_SEQS = 3
@@ -292,7 +294,7 @@ class Trainer(CheckpointsMixin):
                 self.log(f"trace of the first {self.cfg.engine.trace_steps} steps ({n} events): "
                          f"{os.path.join(self.run_dir, 'trace.json')} (chrome://tracing or ui.perfetto.dev)")
             if self.cfg.train.plots:
-                from .plots import plot_run
+                from .diagnostics.plots import plot_run
                 plot_run(self.run_dir, self.strip, self.cfg.data.frame)
         if self.writer:
             self.writer.close()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ptncn_dist.local_cluster import LocalCluster
+from ptncn_dist.studies.local_cluster import LocalCluster
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PTNCN_SHARED_DIR", REPO.parent / "shared"))

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptncn_dist import cli, codec
-from ptncn_dist import checkpoint_manifest as cm
+from ptncn_dist import cli
+from ptncn_dist.checkpoint import codec
+from ptncn_dist.checkpoint import manifest as cm
 
 REPO = Path(__file__).resolve().parents[1]
 PTB_CHAR = str(REPO / "experiments" / "configs" / "ptb_char.toml")
@@ -76,7 +77,7 @@ def test_section_that_is_not_a_table(tmp_path, capsys):
 
 def test_inference_steps_has_a_limit(tmp_path, capsys):
     from ptncn_dist.config import load
-    from ptncn_dist.layer_spec import MAX_INFERENCE_STEPS
+    from ptncn_dist.core.spec import MAX_INFERENCE_STEPS
     assert MAX_INFERENCE_STEPS == 1000 and load(None, ["model.inference_steps=1000"]).model.inference_steps == 1000
     msg = one_error(capsys, *train_args(tmp_path, "--set", "model.inference_steps=100000"))
     assert msg.startswith("model.inference_steps (K, state-correction iterations per step) must be an integer "

@@ -9,15 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptncn_dist.baselines import (BaselineConfig, bptt_gradients, build_baseline, frozen_eval,
-                                  init_params, ridge_readout, rtrl_gradients, sequence_objective,
-                                  uoro_gradients)
+from ptncn_dist.baselines import BaselineConfig, bptt_gradients, build_baseline, frozen_eval, init_params, ridge_readout, rtrl_gradients, sequence_objective, uoro_gradients
 from ptncn_dist.baselines import elman, esn, uoro
 from ptncn_dist.baselines.config import BaselineSection
 from ptncn_dist.config import load
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.optim import OptimConfig
+from ptncn_dist.core.optim import OptimConfig
 
 T, B, D, H = 6, 3, 4, 5
 CASES = [("frames", "sigmoid"), ("frames", "identity"), ("frames", "tanh"), ("tokens", "softmax")]

@@ -8,8 +8,9 @@ import msgpack
 import numpy as np
 import pytest
 
-from ptncn_dist import checkpoint, checkpoint_manifest
-from ptncn_dist.codec import packb, unpackb
+from ptncn_dist import checkpoint
+from ptncn_dist.checkpoint import manifest as checkpoint_manifest
+from ptncn_dist.checkpoint.codec import packb, unpackb
 from ptncn_dist.errors import CheckpointError
 
 
@@ -130,8 +131,8 @@ def test_object_dtype_rejected():
 def momentum_engine(opt, sparse=False):
     """Three layers (the middle one stacks M, V and U), float64; token ids when `sparse`."""
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.layer import init_params, layer_specs
-    from ptncn_dist.optim import OptimConfig
+    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.optim import OptimConfig
     specs = layer_specs(7, [6, 5, 4], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
     params = [init_params(s, 4, 0.3, 0.3, np.float64) for s in specs]
     return LocalEngine(specs, params, OptimConfig(opt, 0.05, 0.9), np, np.float64)
@@ -151,7 +152,7 @@ def save(engine, root, step):
 
 def raw_velocities(engine):
     """Each layer's velocity by weight name, from the optimizer's own (v, v_scale) slots."""
-    from ptncn_dist import optim
+    from ptncn_dist.core import optim
     out = []
     for layer in engine.layers:
         rows = layer.weights.rows

@@ -13,8 +13,8 @@ import pytest
 
 from ptncn_dist.config import ModelConfig, from_dict, load, parse_override, to_toml, valid_keys
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.layer_spec import LayerSpec
-from ptncn_dist.model import specs_from_config
+from ptncn_dist.core.spec import LayerSpec
+from ptncn_dist.core.model import specs_from_config
 
 MODEL_WIDE = {"type", "hidden", "t_prime", "weight_sd", "error_weight_sd", "dtype", "device"}
 OTHER_NAME = {"activation": "sign", "output": "softmax"}

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from ptncn_dist import context_probe
+from ptncn_dist.diagnostics import context_probe
 from ptncn_dist.config import load
 from ptncn_dist.train import Trainer
 

@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ptncn_dist.data import (Batch, BouncingSpec, BouncingStream, DataConfig, SentenceStream,
-                             bounce, build_vocab, detect_format, download, load_corpus,
-                             load_idx_images, load_idx_labels, open_corpus, open_streams,
-                             read_idx, sha256_file, words_to_chars)
+from ptncn_dist.data import Batch, BouncingSpec, BouncingStream, DataConfig, SentenceStream, bounce, build_vocab, detect_format, download, load_corpus, load_idx_images, load_idx_labels, open_corpus, open_streams, read_idx, sha256_file, words_to_chars
 from ptncn_dist.data import sources
 from ptncn_dist.data.ptb import Corpus
 from ptncn_dist.errors import ConfigError, DataError

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 
 from conftest import DATA, REPO, local_ray, need_data
-from ptncn_dist import metrics, references
+from ptncn_dist import metrics
+from ptncn_dist.diagnostics import references
 from ptncn_dist.config import load
 from ptncn_dist.data import open_streams
 from ptncn_dist.data.batch import Batch
 from ptncn_dist.engines.factory import build_engine
-from ptncn_dist.evaluation import evaluate, run_evaluation
+from ptncn_dist.diagnostics.evaluation import evaluate, run_evaluation
 from ptncn_dist.train import train
 
 EPS = 1e-7
@@ -263,7 +264,7 @@ def test_run_dir_holds_the_diagnostics(tmp_path):
 
 
 def test_tensorboard_off_without_tensorboardx(tmp_path, monkeypatch):
-    from ptncn_dist.tboard import Board
+    from ptncn_dist.diagnostics.tboard import Board
     monkeypatch.setitem(sys.modules, "tensorboardX", None)
     lines = []
     board = Board(str(tmp_path), log=lines.append)

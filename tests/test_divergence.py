@@ -9,7 +9,7 @@ import pytest
 from ptncn_dist import checkpoint
 from ptncn_dist.config import load
 from ptncn_dist.errors import DivergenceError
-from ptncn_dist.finite import FiniteWatch, Sighting, first_origin
+from ptncn_dist.core.finite import FiniteWatch, Sighting, first_origin
 from ptncn_dist.train import Trainer
 
 BASE = ["model.hidden=[24, 16, 12]", "data.frame=32", "data.batch=4", "data.seq_len=10", "train.progress=false",

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import GOLDEN, golden_files
 from ptncn_dist.engines.local import LocalEngine
-from ptncn_dist.golden import load_golden
+from ptncn_dist.reference.golden import load_golden
 
 TOL = 1e-9
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import golden_files
 from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.engines.placement import shutdown_ray
-from ptncn_dist.golden import load_golden
+from ptncn_dist.reference.golden import load_golden
 
 pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
@@ -25,8 +25,8 @@ def test_golden_on_gpu(path):
 
 
 def test_gpu_tokens_and_frames_match_numpy():
-    from ptncn_dist.layer import init_params, layer_specs
-    from ptncn_dist.optim import OptimConfig
+    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.optim import OptimConfig
     rng = np.random.default_rng(0)
     for sparse, x in ((True, rng.integers(0, 30, (8, 6))), (False, rng.random((8, 6, 30)))):
         specs = layer_specs(30, [32, 16], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
@@ -89,8 +89,8 @@ _array_kinds = _array_kinds_fn()
 
 
 def test_local_engine_keeps_weights_on_device():
-    from ptncn_dist.layer import init_params, layer_specs
-    from ptncn_dist.optim import OptimConfig
+    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.optim import OptimConfig
     specs = layer_specs(30, [32, 16], sparse_input=False, output="sigmoid")
     params = [init_params(s, 1, 0.2, 0.2, np.float32) for s in specs]
     engine = LocalEngine(specs, params, OptimConfig("nag", 0.05, 0.9), cupy, np.float32)
@@ -106,8 +106,8 @@ def test_local_engine_float32_cupy_matches_numpy_after_300_steps():
     MNIST-like frames: CuPy and NumPy weights agree to 1e-4 relative (Frobenius norm of the
     difference over that of the weight). Not Adam: with gradients near zero its step is +-lr
     whichever way rounding tips them, so float32 runs on two devices part by far more."""
-    from ptncn_dist.layer import init_params, layer_specs
-    from ptncn_dist.optim import OptimConfig
+    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.optim import OptimConfig
     rng = np.random.default_rng(0)
     T, B, D = 300, 16, 256
     x = (rng.random((T, B, D)) > 0.8).astype(np.float32)

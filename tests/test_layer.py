@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from ptncn_dist import optim
+from ptncn_dist.core import optim
 from ptncn_dist.engines.local import LocalEngine
-from ptncn_dist.layer import ACTIVATIONS, init_params, layer_specs
-from ptncn_dist.optim import OptimConfig
+from ptncn_dist.core.layer import ACTIVATIONS, init_params, layer_specs
+from ptncn_dist.core.optim import OptimConfig
 
 
 def make_engine(x_dim, hidden, sparse, opt="nag", dtype=np.float64, **hyper):
@@ -199,7 +199,7 @@ def test_each_phase_runs_on_its_own_and_the_recurrent_update_runs_once():
 
 def weights_for(opt, spec=None, mu=0.9):
     """LayerWeights of a middle layer (M, V, U stacked; W, E apart) and its initial weights."""
-    from ptncn_dist.weights import LayerWeights
+    from ptncn_dist.core.weights import LayerWeights
     spec = spec or layer_specs(6, [5, 4, 3])[1]
     params = init_params(spec, 3, 0.2, 0.2, np.float64)
     return LayerWeights(spec, params, OptimConfig(opt, 0.05, mu), np, np.float64), params

@@ -13,7 +13,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from ptncn_dist.messages import Message
+from ptncn_dist.transports.messages import Message
 from ptncn_dist.transports.links import LinkError, SecureLinks, max_frame_bytes
 
 HOST = "127.0.0.1"

@@ -14,7 +14,7 @@ from ptncn_dist.baselines import BaselineConfig, build_baseline
 from ptncn_dist.baselines.lstm import TORCH_HINT
 from ptncn_dist.config import load
 from ptncn_dist.engines.factory import build_engine
-from ptncn_dist.optim import OptimConfig
+from ptncn_dist.core.optim import OptimConfig
 
 V = 5
 

@@ -7,10 +7,10 @@ import pytest
 
 from conftest import golden_files
 from ptncn_dist.engines.local import LocalEngine
-from ptncn_dist.golden import load_golden
-from ptncn_dist.layer_spec import layer_specs
-from ptncn_dist.model_reference import Hyper, run
-from ptncn_dist.optim import OPTIMIZERS, OptimConfig
+from ptncn_dist.reference.golden import load_golden
+from ptncn_dist.core.spec import layer_specs
+from ptncn_dist.reference.model import Hyper, run
+from ptncn_dist.core.optim import OPTIMIZERS, OptimConfig
 
 GOLDEN_TOL = 1e-9  # as tests/test_golden.py
 REL = 1e-10

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from ptncn_dist import adam_kernel, optim
-from ptncn_dist.optim import OptimConfig
+from ptncn_dist.core import adam_kernel, optim
+from ptncn_dist.core.optim import OptimConfig
 
 HAVE_NUMBA = adam_kernel._fused() is not None if adam_kernel.USE_NUMBA else False
 KERNELS = ["numpy"] + (["numba"] if HAVE_NUMBA else [])
@@ -123,7 +123,7 @@ def test_adam_state_survives_a_checkpoint(tmp_path, kernel):
     both runs go on identically."""
     from ptncn_dist import checkpoint
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.layer import init_params, layer_specs
+    from ptncn_dist.core.layer import init_params, layer_specs
 
     V, T, B = 11, 6, 4
     specs = layer_specs(V, [9, 7], sparse_input=True, output="softmax")
@@ -181,7 +181,7 @@ def test_whole_array_path_as_on_cupy():
 def test_blas_fallbacks_write_in_place():
     """axpby and gemm_tn with beta = 0 where BLAS does not apply (mixed layouts): the plain
     array operations, and beta = 0 overwrites (a NaN already there does not survive)."""
-    from ptncn_dist.backend import axpby, gemm_tn
+    from ptncn_dist.core.backend import axpby, gemm_tn
     rng = np.random.default_rng(5)
     x, y = rng.standard_normal((6, 4)), np.asfortranarray(rng.standard_normal((6, 4)))
     want = 0.3 * x + 0.7 * y
@@ -199,7 +199,7 @@ def test_adam_on_cupy_matches_numpy():
     if not cupy.is_available():
         pytest.skip("CuPy sees no CUDA GPU")
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.layer import init_params, layer_specs
+    from ptncn_dist.core.layer import init_params, layer_specs
     rng = np.random.default_rng(6)
     for sparse, x in ((True, rng.integers(0, 30, (8, 6))), (False, rng.random((8, 6, 30)))):
         specs = layer_specs(30, [32, 16], sparse_input=sparse, output="softmax" if sparse else "sigmoid")

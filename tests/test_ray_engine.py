@@ -12,8 +12,8 @@ from ptncn_dist.data import open_streams
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.engines.ray_engine import RayEngine
-from ptncn_dist.golden import load_golden
-from ptncn_dist.messages import KINDS
+from ptncn_dist.reference.golden import load_golden
+from ptncn_dist.transports.messages import KINDS
 from ptncn_dist.train import Trainer
 
 
@@ -180,7 +180,7 @@ def test_unplaceable_spread_times_out_clearly():
     from ptncn_dist.errors import ConfigError
     cfg = load(None, small([8, 8]) + ['engine.name="ray"', 'engine.placement="spread"', "engine.placement_timeout_s=2.0"])
     with pytest.raises(ConfigError, match="could not be placed"):
-        RayEngine(cfg, LocalEngine.__mro__ and __import__("ptncn_dist.model", fromlist=["x"]).specs_from_config(
+        RayEngine(cfg, LocalEngine.__mro__ and __import__("ptncn_dist.core.model", fromlist=["x"]).specs_from_config(
             cfg.model, 64, False))
 
 
@@ -219,7 +219,7 @@ def _attack(offers, stop):
     until the end)."""
     import socket
     import zmq
-    from ptncn_dist.messages import Message
+    from ptncn_dist.transports.messages import Message
     ctx, idle = zmq.Context(), []
     try:
         pub, sec = zmq.curve_keypair()
@@ -286,7 +286,7 @@ def test_malformed_messages_are_dropped_and_the_run_goes_on():
     into layer 2's mailbox by actor calls: each is dropped and counted; results still equal. A
     message 20 steps ahead (a neighbour out of sync) then fails the next segment at once."""
     import time
-    from ptncn_dist.messages import Message, MessageError
+    from ptncn_dist.transports.messages import Message, MessageError
     cfg_l = load(None, small([24, 16, 12]))
     cfg_r = load(None, small([24, 16, 12]) + ['engine.name="ray"', 'engine.transport="calls"'])
     streams = open_streams(cfg_l.data, 0)

@@ -2,7 +2,7 @@
 chaos tests drive the same loop with real killed Ray actors)."""
 import pytest
 
-from ptncn_dist.recovery import Recovery
+from ptncn_dist.training.recovery import Recovery
 
 
 class Lost(Exception):

@@ -13,9 +13,10 @@ import tempfile
 import numpy as np
 import pytest
 
-from ptncn_dist import checkpoint, checkpoint_manifest as cm, rundir
+from ptncn_dist import checkpoint
+from ptncn_dist.checkpoint import manifest as cm, rundir
 from ptncn_dist.cli import main
-from ptncn_dist.codec import packb, unpackb
+from ptncn_dist.checkpoint.codec import packb, unpackb
 from ptncn_dist.config import load
 
 RUN = ["--set", "model.hidden=[16,16]", "--set", "train.checkpoint_every=20", "--set", "data.frame=32",

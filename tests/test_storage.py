@@ -11,7 +11,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from ptncn_dist import checkpoint, storage
+from ptncn_dist import checkpoint
+from ptncn_dist.checkpoint import storage
 from ptncn_dist.checkpoint import CheckpointWriteError
 from ptncn_dist.errors import CheckpointError, ConfigError
 from conftest import local_ray
@@ -213,7 +214,7 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
     that stopped run from S3 alone and continues it, again exactly, and `ptncn export RUN_DIR`
     reads the run's weights back from its S3 root. About 40 s on 2 busy cores."""
     from ptncn_dist.config import load
-    from ptncn_dist.rundir import read_run_id
+    from ptncn_dist.checkpoint.rundir import read_run_id
     from ptncn_dist.studies.chaos import kill_actor_process
     from ptncn_dist.train import Trainer
 

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import DATA, REPO, need_data
 from ptncn_dist import checkpoint
-from ptncn_dist.rundir import read_run_id
+from ptncn_dist.checkpoint.rundir import read_run_id
 from ptncn_dist.config import load
 from ptncn_dist.errors import DataError, DivergenceError
 from ptncn_dist.train import Trainer, train
@@ -258,7 +258,8 @@ def test_full_disk_is_one_line_keeps_complete_checkpoints_and_a_rerun_continues(
 
 def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
     """A checkpoint directory whose parent is a plain file (NotADirectoryError even for root):
-    one error line, rc 2, nothing left behind."""
+    refused before the run starts (claiming the run's namespace there fails), one error line,
+    rc 2, nothing left behind."""
     from ptncn_dist.cli import main
     parent = tmp_path / "a-file"
     parent.write_text("x")
@@ -266,7 +267,8 @@ def test_unwritable_checkpoint_dir_is_one_line(tmp_path, capsys):
             "--set", f'train.checkpoint_dir="{parent}/ckpts"'] + [a for s in SMALL + TINY_CKPT for a in ("--set", s)]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "cannot write the checkpoint of step 0" in err and "Not a directory" in err, err
+    assert len(err.splitlines()) == 1 and "cannot create the checkpoint directory" in err and "Not a directory" in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_checkpoints_by_default_every_10_minutes_and_before_the_first_evaluation(tmp_path):

@@ -10,11 +10,11 @@ import pytest
 from conftest import golden_files
 from ptncn_dist.engines.layer_actor import LayerWorker, run_workers
 from ptncn_dist.engines.local import LocalEngine
-from ptncn_dist.golden import load_golden
-from ptncn_dist.layer_spec import init_params, layer_specs
-from ptncn_dist.messages import Message, MessageError
-from ptncn_dist.optim import OptimConfig
-from ptncn_dist.schedule import LayerSchedule, StepPlan, run_lockstep
+from ptncn_dist.reference.golden import load_golden
+from ptncn_dist.core.spec import init_params, layer_specs
+from ptncn_dist.transports.messages import Message, MessageError
+from ptncn_dist.core.optim import OptimConfig
+from ptncn_dist.core.schedule import LayerSchedule, StepPlan, run_lockstep
 from ptncn_dist.transports.inprocess import InProcess
 from ptncn_dist.transports.mailbox import Mailbox
 

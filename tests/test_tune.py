@@ -6,7 +6,7 @@ import json
 import pytest
 
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.tune_space import Dist, nest, read_space, trial_config
+from ptncn_dist.tune.space import Dist, nest, read_space, trial_config
 
 TINY = """
 [search]

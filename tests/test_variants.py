@@ -9,8 +9,8 @@ from ptncn_dist.config import load
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.layer import init_params, layer_specs
-from ptncn_dist.optim import OptimConfig
+from ptncn_dist.core.layer import init_params, layer_specs
+from ptncn_dist.core.optim import OptimConfig
 from conftest import local_ray
 
 X_DIM, T, B = 10, 6, 3

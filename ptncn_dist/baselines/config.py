@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
-from ..optim import OptimConfig
+from ..core.optim import OptimConfig
 from . import elman
 
 NEW_KEYS = ("embed",)

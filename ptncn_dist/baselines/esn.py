@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import optim
-from ..backend import to_numpy
+from ..core import optim
+from ..core.backend import to_numpy
 from ..errors import CheckpointError, ConfigError
 from . import elman
 from .learner import prepare_inputs

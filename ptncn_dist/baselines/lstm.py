@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .. import optim
+from ..core import optim
 from ..errors import ConfigError
 from .learner import GradientLearner
 

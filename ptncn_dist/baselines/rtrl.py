@@ -11,7 +11,7 @@ only for small nets, so hidden > RTRL_MAX_HIDDEN is refused unless forced.
 """
 from __future__ import annotations
 
-from ..backend import to_numpy
+from ..core.backend import to_numpy
 from ..errors import ConfigError
 from . import elman
 from .learner import GradientLearner

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import to_numpy
+from ..core.backend import to_numpy
 from . import elman
 from .learner import GradientLearner
 

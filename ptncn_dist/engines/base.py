@@ -7,17 +7,17 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from .. import checkpoint
-from ..checkpoint_manifest import MANIFEST
+from ..checkpoint.manifest import MANIFEST
 from ..errors import CheckpointError
-from ..finite import check_state, first_origin, nonfinite_names
-from ..storage import display, join
-from ..weights import StateError
+from ..core.finite import check_state, first_origin, nonfinite_names
+from ..checkpoint.storage import display, join
+from ..core.weights import StateError
 
 
 class StepDiverged(Exception):
     """Raised by an engine at the first step where a NaN or Inf showed: in layer 1's loss or in
     any layer's messages or state (`t`: step in sequence; `sighting`: where it appeared, if a
-    layer saw it, see ptncn_dist/finite.py)."""
+    layer saw it, see ptncn_dist/core/finite.py)."""
 
     def __init__(self, t: int, sighting=None):
         where = f" in layer {sighting.layer} ({sighting.what})" if sighting is not None else " in the loss"

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 
 from .. import checkpoint, metrics
-from ..backend import get_dtype, get_xp
+from ..core.backend import get_dtype, get_xp
 from ..baselines import BaselineConfig, build_baseline
 from ..errors import ConfigError
 from .base import Engine, StepDiverged

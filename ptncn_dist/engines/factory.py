@@ -1,8 +1,8 @@
 """Build the engine a config asks for."""
 from __future__ import annotations
 
-from ..backend import get_dtype, get_xp, limit_blas_threads
-from ..model import initial_params, specs_from_config
+from ..core.backend import get_dtype, get_xp, limit_blas_threads
+from ..core.model import initial_params, specs_from_config
 
 
 def build_engine(cfg, x_dim: int, data_kind: str):

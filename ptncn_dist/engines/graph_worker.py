@@ -1,5 +1,5 @@
 """A layer in a Ray compiled graph (`engine.compiled = true`, exact schedule): the same
-schedule (ptncn_dist/schedule.py) driven one round per graph node. A step of K state-correction
+schedule (ptncn_dist/core/schedule.py) driven one round per graph node. A step of K state-correction
 iterations is K + 2 nodes per layer: `g_start` runs the step until it first waits, and each
 `g_round` takes the neighbours' messages of the round before (from their nodes' outputs), lets
 the step run until it waits again, and returns what it sent. Messages go through the graph's
@@ -7,7 +7,7 @@ channels (ptncn_dist/transports/compiled.py); the driver sees only layer 1's los
 forecast when asked for, and every layer's counters at the end of a segment."""
 from __future__ import annotations
 
-from ..schedule import SegmentLoss, StepPlan, advance
+from ..core.schedule import SegmentLoss, StepPlan, advance
 from ..transports.compiled import GraphOutbox
 from .layer_host import LayerHost
 

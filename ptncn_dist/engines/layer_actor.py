@@ -1,5 +1,5 @@
 """One P-TNCN layer as a Ray actor: its own weights (on its own CPU or GPU), driving the one
-schedule (ptncn_dist/schedule.py) through a transport; the driver only starts segments and
+schedule (ptncn_dist/core/schedule.py) through a transport; the driver only starts segments and
 collects loss sums. Awaited messages come from the actor's mailbox, filled by whichever
 transport carries them:
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ..schedule import SegmentLoss, advance, plan
+from ..core.schedule import SegmentLoss, advance, plan
 from ..transports.inprocess import DirectCalls
 from ..transports.ray_calls import RayCalls
 from .layer_host import LayerHost
@@ -70,7 +70,7 @@ class LayerWorker(LayerHost):
                           keep_xhat: bool = False, by_t: bool = False) -> dict:
         """Steps t0..t1-1; layer 1 gets the inputs `x`, every layer the mask. Layer 1 returns the
         loss sums, per position too with `by_t` (and the first non-finite step, if any); every layer
-        its first non-finite sighting, if any (ptncn_dist/finite.py)."""
+        its first non-finite sighting, if any (ptncn_dist/core/finite.py)."""
         xs, ms = self._segment_inputs(x, mask)
         if t0 == 0:
             self.core.reset(mask.shape[1])

@@ -8,14 +8,15 @@ import time
 
 import numpy as np
 
-from .. import checkpoint, storage
+from .. import checkpoint
+from ..checkpoint import storage
 from ..errors import CheckpointError
-from ..backend import get_dtype, get_xp, limit_blas_threads, to_xp
-from ..finite import check_state, nonfinite_names
-from ..layer import LayerCore, init_params
-from ..optim import OptimConfig
-from ..weights import StateError
-from ..schedule import LayerSchedule
+from ..core.backend import get_dtype, get_xp, limit_blas_threads, to_xp
+from ..core.finite import check_state, nonfinite_names
+from ..core.layer import LayerCore, init_params
+from ..core.optim import OptimConfig
+from ..core.weights import StateError
+from ..core.schedule import LayerSchedule
 from ..transports.base import Transport
 from ..transports.mailbox import Mailbox
 from .heartbeat import Beater, BeatTarget

@@ -1,16 +1,16 @@
 """All layers in one process: the reference every engine must match, and the fastest choice on
-a single device. It drives the one schedule (ptncn_dist/schedule.py) for every layer in lock
+a single device. It drives the one schedule (ptncn_dist/core/schedule.py) for every layer in lock
 step; messages are arrays put straight into the neighbour's mailbox dict (in-process
 transport): nothing is encoded or sent anywhere."""
 from __future__ import annotations
 
-from ..backend import to_xp
+from ..core.backend import to_xp
 from ..errors import CheckpointError
-from ..layer import LayerCore
-from ..layer_spec import check_schedule
-from ..schedule import LayerSchedule, SegmentLoss, StepPlan, plan, run_lockstep
+from ..core.layer import LayerCore
+from ..core.spec import check_schedule
+from ..core.schedule import LayerSchedule, SegmentLoss, StepPlan, plan, run_lockstep
 from ..transports.inprocess import InProcess
-from ..weights import StateError
+from ..core.weights import StateError
 from .base import Engine, diverged, token_ids
 
 

@@ -10,9 +10,9 @@ import functools
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
-from ..layer_spec import check_schedule
+from ..core.spec import check_schedule
 from .base import Engine, diverged, shard_name, token_ids
-from ..messages import MessageError
+from ..transports.messages import MessageError
 from ..transports.compiled import CompiledGraph
 from .graph_worker import GraphWorker
 from .heartbeat import Heartbeats, LayerHung

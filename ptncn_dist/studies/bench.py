@@ -73,8 +73,7 @@ def _ptb_rates(step_s: list, roof_s: list, gflop: float, B: int) -> dict:
     return {"steps_per_s": 1 / best, "tokens_per_s": B / best, "gemm_roof_steps_per_s": 1 / best_roof,
             "share_of_roof": best_roof / best, "median_steps_per_s": 1 / med,
             "median_share_of_roof": med_roof / med, "gflop_per_step": gflop,
-            "achieved_gflops": gflop / best, "gemm_gflops": gflop / best_roof,
-            "authors_steps_per_s": 55.0, "vs_authors": 1 / best / 55.0}
+            "achieved_gflops": gflop / best, "gemm_gflops": gflop / best_roof}
 
 
 def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
@@ -85,7 +84,7 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
     round of each (the least disturbed, as timeit reports) and the median; `ratios` gives each
     optimizer's time per step over the first one's, best against best and the median of the
     per-round ratios. device="gpu": the layers and the roof on CuPy (timed to a synchronize)."""
-    from ..backend import get_xp
+    from ..core.backend import get_xp
     xp = get_xp(device)
     V, d, B, T = 49, 1000, 50, 50
     base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"',
@@ -117,7 +116,7 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
 
 
 def print_ptb(res: dict, steps: int, rounds: int) -> None:
-    from ..adam_kernel import kernel_name
+    from ..core.adam_kernel import kernel_name
     optims = list(res["by_optim"])
     print(f"P-TNCN, 2 x 1000 tanh, batch 50, 49 symbols, softmax (the authors' PTB settings); "
           f"{', '.join(optims)}")

@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     cluster = None
     kill_node = head_ip = None
     if args.kill == "node":
-        from ..local_cluster import LocalCluster
+        from .local_cluster import LocalCluster
         cluster = LocalCluster(nodes=args.nodes, cpus_per_node=1).start()
         os.environ.update(cluster.env())
         head_ip = cluster.ip(0)

@@ -91,7 +91,7 @@ def sweep_spread(configs, nodes: int, seconds: float, rows, log) -> list[dict]:
     """ray exact (tcp links) with one layer per node of a real local cluster (STRICT_SPREAD), measured by a
     driver process that joins the cluster with its token (a process that already ran another
     Ray session cannot switch to token authentication)."""
-    from ..local_cluster import LocalCluster
+    from .local_cluster import LocalCluster
     todo = [c for c in configs if len(c[0]) <= nodes]
     bases = [next(r["steps_per_s"] for r in rows if r["hidden"] == _h(h) and r["batch"] == B
                   and r["engine"] == "local_1thread") for h, B, _ in todo]

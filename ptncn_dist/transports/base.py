@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from ..backend import to_numpy
-from ..messages import Message
+from ..core.backend import to_numpy
+from .messages import Message
 
 
 class Transport(ABC):

@@ -40,7 +40,7 @@ from collections import deque
 
 import numpy as np
 
-from ..messages import Message, MessageError
+from .messages import Message, MessageError
 
 log = logging.getLogger(__name__)
 

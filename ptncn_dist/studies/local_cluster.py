@@ -10,8 +10,8 @@ interfaces (docs/security.md): the token is what guards their gRPC ports. Stoppi
 SIGTERM to exactly the `ray start` processes this object started (each then stops its own
 raylet and workers), and SIGKILL to their process groups only if they linger. Never `ray stop`.
 
-    python -m ptncn_dist.local_cluster up --nodes 3 --state /tmp/ptncn-cluster.json
-    python -m ptncn_dist.local_cluster down --state /tmp/ptncn-cluster.json
+    python -m ptncn_dist.studies.local_cluster up --nodes 3 --state /tmp/ptncn-cluster.json
+    python -m ptncn_dist.studies.local_cluster down --state /tmp/ptncn-cluster.json
 """
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class LocalCluster:
         return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": self.token_path}
 
     def _start_node(self, i: int) -> None:
-        from .engines.ray_session import ray_env, ray_start_args
+        from ..engines.ray_session import ray_env, ray_start_args
         beside = os.path.join(os.path.dirname(sys.executable), "ray")
         ray = beside if os.path.exists(beside) else shutil.which("ray")
         head = i == 0
@@ -72,7 +72,7 @@ class LocalCluster:
                 f"--object-store-memory={self.object_store_mb * 1024 * 1024}",
                 f"--memory={self.memory_mb * 1024 * 1024}"]
         if head:
-            from .engines.placement import SYSTEM_CONFIG
+            from ..engines.placement import SYSTEM_CONFIG
             config = {**SYSTEM_CONFIG, **HEALTH_CHECKS}
             args += ["--head", f"--port={self.port}", f"--system-config={json.dumps(config)}"]
         else:
@@ -211,7 +211,7 @@ def _wait_gone(pid: int, wait: float) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ptncn_dist.local_cluster", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ptncn_dist.studies.local_cluster", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="start a head and workers on 127.0.0.2, .3, ...")
     up.add_argument("--nodes", type=int, default=3)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import re
 
 from .backend import get_dtype
-from .errors import ConfigError
-from .layer_spec import LayerSpec, init_params, layer_hyper, layer_specs
+from ..errors import ConfigError
+from .spec import LayerSpec, init_params, layer_hyper, layer_specs
 
 _NAME = re.compile(r"^([MVUWE])(\d+)$")
 

@@ -1,6 +1,6 @@
 """The order of a P-TNCN step for one layer, written once: which phase runs, what is sent to
 whom, what is awaited. Every engine drives these generators; they differ only in how a message
-travels (ptncn_dist/transports/), never in the arithmetic (ptncn_dist/layer.py) or the order.
+travels (ptncn_dist/transports/), never in the arithmetic (ptncn_dist/core/layer.py) or the order.
 
 A step is a generator. It runs the layer's phases, hands outgoing messages to `send(to, clock,
 iteration, items)` and, where it needs its neighbours, yields an `Await`: the keys of the
@@ -29,7 +29,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
 from .backend import to_numpy
 from .finite import FiniteWatch, nonfinite_names
 

@@ -20,7 +20,7 @@ performs (in one process, or between Ray actors):
 3. learning    the local LRA updates (outer products of signals the layer holds:
                `learn_recurrent`, `learn_generative`), then the carried state moves to step t
                (`carry_forward`). The exact order, and which waits overlap which work, is
-               ptncn_dist/schedule.py's.
+               ptncn_dist/core/schedule.py's.
 
 Both neighbours of an error e[l] form it from the same two arrays, so it is never sent. Messages
 are (B, d) arrays of activations or errors, never weights. No derivative of phi is ever taken.
@@ -35,10 +35,9 @@ import numpy as np
 from . import optim
 from .activations import ACTIVATIONS, OUTPUTS, check_names
 from .backend import to_numpy
-from .layer_learn import bound_rows, clip_factor, learn_generative, learn_recurrent
-from .layer_spec import PARAM_NAMES, LayerSpec, init_params, layer_specs, stacked_blocks, stacked_names
-from .layer_step import (correction, forward, input_matmul, is_ids, output_error, predict_below,
-                         stacked_rows, state_error, temporal_error)
+from .learn import bound_rows, clip_factor, learn_generative, learn_recurrent
+from .spec import PARAM_NAMES, LayerSpec, init_params, layer_specs, stacked_blocks, stacked_names
+from .step import correction, forward, input_matmul, is_ids, output_error, predict_below, stacked_rows, state_error, temporal_error
 from .weights import LayerWeights, check_carry
 
 __all__ = ["ACTIVATIONS", "OUTPUTS", "PARAM_NAMES", "LayerCore", "LayerSpec", "bound_rows", "check_names",
@@ -82,7 +81,7 @@ class PreviousStep:
 
 
 class LayerCore:
-    """One layer's state and its step, phase by phase, called in the order ptncn_dist/schedule.py
+    """One layer's state and its step, phase by phase, called in the order ptncn_dist/core/schedule.py
     states: `forward_state`, `predict` -> (exchange 1) -> [`iterate` -> (exchange), K - 1 times]
     -> `correct` -> `learn_recurrent` -> (exchange 2) -> `generative_pair` (learned by
     `learn_generative` before the next prediction) and `carry_forward`. It holds no reference to

@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics, references
-from .engines.base import StepDiverged
-from .errors import DivergenceError
+from .. import metrics
+from . import references
+from ..engines.base import StepDiverged
+from ..errors import DivergenceError
 
 
 def evaluation_batches(stream, n_batches: int) -> list:

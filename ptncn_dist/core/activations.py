@@ -3,7 +3,7 @@ standardization of pre-activations (`model.standardize`). Each takes the array m
 first and returns a new array; none is ever differentiated."""
 from __future__ import annotations
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 STANDARDIZE_EPS = 1e-12
 

@@ -10,11 +10,11 @@ import time
 
 import numpy as np
 
-from . import checkpoint
-from .engines.base import shard_name
-from .errors import CheckpointError, DivergenceError
-from .finite import NonFiniteState
-from .storage import display
+from .. import checkpoint
+from ..engines.base import shard_name
+from ..errors import CheckpointError, DivergenceError
+from ..core.finite import NonFiniteState
+from ..checkpoint.storage import display
 
 
 class CheckpointsMixin:
@@ -42,7 +42,7 @@ class CheckpointsMixin:
         """What a checkpoint of this config holds: one shard per layer, in order, each at most a
         bound from the config's shapes (weights, four optimizer slots each, carried state)."""
         if self.engine.whole_sequences:
-            from .engines.baseline import SHARD
+            from ..engines.baseline import SHARD
             names = (SHARD,)
         else:
             names = tuple(shard_name(l) for l in range(1, len(self.cfg.model.hidden) + 1))

@@ -14,7 +14,7 @@ token). Ids stand for one-hot rows: `x @ M` is a row gather.
 from __future__ import annotations
 
 from .activations import ACTIVATIONS, OUTPUTS, standardize
-from .layer_spec import LayerSpec
+from .spec import LayerSpec
 
 
 def is_ids(inp) -> bool:

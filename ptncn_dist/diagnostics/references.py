@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import metrics
+from .. import metrics
 
 MEAN_BATCHES = 8
 FIT_BATCHES = 1

@@ -8,8 +8,8 @@ from __future__ import annotations
 import msgpack
 import numpy as np
 
-from .backend import to_numpy
-from .errors import CheckpointError
+from ..core.backend import to_numpy
+from ..errors import CheckpointError
 
 _ALLOWED = {np.dtype(t).str for t in (np.float16, np.float32, np.float64, np.int8, np.int16,
                                       np.int32, np.int64, np.uint8, np.uint16, np.uint32,

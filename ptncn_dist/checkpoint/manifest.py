@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from . import storage
 from .codec import packb, unpackb
-from .errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError
 from .storage import read_bounded
 
 MANIFEST = "manifest.msgpack"

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from .metrics import read_metrics
+from ..metrics import read_metrics
 
 
 def _pyplot():

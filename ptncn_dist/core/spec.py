@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .activations import check_names
-from .errors import ConfigError
+from ..errors import ConfigError
 
 PARAM_NAMES = ("M", "V", "U", "W", "E")
 # The most state-correction iterations per step (model.inference_steps): far above the tens that

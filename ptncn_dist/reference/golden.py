@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import DataError
-from .layer import layer_specs
-from .model import split_weights
-from .optim import OptimConfig
+from ..errors import DataError
+from ..core.layer import layer_specs
+from ..core.model import split_weights
+from ..core.optim import OptimConfig
 
 
 @dataclass

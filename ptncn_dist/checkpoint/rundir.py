@@ -24,7 +24,7 @@ import socket
 import sys
 import time
 
-from .errors import PtncnError
+from ..errors import PtncnError
 
 LOCK = ".ptncn-lock"
 RUN_FILE = "run.json"
@@ -90,8 +90,12 @@ class RunLock:
                               f"if no run is alive there, delete {self.path}")
         self.taken_over = old or None
         info = {"pid": os.getpid(), "host": host, "started": time.time(), "argv": sys.argv[:8]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
+        try:  # who holds it: for the refusal message only (the claim is the flock itself, so a
+            # full disk that cannot take these bytes does not stop the run it would only describe)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:
+            pass
         self.fd = fd
         return self
 
@@ -194,7 +198,7 @@ class Claim:
         return claim
 
     def _inspect(self, cfg) -> None:
-        from .config import load
+        from ..config import load
         if os.path.exists(self.config_path):
             try:
                 self.existing = load(self.config_path)
@@ -222,7 +226,7 @@ class Claim:
     def commit(self, cfg) -> None:
         """Write config.toml and run.json for a new run; nothing for one that holds them."""
         if self.existing is None and not self.committed:
-            from .config import to_toml
+            from ..config import to_toml
             run_file = os.path.join(self.run_dir, RUN_FILE)
             if not os.path.exists(run_file):
                 write_once(run_file, json.dumps({"run_id": self.run_id, "created": time.time(),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import msgpack
 import numpy as np
 
-from .backend import to_numpy
+from ..core.backend import to_numpy
 
 VERSION = 2
 KINDS = ("z", "pred", "eps", "y")

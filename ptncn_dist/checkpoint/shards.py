@@ -34,11 +34,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 
-from . import checkpoint_manifest as cm
+from . import manifest as cm
 from . import storage
-from .checkpoint_manifest import MANIFEST, Expect, FormatError, signing_key  # noqa: F401 (re-exported)
+from .manifest import MANIFEST, Expect, FormatError
 from .codec import packb, unpackb
-from .errors import CheckpointError, ConfigError, PtncnError
+from ..errors import CheckpointError, ConfigError, PtncnError
 from .storage import fsync_dir
 
 FORMAT = 2

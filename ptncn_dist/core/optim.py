@@ -19,7 +19,7 @@ import numpy as np
 
 from .adam_kernel import adam_block
 from .backend import axpy, blas_threads, gemm_tn, scal
-from .errors import ConfigError
+from ..errors import ConfigError
 
 OPTIMIZERS = ("sgd", "momentum", "nag", "adam")
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 
-from .config import from_dict, load, valid_keys
-from .errors import ConfigError
+from ..config import from_dict, load, valid_keys
+from ..errors import ConfigError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
 

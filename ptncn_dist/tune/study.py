@@ -16,10 +16,10 @@ import math
 import os
 import time
 
-from .engines import ray_session
-from .engines.placement import shutdown_ray
-from .errors import ConfigError, PtncnError
-from .tune_space import Dist, SearchSpace, read_space, trial_config
+from ..engines import ray_session
+from ..engines.placement import shutdown_ray
+from ..errors import ConfigError, PtncnError
+from .space import Dist, SearchSpace, read_space, trial_config
 
 TEXT_SOURCES = ("ptb_char", "ptb_word")
 FAILED_LOSS = 1e9
@@ -36,8 +36,8 @@ def run_trial(params: dict) -> None:
     study keeps it as a result (a learning rate that blows up is a finding), not as an error."""
     import ray
     from ray import tune
-    from .errors import DivergenceError
-    from .train import train
+    from ..errors import DivergenceError
+    from ..train import train
     overrides = {**_strip_private(params), **params.get("sampled", {})}
     cfg = trial_config(params.get("config"), overrides)
     metric, t0, seen = metric_for(cfg), time.perf_counter(), {"step": -1}
@@ -214,7 +214,7 @@ def _plot_curves(curves, rows, metric, path, top: int = 8) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="ptncn tune", description="a hyper-parameter study as Ray Tune trials (ASHA)")
     p.add_argument("--config", help="base run config (TOML); default: the offline default run")
-    p.add_argument("--space", required=True, help="search space file (see ptncn_dist/tune_space.py)")
+    p.add_argument("--space", required=True, help="search space file (see ptncn_dist/tune/space.py)")
     p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
     p.add_argument("--out", default=None, help="results directory (default experiments/results/tuning/NAME)")
     p.add_argument("--storage", default="runs/tune", help="Tune's experiment directory root")

@@ -9,7 +9,7 @@ import math
 
 from . import optim
 from .backend import gram, outer_norm
-from .layer_spec import LayerSpec, stacked_blocks
+from .spec import LayerSpec, stacked_blocks
 
 
 def clip_factor(norm: float, radius: float) -> float:

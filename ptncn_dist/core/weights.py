@@ -17,8 +17,8 @@ import numpy as np
 
 from . import optim
 from .backend import to_numpy
-from .errors import CheckpointError, ConfigError
-from .layer_spec import LayerSpec, stacked_blocks
+from ..errors import CheckpointError, ConfigError
+from .spec import LayerSpec, stacked_blocks
 
 
 class StateError(ConfigError, CheckpointError):

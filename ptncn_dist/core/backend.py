@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 DTYPES = {"float32": np.float32, "float64": np.float64}
 
