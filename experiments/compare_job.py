@@ -36,7 +36,7 @@ from ptncn_dist.config import load  # noqa: E402
 from ptncn_dist.data import open_streams  # noqa: E402
 from ptncn_dist.engines.factory import build_engine  # noqa: E402
 from ptncn_dist.diagnostics.evaluation import evaluate, evaluation_batches  # noqa: E402
-from ptncn_dist.train import Trainer  # noqa: E402
+from ptncn_dist.trainer import Trainer  # noqa: E402
 
 PHASE_SEED_STRIDE = 10_007
 REFERENCE_BATCHES = 50

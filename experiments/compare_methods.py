@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from ptncn_dist.baselines import lstm
 from ptncn_dist.baselines.config import BaselineSection
 from ptncn_dist.baselines.elman import param_shapes
-from ptncn_dist.core.layer import layer_specs
+from ptncn_dist.core.spec import layer_specs
 
 if TYPE_CHECKING:
     from compare_scales import Scale

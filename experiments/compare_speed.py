@@ -24,7 +24,7 @@ from compare_scales import SCALES  # noqa: E402
 
 def measure(job: dict, dataset: str, steps: int) -> dict:
     """Steps/s of the training loop over `steps` steps (evaluations off), and the wall seconds."""
-    from ptncn_dist.train import Trainer
+    from ptncn_dist.trainer import Trainer
     spec = {**job, "curve_points": 0, "eval_batches": 1}
     cfg = config_for(spec, dataset, steps)
     t0 = time.perf_counter()

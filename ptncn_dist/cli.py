@@ -1,4 +1,4 @@
-"""The `ptncn` command: train | eval | export | bench | chaos | tune."""
+"""The `ptncn` command: train | eval | export | predict | bench | chaos | tune."""
 from __future__ import annotations
 
 import argparse
@@ -36,7 +36,7 @@ def cmd_train(args) -> int:
     one that holds another run is refused. --resume RUN_DIR continues the run there with its own
     config.toml (overrides may change logging and length, not the numbers)."""
     from .config import load
-    from .train import train
+    from .trainer import train
     if args.resume:
         run_dir = args.resume
         path = os.path.join(run_dir, "config.toml")
@@ -55,55 +55,19 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _restored(run_dir: str):
-    """A single-process Trainer (no run directory of its own) for the run in `run_dir`, looking
-    for checkpoints where that run keeps them."""
-    from .checkpoint import root_for
-    from .config import load
-    from .checkpoint.rundir import read_run_id
-    from .train import Trainer
-    path = os.path.join(run_dir, "config.toml")
-    if not os.path.exists(path):
-        raise PtncnError(f"{run_dir}: no config.toml there (not a run directory)")
-    cfg = load(path, ['train.progress=false', 'engine.name="local"'])
-    trainer = Trainer(cfg, None, log=lambda *_: None)
-    trainer.run_id = read_run_id(run_dir)
-    trainer.ckpt_root = root_for(cfg.train.checkpoint_dir, run_dir, trainer.run_id)
-    return trainer, cfg
-
-
-def _load_into(trainer, run_dir, allow_older: bool = False):
-    """Restore the newest checkpoint that verifies. A damaged newer one (unreadable, or without
-    a readable manifest) stops here with one line naming it and the step an older one would
-    give, unless `allow_older` (then a warning line)."""
-    from .checkpoint.storage import display
-    loaded = trainer.load_latest(warn=lambda msg: None)
-    if loaded is None:
-        raise PtncnError(f"{run_dir}: no checkpoint to load under {display(trainer.ckpt_root)}")
-    if loaded.skipped:
-        older = f"step {loaded.manifest['step']} ({display(loaded.path)})"
-        if not allow_older:
-            raise PtncnError(f"damaged checkpoint: {loaded.skipped[0]}; the newest usable one is the older {older}; "
-                             f"pass --allow-older to use it")
-        for msg in loaded.skipped:
-            print(f"warning: damaged checkpoint skipped: {msg}; using the older {older} (--allow-older)",
-                  file=sys.stderr, flush=True)
-    return loaded
-
-
 def cmd_eval(args) -> int:
-    from .diagnostics.evaluation import evaluate, reference_losses
-    trainer, cfg = _restored(args.run_dir)
-    loaded = _load_into(trainer, args.run_dir, args.allow_older)
-    n = args.batches or cfg.train.eval_batches
-    res = evaluate(trainer.engine, trainer.streams.test, n, cfg.model.t_prime, step=loaded.manifest["step"])
-    _, ref = reference_losses(trainer.streams, n, cfg.model.t_prime)
-    out = {"checkpoint": loaded.path, "step": loaded.manifest["step"], **res, "reference": ref}
+    from .diagnostics.evaluation import reference_losses
+    from .run import load_run
+    run = load_run(args.run_dir, allow_older=args.allow_older)
+    n = args.batches or run.config.train.eval_batches
+    res = run.evaluate(batches=n)
+    _, ref = reference_losses(run.streams, n, run.config.model.t_prime)
+    out = {"checkpoint": run.checkpoint, "step": run.step, **res, "reference": ref}
     if args.context:
         from .diagnostics.context_probe import probe
         try:
             ks = [int(k) for k in args.context.split(",")]
-            out["context_probe"] = probe(trainer.engine, trainer.streams.test, ks, n)
+            out["context_probe"] = probe(run.engine, run.streams.test, ks, n)
         except ValueError as exc:
             raise PtncnError(f"--context {args.context}: {exc}") from None
     print(json.dumps(out, indent=2))
@@ -112,11 +76,48 @@ def cmd_eval(args) -> int:
 
 def cmd_export(args) -> int:
     import numpy as np
-    trainer, _ = _restored(args.run_dir)
-    loaded = _load_into(trainer, args.run_dir, args.allow_older)
-    weights = trainer.engine.weights()
+    from .run import load_run
+    run = load_run(args.run_dir, allow_older=args.allow_older)
+    weights = run.weights()
     np.savez(args.npz, **weights)
-    print(f"wrote {len(weights)} arrays ({', '.join(sorted(weights))}) from {loaded.path} to {args.npz}")
+    print(f"wrote {len(weights)} arrays ({', '.join(sorted(weights))}) from {run.checkpoint} to {args.npz}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Forecasts of a trained run: arrays in (.npy), arrays out; or text in, text out."""
+    import numpy as np
+    from .data.arrays import load_npy
+    from .run import decode, encode_text, generate, load_run, next_symbols
+    run = load_run(args.run_dir, allow_older=args.allow_older)
+    if args.text is not None or (args.input and not args.input.endswith(".npy")):
+        if args.text is not None:
+            text = args.text
+        else:
+            try:
+                with open(args.input, encoding="utf-8") as fh:
+                    text = fh.read()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise PtncnError(f"{args.input}: cannot read as UTF-8 text ({exc})") from None
+        ids = encode_text(run, text)
+        if args.generate:
+            result = decode(run, generate(run, ids, args.generate, args.seed, args.temperature))
+        else:
+            result = decode(run, next_symbols(run, ids).argmax(axis=1))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(result + "\n")
+        print(result)
+        return 0
+    if not args.input:
+        raise PtncnError("ptncn predict needs --input FILE.npy (or --text / a .txt input for a text run)")
+    x = np.asarray(load_npy(args.input))
+    mask = np.asarray(load_npy(args.mask)) if args.mask else None
+    out = run.forecast(x, mask)
+    if not args.out:
+        raise PtncnError("ptncn predict --input x.npy needs --out forecasts.npy")
+    np.save(args.out, out)
+    print(f"wrote forecasts of shape {out.shape} from {run.checkpoint} (step {run.step}) to {args.out}")
     return 0
 
 
@@ -142,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-older", action="store_true",
                    help="if the newest checkpoint is damaged, use the newest older one that verifies (default: stop)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="one-step-ahead forecasts of a trained run, or text it generates")
+    p.add_argument("run_dir")
+    p.add_argument("--input", help="a .npy of (B, T, D) values or (B, T) token ids; for a text run, a text file")
+    p.add_argument("--mask", help="a .npy (B, T) mask of the input (0: padding)")
+    p.add_argument("--text", help="for a text run: the text to continue or forecast")
+    p.add_argument("--out", help="where the forecasts go (.npy), or the text (a text run; also printed)")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="a text run: sample N symbols after the text instead of the most likely next symbol at each position")
+    p.add_argument("--seed", type=int, default=0, help="the sampling seed for --generate")
+    p.add_argument("--temperature", type=float, default=1.0, help="the sampling temperature for --generate")
+    p.add_argument("--allow-older", action="store_true",
+                   help="if the newest checkpoint is damaged, use the newest older one that verifies (default: stop)")
+    p.set_defaults(func=cmd_predict)
     sub.add_parser("bench", help="measure engines side by side (ptncn bench --help)")
     sub.add_parser("chaos", help="fault-injection drill (ptncn chaos --help)")
     sub.add_parser("tune", help="a hyper-parameter study as Ray Tune trials with ASHA (ptncn tune --help)")

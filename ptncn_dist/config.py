@@ -27,17 +27,25 @@ VARIANTS = ("inference_steps", "lateral_l1", "standardize")
 
 @dataclass(frozen=True)
 class ModelConfig(LayerHyper):
-    """The [model] section: the hyper-parameters every layer carries (LayerHyper, the fields
+    """The `[model]` section: the hyper-parameters every layer carries (LayerHyper, the fields
     LayerSpec shares) and what belongs to the stack as a whole: its kind, widths, the first
     scored step, initial weight scales, dtype and device."""
 
     type: str = "ptncn"
+    """What to train: ptncn, or a baseline (bptt, tbptt, rtrl, uoro, esn, lstm) sized by `[baseline]`."""
     hidden: list[int] = field(default_factory=lambda: [512, 512])
+    """The width of each layer, bottom first; its length is the number of layers (Ray actors)."""
     t_prime: int = 1
+    """The first step of a sequence that learns and is scored; earlier steps only warm up the state."""
     weight_sd: float = 0.05
+    """Standard deviation of the initial M, V, U and W weights."""
     error_weight_sd: float = 0.05
+    """Standard deviation of the initial error-feedback weights E."""
     dtype: str = "float32"
+    """The float type of weights, states and messages: float32 or float64."""
     device: str = "cpu"
+    """Where each layer computes: cpu (NumPy) or gpu (CuPy; messages are the only thing that
+    leaves the device)."""
 
     def __post_init__(self):
         if self.type not in MODEL_TYPES:
@@ -65,22 +73,44 @@ class ModelConfig(LayerHyper):
 
 @dataclass
 class TrainConfig:
+    """The `[train]` section: how long a run trains, what it logs and evaluates, checkpoints and
+    recovery."""
+
     steps: int = 10000
+    """The step cap: training steps (time steps of a batch) a run takes at most."""
     seed: int = 0
+    """Seed of the initial weights and of the data stream; part of the config hash."""
     log_every: int = 100
+    """Steps between records in `metrics.jsonl` (train loss, steps/s, training seconds)."""
     eval_every: int = 2000
+    """Steps between held-out evaluations; 0 is off. Text runs evaluate at the first sentence end
+    after each multiple."""
     eval_batches: int = 4
+    """Test batches per evaluation."""
     checkpoint_every: int = 0
+    """Steps between checkpoints; 0 is off (`checkpoint_minutes` still applies)."""
     checkpoint_minutes: float = 10.0
+    """Minutes between checkpoints, so a long run is protected without asking; 0 is off."""
     max_minutes: float = 0.0
+    """Time budget: the run ends once its training segments (evaluations and checkpoint writes
+    left out) have taken this many minutes, even before `steps`; counted across `--resume`. 0 is off."""
     eval_every_minutes: float = 0.0
+    """Evaluate every this many minutes of training time, instead of or besides `eval_every`; 0 is off."""
     checkpoint_dir: str = ""
+    """Where checkpoints go: empty is `RUN_DIR/checkpoints`; a shared path holds each run under its
+    run id; a URI (`s3://...`, `gs://...`) goes through pyarrow.fs."""
     keep_checkpoints: int = 3
+    """How many complete checkpoints to keep; older ones are pruned after a new one is complete."""
     max_failures: int = 3
+    """Recoveries from lost or hung layers a run may make before it gives up; -1 is unlimited."""
     plots: bool = True
+    """Write `loss_curves.png`, `frames.png` and `loss_by_position.png` into the run directory."""
     progress: bool = True
+    """Show a progress bar while training."""
     references: bool = True
+    """Score the reference forecasts (mean and blurred frames, n-grams) once at step 0."""
     tensorboard: bool = True
+    """Write TensorBoard event files when tensorboardX is installed (the `tensorboard` extra)."""
 
     def __post_init__(self):
         for key in ("steps", "log_every", "eval_batches", "keep_checkpoints"):
@@ -95,23 +125,48 @@ class TrainConfig:
 
 @dataclass
 class EngineConfig:
+    """The `[engine]` section: who computes which layer where, and how messages travel."""
+
     name: str = "local"
+    """local (every layer in one process, the reference) or ray (one Ray actor per layer)."""
     address: str = ""
+    """The Ray cluster to join: 'auto', HOST:PORT, or empty to start a private Ray on `node_ip`."""
     mode: str = "exact"
+    """exact (MODEL.md's step, equal to the local engine) or pipelined (one exchange per step,
+    neighbours' messages one step late: a different model)."""
     transport: str = "tcp"
+    """tcp (direct ZeroMQ links between neighbours, CURVE-encrypted) or calls (one Ray actor call
+    per round of messages)."""
     compiled: bool = False
+    """Experimental: drive the step as a Ray compiled graph (ray.dag), one node per round."""
     placement: str = "pack"
+    """pack (one node), spread (one layer per node, STRICT_SPREAD) or explicit (`nodes`)."""
     nodes: list[str] = field(default_factory=list)
+    """For explicit placement: per layer, a node IP, a node id or a custom resource name."""
     cpus_per_layer: float = 1.0
+    """CPUs each layer actor asks Ray for."""
     gpus_per_layer: float = 0.0
+    """GPUs each layer actor asks Ray for (fractions share a GPU); set `model.device = "gpu"` too."""
     blas_threads: int = 0
+    """BLAS threads per layer; 0 is one per CPU the layer asks for (the local engine: BLAS's default)."""
     in_flight: int = 8
+    """Steps the compiled graph keeps in flight at once (at most 10)."""
     node_ip: str = "127.0.0.1"  # kept as is by ray_session, so every listener stays on loopback
+    """The address of this machine's Ray node; 127.0.0.1 keeps every listener of a private Ray on
+    loopback (see docs/security.md)."""
     placement_timeout_s: float = 60.0
+    """Seconds to wait for the cluster to place every layer before failing with what is missing."""
     segment_timeout_s: float = 300.0
+    """Seconds a segment may run without progress while every layer still beats; then it counts
+    as a failure and is recovered."""
     heartbeat_s: float = 1.0
+    """Seconds between a layer actor's heartbeats."""
     hung_after_s: float = 10.0
+    """Seconds of silence after which a layer is hung: its process is killed and the run recovers
+    (must exceed `heartbeat_s`)."""
     trace_steps: int = 0
+    """Record every layer's phases for this many steps into `trace.json` (chrome://tracing,
+    ui.perfetto.dev); 0 is off."""
 
     def __post_init__(self):
         if self.name not in ("local", "ray"):
@@ -138,6 +193,9 @@ SECTIONS = {"model": ModelConfig, "optim": OptimConfig, "data": DataConfig,
 
 @dataclass
 class Config:
+    """A whole run's configuration: one dataclass per section (`SECTIONS`). Build it with `load`
+    (TOML and `--set` overrides) or `from_dict`; every key is validated on construction."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -161,11 +219,13 @@ class Config:
         core = {k: d[k] for k in ("model", "optim", "data", "baseline")}
         core["model"] = self.model.numbers()
         core["baseline"] = self.baseline.numbers()
+        core["data"] = self.data.numbers()
         core["seed"] = d["train"]["seed"]
         return hashlib.sha256(json.dumps(core, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def valid_keys() -> list[str]:
+    """Every config key as `section.key`, in section and field order."""
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 

@@ -131,9 +131,12 @@ def _gib(n: float) -> str:
 
 def check_sequences(cfg) -> None:
     """ConfigError when model.t_prime is at or past the end of every sequence of the data (the
-    run would train and evaluate on nothing); see `data.sources.check_scored`."""
-    from .data.sources import check_scored
+    run would train and evaluate on nothing), see `data.sources.check_scored`; or when the model's
+    output cannot forecast a user's data (`data.sources.check_output`: softmax for token ids, values
+    within the range of sigmoid or tanh)."""
+    from .data.sources import check_output, check_scored
     check_scored(cfg.data, cfg.model.t_prime)
+    check_output(cfg.data, cfg.model.output)
 
 
 def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> dict:

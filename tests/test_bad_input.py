@@ -17,8 +17,8 @@ import pytest
 from ptncn_dist import cli
 from ptncn_dist.checkpoint import codec
 from ptncn_dist.checkpoint import manifest as cm
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PTB_CHAR = str(REPO / "experiments" / "configs" / "ptb_char.toml")
 QUIET = ["--set", "train.progress=false", "--set", "train.plots=false", "--set", "train.tensorboard=false",
          "--set", "train.references=false"]

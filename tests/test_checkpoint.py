@@ -131,11 +131,12 @@ def test_object_dtype_rejected():
 def momentum_engine(opt, sparse=False):
     """Three layers (the middle one stacks M, V and U), float64; token ids when `sparse`."""
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.engines.factory import engine_config
+    from ptncn_dist.core.spec import init_params, layer_specs
     from ptncn_dist.core.optim import OptimConfig
     specs = layer_specs(7, [6, 5, 4], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
     params = [init_params(s, 4, 0.3, 0.3, np.float64) for s in specs]
-    return LocalEngine(specs, params, OptimConfig(opt, 0.05, 0.9), np, np.float64)
+    return LocalEngine(engine_config(OptimConfig(opt, 0.05, 0.9)), specs, params)
 
 
 def sequences(sparse, T=9, B=3):

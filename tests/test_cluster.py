@@ -9,9 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.ray, pytest.mark.slow]
 
 SETS = ["model.hidden=[24,16,12]", "data.frame=32", "data.batch=4", "data.seq_len=10", 'model.dtype="float64"',
         "train.progress=false", "train.plots=false", "train.eval_batches=1", "train.log_every=10",

@@ -2,6 +2,7 @@
 every model hyper-parameter reaching every layer."""
 import dataclasses
 import importlib
+import math
 import os
 import re
 import subprocess
@@ -176,38 +177,78 @@ def _no_engine(*_a, **_k):
     ("data.batch=100000000", r"data\.seq_len=20, data\.batch=100000000, .* needs about [\d,.]+ GiB for the data batch arrays")])
 def test_a_run_too_big_for_the_machine_stops_with_one_line(override, text, monkeypatch, capsys, tmp_path):
     from ptncn_dist import cli
-    monkeypatch.setattr(importlib.import_module("ptncn_dist.train"), "build_engine", _no_engine)
+    monkeypatch.setattr(importlib.import_module("ptncn_dist.trainer"), "build_engine", _no_engine)
     rc = cli.main(["train", "--steps", "1", "--set", override, "--run-dir", str(tmp_path / "run")])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and re.match(r"error: " + text, err), err
 
 
-# -- help and skip messages a first-time user reads ----------------------------------------------
-def _help(main) -> str:
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
-    return exit_
+# -- what `ptncn bench` and `ptncn chaos` do with good and bad arguments ---------------------------
+def _figures(out: str) -> dict[str, dict[str, float]]:
+    """`ptncn bench ptb`'s figure lines, per optimizer: {optimizer: {name: value}}."""
+    figures, current = {}, None
+    for line in out.splitlines():
+        if line and not line.startswith(" ") and " " not in line.strip():
+            current = figures.setdefault(line.strip(), {})
+        elif line.startswith("  ") and current is not None:
+            name, value = line.split()
+            current[name] = float(value)
+    return figures
 
 
-def test_bench_help_lists_scaling(capsys):
-    from ptncn_dist.studies.bench import main
-    _help(main)
+def test_bench_ptb_runs_a_tiny_measurement_and_prints_its_figures(capsys):
+    """`ptncn bench ptb` at the authors' PTB sizes, one short round of nag and sgd: every figure
+    it promises, positive and consistent with the others (tokens are batch 50 x steps, GFLOP/s
+    are the step's GFLOP x steps/s, the step's GFLOP those of its matrix products), and the
+    ratio line equal to the two step times' ratio."""
+    from ptncn_dist import cli
+    from ptncn_dist.studies.bench import ptb_gemm_shapes
+    from ptncn_dist.studies.cost_model import flops
+    assert cli.main(["bench", "ptb", "--steps", "10", "--rounds", "1", "--optims", "nag,sgd", "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "scaling" in out and all(w in out for w in ("ptb", "engines"))
+    figures = _figures(out)
+    assert sorted(figures) == ["nag", "sgd"]
+    gflop = flops(ptb_gemm_shapes(49, 1000, 1000, 50)) / 1e9
+    for name, f in figures.items():
+        assert set(f) == {"steps_per_s", "tokens_per_s", "gemm_roof_steps_per_s", "share_of_roof",
+                          "median_steps_per_s", "median_share_of_roof", "gflop_per_step", "achieved_gflops",
+                          "gemm_gflops"}, name
+        assert all(v > 0 and math.isfinite(v) for v in f.values()), f
+        assert f["gflop_per_step"] == pytest.approx(gflop, abs=1e-3)
+        assert f["tokens_per_s"] == pytest.approx(50 * f["steps_per_s"], rel=1e-3)
+        assert f["achieved_gflops"] == pytest.approx(f["gflop_per_step"] * f["steps_per_s"], rel=2e-3)
+        assert f["share_of_roof"] == pytest.approx(f["steps_per_s"] / f["gemm_roof_steps_per_s"], rel=2e-3)
+        assert f["median_steps_per_s"] == f["steps_per_s"]  # one round: its best is its median
+    ratio = re.search(r"^time per step sgd / nag: ([\d.]+) \(best vs best\)", out, flags=re.M)
+    assert ratio and float(ratio.group(1)) == pytest.approx(
+        figures["nag"]["steps_per_s"] / figures["sgd"]["steps_per_s"], abs=2e-3)
 
 
-def test_chaos_options_all_have_help(capsys):
-    from ptncn_dist.studies.chaos import main
-    _help(main)
-    out = capsys.readouterr().out
-    options = re.findall(r"^  (--[\w-]+)(.*)$", out, flags=re.M)
-    assert len(options) >= 9
-    lines = out.splitlines()
-    for opt, rest in options:
-        i = next(k for k, line in enumerate(lines) if line.startswith("  " + opt))
-        text = rest.split(None, 1)[1] if len(rest.split()) > 1 else lines[i + 1].strip()
-        assert text and not text.startswith("--"), f"{opt} has no help text"
+@pytest.mark.parametrize("argv, rc, last", [
+    (["bench", "ptb", "--optims", "nag,bogus"], 2,
+     r"ptncn bench: error: --optims: unknown \['bogus'\]; choose from \['nag', 'momentum', 'sgd', 'adam'\]"),
+    (["bench", "sideways"], 2, r"ptncn bench: error: argument what: invalid choice: 'sideways'"),
+    (["chaos", "--steps", "100", "--at", "40,150"], 2,
+     r"ptncn chaos: error: --at: every step must come before the run's end \(--steps 100\)"),
+    (["chaos", "--at", "20,x"], 2, r"ptncn chaos: error: argument --at: not a comma-separated list of steps"),
+    (["chaos", "--kill", "rack"], 2, r"ptncn chaos: error: argument --kill: invalid choice: 'rack'"),
+    (["chaos", "--set", "model.hidden=[64,"], 2, r"error: .*model\.hidden"),
+    (["chaos", "--set", "model.hiden=[64]"], 2, r"error: .*model\.hiden.*model\.hidden")])
+def test_bench_and_chaos_refuse_bad_arguments_in_one_line(capsys, argv, rc, last):
+    """A bad argument stops `ptncn bench` / `ptncn chaos` with rc 2 before anything is measured
+    or any Ray starts (this test is not marked `ray`: conftest's guard would fail it), and the
+    error is one line naming what is wrong (argparse puts its usage line above it)."""
+    from ptncn_dist import cli
+    try:
+        got = cli.main(argv)
+    except SystemExit as exc:
+        got = exc.code
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert got == rc and captured.out == ""
+    assert err and re.match(last, err[-1]), err
+    usage = err[:-1]  # argparse's usage block, if any: "usage: ..." and its indented continuation
+    assert not usage or (usage[0].startswith("usage: ") and all(l.startswith(" ") for l in usage[1:])), err
 
 
 def test_golden_skips_name_the_directory(tmp_path):

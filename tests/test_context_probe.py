@@ -4,7 +4,7 @@ import pytest
 
 from ptncn_dist.diagnostics import context_probe
 from ptncn_dist.config import load
-from ptncn_dist.train import Trainer
+from ptncn_dist.trainer import Trainer
 
 SMALL = ["model.hidden=[24, 24]", "data.frame=32", "data.sprites=1", "data.seq_len=8",
          "data.batch=4", "data.eval_batch=4", "train.steps=160", "train.progress=false",

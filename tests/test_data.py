@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import struct
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,19 +17,10 @@ from ptncn_dist.data import sources
 from ptncn_dist.data.ptb import Corpus
 from ptncn_dist.errors import ConfigError, DataError
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("PTNCN_DATA_DIR") or REPO.parent / "shared" / "data")
+from helpers import DATA, need_data as need  # need(*parts): DATA/parts, or skip naming it
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-def need(*parts) -> Path:
-    """The path of a shared data file or directory, skipping the test when it is absent."""
-    path = DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not present: {path}")
-    return path
 
 
 def idx_bytes(magic: int, shape: tuple, payload: bytes) -> bytes:

@@ -11,7 +11,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from conftest import DATA, REPO, local_ray, need_data
+from helpers import DATA, REPO, local_ray, need_data
 from ptncn_dist import metrics
 from ptncn_dist.diagnostics import references
 from ptncn_dist.config import load
@@ -19,7 +19,7 @@ from ptncn_dist.data import open_streams
 from ptncn_dist.data.batch import Batch
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.diagnostics.evaluation import evaluate, run_evaluation
-from ptncn_dist.train import train
+from ptncn_dist.trainer import train
 
 EPS = 1e-7
 SMALL = ["model.hidden=[24, 16]", "data.frame=32", "data.batch=4", "data.eval_batch=4", "data.seq_len=6",
@@ -193,6 +193,7 @@ def private_ray():
         yield ray
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("extra", [[], ['engine.transport="calls"', "engine.compiled=true"]],
                          ids=["tcp", "compiled"])
 def test_local_and_ray_give_equal_loss_by_position(private_ray, extra):

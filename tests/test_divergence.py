@@ -10,7 +10,7 @@ from ptncn_dist import checkpoint
 from ptncn_dist.config import load
 from ptncn_dist.errors import DivergenceError
 from ptncn_dist.core.finite import FiniteWatch, Sighting, first_origin
-from ptncn_dist.train import Trainer
+from ptncn_dist.trainer import Trainer
 
 BASE = ["model.hidden=[24, 16, 12]", "data.frame=32", "data.batch=4", "data.seq_len=10", "train.progress=false",
         "train.plots=false", "train.references=false", "train.eval_every=0", "train.eval_batches=1",

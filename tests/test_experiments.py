@@ -18,9 +18,7 @@ import sys
 
 import pytest
 
-from conftest import DATA, NODE_IP, REPO, local_ray
-
-pytestmark = pytest.mark.slow
+from helpers import DATA, NODE_IP, REPO, local_ray
 
 EXPERIMENTS_DIR = REPO / "experiments"
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the LSTM needs the torch extra (not in CI)
@@ -80,6 +78,8 @@ def finished(tmp_path_factory):
     return out, outcome, lines
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_runner_runs_two_trials_at_once_and_writes_results(finished):
     out, outcome, lines = finished
     assert sorted(outcome.ran) == sorted(j["id"] for j in outcome.jobs) and not outcome.failed
@@ -100,6 +100,8 @@ def test_runner_runs_two_trials_at_once_and_writes_results(finished):
         assert part in md, part
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_rerun_does_nothing(finished, ray_up):
     out, _, _ = finished
     files = sorted((out / "trials").glob("*.json"))
@@ -114,6 +116,8 @@ def test_rerun_does_nothing(finished, ray_up):
         max(e for _, e in spans) - min(s for s, _ in spans), abs=0.1) and meta["trials_span_s"] > 0
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     out, _, _ = finished
     outcome, lines = smoke(out, "--inject", "bptt:optim.lr=-1.0")
@@ -137,6 +141,8 @@ def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     assert "## Failed trials" not in (out / "results.md").read_text()
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_diverged_trial_is_a_result_and_is_not_rerun(finished, ray_up):
     """A trial that stops on non-finite values (BPTT with weights of spread 1e300: its untrained
     forecast already overflows) is a result of its setting: listed as diverged, not as failed, the command exits clean, and running it again
@@ -157,6 +163,8 @@ def test_diverged_trial_is_a_result_and_is_not_rerun(finished, ray_up):
     assert again.ran == []
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
     """--settings-from DIR: no tuning trials run; each test run takes the setting that DIR's
     tuning trials chose, the report says where they came from, and a method DIR never tuned or
@@ -239,6 +247,8 @@ def check_learners(rows: list[dict], metric: str, table: str, learners=LEARNERS,
         assert f"| {LABELS[method]}" in table, method
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_bouncing_smoke(tmp_path, ray_up):
     """Every learner on Bouncing MNIST (NotMNIST goes through the same path in zeroshot and
     continual)."""
@@ -249,6 +259,8 @@ def test_bouncing_smoke(tmp_path, ray_up):
     assert finite([r for r in rows if r["method"] == "mean_frame" and r["eval_on"] == "mnist"], "test_bce")
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ptb_smoke(tmp_path, ray_up):
     """Every method on characters and words; the unigram and bigram references in the table."""
     if not (DATA / "ptb_word").is_dir():
@@ -275,6 +287,8 @@ def test_validation_streams_never_touch_the_test_split():
         assert "ptb.test" in open_streams(text, 0).test.name
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_zeroshot_smoke(tmp_path, ray_up):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")
@@ -287,6 +301,8 @@ def test_zeroshot_smoke(tmp_path, ray_up):
     assert "correction off" in table
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_continual_smoke(tmp_path, ray_up):
     if not (DATA / "notmnist").is_dir():
         pytest.skip(f"{DATA / 'notmnist'} is not present")

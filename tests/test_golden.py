@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from conftest import GOLDEN, golden_files
+from helpers import GOLDEN, golden_files
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.factory import engine_config
 from ptncn_dist.reference.golden import load_golden
 
 TOL = 1e-9
@@ -34,7 +35,7 @@ NO_GOLDEN = pytest.param(None, id="none", marks=pytest.mark.skip(
 @pytest.mark.parametrize("path", golden_files() or [NO_GOLDEN], ids=lambda p: getattr(p, "stem", str(p)))
 def test_golden_run(path):
     g = load_golden(path)
-    engine = LocalEngine(g.specs, g.init, g.opt, np, np.float64)
+    engine = LocalEngine(engine_config(g.opt), g.specs, g.init)
     T, B = g.mask.shape
     for layer in engine.layers:
         layer.reset(B)

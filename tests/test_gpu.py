@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from conftest import golden_files
+from helpers import golden_files
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.factory import engine_config
 from ptncn_dist.engines.placement import shutdown_ray
 from ptncn_dist.reference.golden import load_golden
 
@@ -16,7 +17,7 @@ if not cupy.is_available():
 @pytest.mark.parametrize("path", golden_files(), ids=lambda p: p.stem)
 def test_golden_on_gpu(path):
     g = load_golden(path)
-    engine = LocalEngine(g.specs, g.init, g.opt, cupy, np.float64)
+    engine = LocalEngine(engine_config(g.opt, device="gpu"), g.specs, g.init)
     T, B = g.mask.shape
     engine.run_segment(g.x, g.mask, 0, T, learn=True, t_prime=g.config["t_prime"])
     for l, layer in enumerate(engine.layers):
@@ -25,13 +26,13 @@ def test_golden_on_gpu(path):
 
 
 def test_gpu_tokens_and_frames_match_numpy():
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.spec import init_params, layer_specs
     from ptncn_dist.core.optim import OptimConfig
     rng = np.random.default_rng(0)
     for sparse, x in ((True, rng.integers(0, 30, (8, 6))), (False, rng.random((8, 6, 30)))):
         specs = layer_specs(30, [32, 16], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
         params = [init_params(s, 1, 0.2, 0.2, np.float64) for s in specs]
-        engines = [LocalEngine(specs, params, OptimConfig("nag", 0.05, 0.9), xp, np.float64) for xp in (np, cupy)]
+        engines = [LocalEngine(engine_config(OptimConfig("nag", 0.05, 0.9), device=d), specs, params) for d in ("cpu", "gpu")]
         sums = [e.run_segment(x, np.ones((8, 6)), 0, 8, learn=True, t_prime=1)[0] for e in engines]
         assert sums[0].keys() == sums[1].keys()
         a, b = engines[0].weights(), engines[1].weights()
@@ -39,12 +40,13 @@ def test_gpu_tokens_and_frames_match_numpy():
             np.testing.assert_allclose(b[k], a[k], atol=1e-9, err_msg=k)
 
 
+@pytest.mark.ray
 def test_ray_gpu_layer_keeps_weights_on_device():
     import ray
     from ptncn_dist.config import load
     from ptncn_dist.data import open_streams
     from ptncn_dist.engines.factory import build_engine
-    from conftest import NODE_IP
+    from helpers import NODE_IP
     from ptncn_dist.engines.ray_session import start_private
     start_private(NODE_IP, 2, num_gpus=1, log_to_driver=True, configure_logging=True)
     try:
@@ -89,11 +91,11 @@ _array_kinds = _array_kinds_fn()
 
 
 def test_local_engine_keeps_weights_on_device():
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.spec import init_params, layer_specs
     from ptncn_dist.core.optim import OptimConfig
     specs = layer_specs(30, [32, 16], sparse_input=False, output="sigmoid")
     params = [init_params(s, 1, 0.2, 0.2, np.float32) for s in specs]
-    engine = LocalEngine(specs, params, OptimConfig("nag", 0.05, 0.9), cupy, np.float32)
+    engine = LocalEngine(engine_config(OptimConfig("nag", 0.05, 0.9), np.float32, "gpu"), specs, params)
     x = (np.random.default_rng(0).random((6, 4, 30)) > 0.8).astype(np.float32)
     engine.run_segment(x, np.ones((6, 4), np.float32), 0, 6, learn=True, t_prime=1)
     for core in engine.layers:
@@ -106,7 +108,7 @@ def test_local_engine_float32_cupy_matches_numpy_after_300_steps():
     MNIST-like frames: CuPy and NumPy weights agree to 1e-4 relative (Frobenius norm of the
     difference over that of the weight). Not Adam: with gradients near zero its step is +-lr
     whichever way rounding tips them, so float32 runs on two devices part by far more."""
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.core.spec import init_params, layer_specs
     from ptncn_dist.core.optim import OptimConfig
     rng = np.random.default_rng(0)
     T, B, D = 300, 16, 256
@@ -117,7 +119,7 @@ def test_local_engine_float32_cupy_matches_numpy_after_300_steps():
     engines = []
     for xp in (np, cupy):
         params = [init_params(s, 1, 0.05, 0.05, np.float32) for s in specs]
-        e = LocalEngine(specs, params, opt, xp, np.float32)
+        e = LocalEngine(engine_config(opt, np.float32, "gpu" if xp is cupy else "cpu"), specs, params)
         for t0 in range(0, T, 50):
             e.run_segment(x, mask, t0, t0 + 50, learn=True, t_prime=1)
         engines.append(e)

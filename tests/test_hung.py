@@ -11,8 +11,8 @@ import pytest
 from ptncn_dist.config import load
 from ptncn_dist.engines.heartbeat import LayerHung
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.train import Trainer
-from conftest import NODE_IP, local_ray
+from ptncn_dist.trainer import Trainer
+from helpers import NODE_IP, FireAt, local_ray
 
 HUNG_AFTER = 4.0
 SETS = ["model.hidden=[32,24,16]", "data.frame=32", "data.batch=4", "data.seq_len=10", 'model.dtype="float64"',
@@ -54,34 +54,33 @@ def stopped():
             os.kill(pid, signal.SIGKILL)
 
 
-def stop_layer_before(trainer, layer: int, step: int, pids: list, when: list) -> None:
-    """SIGSTOP `layer`'s actor process as the first segment starting at or after `step` begins."""
-    engine, real = trainer.engine, trainer.engine.run_segment
-
-    def run_segment(*args, **kwargs):
-        if not pids and trainer.step >= step:
-            pids.append(engine.placement[layer - 1]["pid"])
-            when.append(time.monotonic())
-            os.kill(pids[0], signal.SIGSTOP)
-        return real(*args, **kwargs)
-
-    engine.run_segment = run_segment
+def stop_layer(layer: int, pids: list, when: list):
+    """What the callback does: SIGSTOP `layer`'s actor process (alive, silent)."""
+    def fire(trainer):
+        pids.append(trainer.engine.placement[layer - 1]["pid"])
+        when.append(time.monotonic())
+        os.kill(pids[0], signal.SIGSTOP)
+    return fire
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_stopped_layer_is_detected_within_seconds_and_recovers_exactly(ray_session, reference, stopped, tmp_path):
-    """Over actor calls (the links transport behaves the same and costs another 20 s here)."""
+    """Layer 2 stopped by a trainer callback at step 20, exactly (after that step's checkpoint):
+    the next segment (20 -> 30) hangs and is the one that fails. Over actor calls (the links
+    transport behaves the same and costs another 20 s here)."""
     lines = []
     log = lambda *a: lines.append((time.monotonic(), " ".join(map(str, a))))
-    trainer = Trainer(load(None, SETS + ['engine.name="ray"', 'engine.transport="calls"']), str(tmp_path),
-                      log=log)
     when: list = []
+    at_20 = FireAt(20, stop_layer(2, stopped, when))
+    trainer = Trainer(load(None, SETS + ['engine.name="ray"', 'engine.transport="calls"']), str(tmp_path),
+                      log=log, callbacks=[at_20])
     try:
-        stop_layer_before(trainer, 2, 20, stopped, when)
         trainer.run()
         got = trainer.engine.weights()
     finally:
         trainer.close()
+    assert at_20.fired == [20]
     (rec,) = trainer.recovery_log
     recovered_at = next(t for t, line in lines if line.startswith("recovered in"))
     assert rec["cause"].startswith(f"LayerHung: layer 2 (pid {stopped[0]} on {NODE_IP})")

@@ -4,14 +4,16 @@ import pytest
 
 from ptncn_dist.core import optim
 from ptncn_dist.engines.local import LocalEngine
-from ptncn_dist.core.layer import ACTIVATIONS, init_params, layer_specs
+from ptncn_dist.engines.factory import engine_config
+from ptncn_dist.core.activations import ACTIVATIONS
+from ptncn_dist.core.spec import init_params, layer_specs
 from ptncn_dist.core.optim import OptimConfig
 
 
 def make_engine(x_dim, hidden, sparse, opt="nag", dtype=np.float64, **hyper):
     specs = layer_specs(x_dim, hidden, sparse_input=sparse, **hyper)
     params = [init_params(s, 3, 0.2, 0.2, dtype) for s in specs]
-    return LocalEngine(specs, params, OptimConfig(opt, 0.05, 0.9), np, dtype)
+    return LocalEngine(engine_config(OptimConfig(opt, 0.05, 0.9), dtype), specs, params)
 
 
 @pytest.mark.parametrize("opt", ["sgd", "momentum", "nag", "adam"])
@@ -99,10 +101,58 @@ def test_row_norm_bound_holds():
             assert np.linalg.norm(w, axis=1).max() <= 0.3 + 1e-12, k
 
 
-def test_activations_take_no_derivative():
-    h = np.array([[-2.0, 0.0, 3.0]])
-    assert ACTIVATIONS["sign"](np, h).tolist() == [[-1.0, 0.0, 1.0]]
-    assert ACTIVATIONS["step"](np, h).tolist() == [[0.0, 1.0, 1.0]]
+class NoDerivative:
+    """phi(h) = sign(h) sqrt|h|: finite everywhere, its derivative 1 / (2 sqrt|h|) infinite at
+    h = 0 (a rule that used it would put inf or NaN into the weights there). It is a bare callable:
+    any attribute a derivative path could ask for (`derivative`, `grad`, `deriv`, ...) raises.
+    `zeros` counts the exact zeros it was given."""
+
+    def __init__(self):
+        self.__dict__["calls"] = self.__dict__["zeros"] = 0
+
+    def __call__(self, xp, h):
+        self.__dict__["calls"] += 1
+        self.__dict__["zeros"] += int((h == 0).sum())
+        return xp.sign(h) * xp.sqrt(xp.abs(h))
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the update rule asked the activation for {name!r}: a derivative path")
+
+
+def train_repeated(eng, x, segments: int) -> tuple[float, float]:
+    """`segments` passes over the same batch of sequences; the mean loss of the first and last."""
+    T, B = x.shape[:2]
+    losses = []
+    for _ in range(segments):
+        sums, _ = eng.run_segment(x, np.ones((T, B)), 0, T, learn=True, t_prime=1)
+        losses.append(sums["bce"] / sums["count"])
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize("activation", ["sign", "step", "no-derivative"])
+def test_activations_take_no_derivative(monkeypatch, activation):
+    """The update rule uses phi's outputs only: layers whose phi has a derivative of 0 almost
+    everywhere (sign, step: a gradient rule would never move them) or none at all (NoDerivative,
+    registered for this test: infinite at h = 0, which the first step's all-zero frames give
+    exactly, and no attribute to ask a derivative of) train through the real layer math: the
+    weights stay finite, every one of them moves, and the loss on the sequences they see falls."""
+    if activation == "no-derivative":
+        phi = NoDerivative()
+        monkeypatch.setitem(ACTIVATIONS, activation, phi)
+    rng = np.random.default_rng(0)
+    T, B, D = 10, 4, 12
+    x = (rng.random((T, B, D)) > 0.7).astype(np.float64)
+    x[0] = 0.0  # the first step: no input, no state, h = 0 exactly in layer 1
+    eng = make_engine(D, [10, 8], False, "nag", activation=activation, output="sigmoid")
+    before = {k: np.array(v) for k, v in eng.weights().items()}
+    first, last = train_repeated(eng, x, 60)
+    after = eng.weights()
+    for k, w in after.items():
+        assert np.all(np.isfinite(w)), k
+        assert np.abs(w - before[k]).max() > 1e-2, f"{k} did not move"
+    assert last < 0.9 * first, (first, last)
+    if activation == "no-derivative":
+        assert phi.calls > 0 and phi.zeros > 0
 
 
 def test_float32_run_stays_float32():

@@ -17,10 +17,9 @@ import pytest
 import ray  # noqa: F401  (puts Ray's vendored psutil on the path)
 import psutil
 
-from conftest import REPO
+from helpers import REPO
 from ptncn_dist.errors import ConfigError
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 WILDCARDS = {"0.0.0.0", "::", "", "::ffff:0.0.0.0"}
 
@@ -106,6 +105,8 @@ def on_node(ip: str, node_ip: str) -> bool:
     return ip in (node_ip, f"::ffff:{node_ip}")
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_ray_train_listens_on_the_node_address_only(tmp_path):
     """A whole `ptncn train --engine ray` run with the default engine.node_ip (127.0.0.1, the
     address a private Ray uses): every listener of the session, on the node address; none on a
@@ -159,6 +160,8 @@ def test_ray_train_listens_on_the_node_address_only(tmp_path):
     assert auth == {"gcs": "token", "raylet": "token"}, auth
 
 
+@pytest.mark.ray
+@pytest.mark.slow
 def test_off_localhost_wildcards_are_only_the_named_ones():
     """A private Ray on another loopback address (as each node of the local cluster is): what Ray
     still binds to a wildcard is exactly the documented list, everything else is on loopback."""

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from ptncn_dist.config import load
-from conftest import NODE_IP, local_ray
+from helpers import NODE_IP, local_ray
 from ptncn_dist.engines.factory import build_engine
+
+pytestmark = pytest.mark.ray
 
 pytest.importorskip("aiohttp", reason="the Ray metrics agent comes with ray[default]")
 

@@ -5,8 +5,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import golden_files
+from helpers import golden_files
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.factory import engine_config
 from ptncn_dist.reference.golden import load_golden
 from ptncn_dist.core.spec import layer_specs
 from ptncn_dist.reference.model import Hyper, run
@@ -66,7 +67,7 @@ def fast_run(case: dict):
                         update_radius=hp.update_radius, zeta=hp.zeta)
     opt = OptimConfig(hp.optimizer, hp.lr, hp.momentum, hp.beta1, hp.beta2, hp.eps)
     weights = [{k: v.copy() for k, v in w.items()} for w in case["weights"]]  # the engine updates its arrays in place
-    engine = LocalEngine(specs, weights, opt, np, np.float64)
+    engine = LocalEngine(engine_config(opt), specs, weights)
     T = case["mask"].shape[0]
     _, xhats = engine.run_segment(case["x"], case["mask"], 0, T, learn=True, t_prime=hp.t_prime, keep_xhat=True)
     return xhats, [st["params"] for st in engine.layer_states()]

@@ -123,14 +123,15 @@ def test_adam_state_survives_a_checkpoint(tmp_path, kernel):
     both runs go on identically."""
     from ptncn_dist import checkpoint
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.engines.factory import engine_config
+    from ptncn_dist.core.spec import init_params, layer_specs
 
     V, T, B = 11, 6, 4
     specs = layer_specs(V, [9, 7], sparse_input=True, output="softmax")
 
     def engine():
         params = [init_params(s, 3, 0.2, 0.2, np.float32) for s in specs]
-        return LocalEngine(specs, params, OptimConfig("adam", 0.01), np, np.float32)
+        return LocalEngine(engine_config(OptimConfig("adam", 0.01), np.float32), specs, params)
 
     rng = np.random.default_rng(3)
     ids = [rng.integers(0, V, (T, B)) for _ in range(2)]
@@ -199,12 +200,13 @@ def test_adam_on_cupy_matches_numpy():
     if not cupy.is_available():
         pytest.skip("CuPy sees no CUDA GPU")
     from ptncn_dist.engines.local import LocalEngine
-    from ptncn_dist.core.layer import init_params, layer_specs
+    from ptncn_dist.engines.factory import engine_config
+    from ptncn_dist.core.spec import init_params, layer_specs
     rng = np.random.default_rng(6)
     for sparse, x in ((True, rng.integers(0, 30, (8, 6))), (False, rng.random((8, 6, 30)))):
         specs = layer_specs(30, [32, 16], sparse_input=sparse, output="softmax" if sparse else "sigmoid")
         params = [init_params(s, 1, 0.2, 0.2, np.float64) for s in specs]
-        engines = [LocalEngine(specs, params, OptimConfig("adam", 0.01), xp, np.float64) for xp in (np, cupy)]
+        engines = [LocalEngine(engine_config(OptimConfig("adam", 0.01), device=d), specs, params) for d in ("cpu", "gpu")]
         for e in engines:
             e.run_segment(x, np.ones((8, 6)), 0, 8, learn=True, t_prime=1)
         a, b = engines[0].weights(), engines[1].weights()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import ray
 
-from conftest import golden_files, local_ray
+from helpers import golden_files, local_ray
 from test_divergence import every_checkpoint_is_finite, run_poisoned
 from ptncn_dist.config import load
 from ptncn_dist.data import open_streams
@@ -14,7 +14,10 @@ from ptncn_dist.engines.local import LocalEngine
 from ptncn_dist.engines.ray_engine import RayEngine
 from ptncn_dist.reference.golden import load_golden
 from ptncn_dist.transports.messages import KINDS
-from ptncn_dist.train import Trainer
+from ptncn_dist.trainer import Trainer
+
+
+pytestmark = pytest.mark.ray  # every test runs in the module's Ray session
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -51,8 +54,27 @@ def run_both(hidden, steps, extra=(), ray_extra=()):
         remote.close()
 
 
-def test_every_node_is_on_loopback():
-    assert all(n["NodeManagerAddress"].startswith("127.0.0.") for n in ray.nodes())
+def test_layers_and_their_links_listen_on_loopback_only():
+    """The engine's layer actors run on the private session's node, 127.0.0.1, and each layer's
+    direct links listen there only: the addresses a layer offers its neighbours are the sockets
+    its process has bound (as the OS lists them), and no socket of a layer process (its links,
+    Ray's core worker server) listens off loopback. (tests/test_listeners.py lists every listener
+    of a whole `ptncn train --engine ray` session.)"""
+    import psutil
+    cfg = load(None, small([16, 12, 8]) + ['engine.name="ray"', 'engine.transport="tcp"'])
+    engine = build_engine(cfg, 64, "frames")
+    try:
+        assert [p["ip"] for p in engine.placement] == ["127.0.0.1"] * 3
+        pids = {p["pid"] for p in engine.placement}
+        offered = {(p["pid"], port): host for p, offer in zip(engine.placement, engine.link_offers)
+                   for host, port, _ in offer["sockets"].values()}
+        listening = {(c.pid, c.laddr.port): c.laddr.ip for c in psutil.net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    finally:
+        engine.close()
+    assert len(offered) == 4  # layer 1 hears layer 2, layer 2 hears 1 and 3, layer 3 hears 2
+    assert {k: listening.get(k) for k in offered} == offered and set(offered.values()) == {"127.0.0.1"}
+    assert set(listening.values()) <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening  # (gRPC: IPv4-mapped)
 
 
 def golden_cases():

@@ -90,7 +90,7 @@ def test_a_refused_run_leaves_no_new_directory(tmp_path, capsys):
 def test_a_claimed_directory_is_refused_naming_its_holder(tmp_path, capsys):
     """A Trainer holds its run directory until its run ends: a second run, in another process,
     is refused with one line naming the holder's pid and host, and changes nothing."""
-    from ptncn_dist.train import Trainer
+    from ptncn_dist.trainer import Trainer
     r = tmp_path / "run"
     args = [a for a in RUN if a != "--set"]
     holder = Trainer(load(None, args + ["train.steps=40"]), str(r), log=lambda *_: None)
@@ -182,7 +182,7 @@ def test_runs_sharing_a_checkpoint_dir_keep_their_own(tmp_path, capsys):
 def test_two_copies_of_a_run_cannot_write_its_shared_namespace_at_once(tmp_path, capsys):
     """A run directory copied (so two directories share one run id) and resumed twice: the
     second is refused while the first holds the run's namespace in the shared checkpoint_dir."""
-    from ptncn_dist.train import Trainer
+    from ptncn_dist.trainer import Trainer
     shared, a, b = tmp_path / "ck", tmp_path / "a", tmp_path / "b"
     assert train(a, "--set", f'train.checkpoint_dir="{shared}"') == 0
     shutil.copytree(a, b)

@@ -15,7 +15,7 @@ from ptncn_dist import checkpoint
 from ptncn_dist.checkpoint import storage
 from ptncn_dist.checkpoint import CheckpointWriteError
 from ptncn_dist.errors import CheckpointError, ConfigError
-from conftest import local_ray
+from helpers import FireAt, local_ray
 from test_checkpoint import write
 
 pytest.importorskip("moto.server")
@@ -195,7 +195,7 @@ SETS = ["model.hidden=[16,12]", "data.frame=32", "data.batch=4", "data.seq_len=1
 
 def reference_weights(steps):
     from ptncn_dist.config import load
-    from ptncn_dist.train import Trainer
+    from ptncn_dist.trainer import Trainer
     t = Trainer(load(None, SETS + [f"train.steps={steps}"]), None, log=lambda *_: None)
     t.run()
     return t.engine.weights()
@@ -206,6 +206,7 @@ def assert_same(got, want):
     assert max(float(np.abs(got[k] - want[k]).max()) for k in want) == 0.0
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
     """Layer actors write their own shards to S3 and read them back there; one is SIGKILLed at
@@ -216,28 +217,29 @@ def test_ray_run_on_s3_survives_a_killed_actor_and_resumes(s3, tmp_path):
     from ptncn_dist.config import load
     from ptncn_dist.checkpoint.rundir import read_run_id
     from ptncn_dist.studies.chaos import kill_actor_process
-    from ptncn_dist.train import Trainer
+    from ptncn_dist.trainer import Trainer
 
     root = s3("run")
     sets = SETS + [f'train.checkpoint_dir="{root}"']
     with local_ray(2):
-        trainer = Trainer(load(None, sets + ['engine.name="ray"', "train.steps=40"]), str(tmp_path),
-                          log=lambda *_: None)
         killed = []
 
-        def kill_at_30(rec):
-            if rec.get("step") == 30 and not killed:
-                victim = trainer.engine.placement[1]
-                killed.append(kill_actor_process(victim["node_id"], victim["pid"]))
+        def kill_layer_2(trainer):
+            victim = trainer.engine.placement[1]
+            killed.append(kill_actor_process(victim["node_id"], victim["pid"]))
 
-        trainer.on_record = kill_at_30
+        at_30 = FireAt(30, kill_layer_2)  # a trainer callback: at the end of the segment that reaches step 30
+        trainer = Trainer(load(None, sets + ['engine.name="ray"', "train.steps=40"]), str(tmp_path),
+                          log=lambda *_: None, callbacks=[at_30])
         try:
             trainer.run()
             first = trainer.engine.weights()
         finally:
             trainer.close()
-        assert killed == [True] and trainer.recoveries == 1
-        assert trainer.recovery_log[0]["resumed_from_step"] == 20
+        assert at_30.fired == [30] and killed == [True] and trainer.recoveries == 1
+        # the next segment (30 -> 40) met the dead actor; the run went back to step 20's S3 checkpoint
+        rec = trainer.recovery_log[0]
+        assert (rec["failed_by_step"], rec["resumed_from_step"]) == (40, 20)
         assert not (tmp_path / "checkpoints").exists()
         own = trainer.ckpt_root  # the run's namespace under the shared prefix
         assert own == storage.join(root, read_run_id(str(tmp_path)))

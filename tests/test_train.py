@@ -7,12 +7,12 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import DATA, REPO, need_data
+from helpers import DATA, REPO, need_data
 from ptncn_dist import checkpoint
 from ptncn_dist.checkpoint.rundir import read_run_id
 from ptncn_dist.config import load
 from ptncn_dist.errors import DataError, DivergenceError
-from ptncn_dist.train import Trainer, train
+from ptncn_dist.trainer import Trainer, train
 
 TINY_CKPT = ["model.hidden=[16, 12]", "train.eval_batches=1"]
 SMALL = ["model.hidden=[64, 48]", "data.frame=32", "data.batch=8", "data.seq_len=10",
@@ -308,3 +308,28 @@ def test_max_minutes_stops_on_training_time_and_a_resume_counts_it(tmp_path):
     assert again.steps == res.steps and again.train_s == pytest.approx(res.train_s, abs=1e-5)
     more = Trainer(load(None, base + ["train.max_minutes=0.02"]), str(tmp_path), resume=True, log=quiet).run()
     assert more.steps > res.steps and more.train_s >= 1.2
+
+
+def test_callbacks_see_every_segment_end_after_its_record_and_checkpoint(tmp_path):
+    """Trainer(callbacks=[...]): each is called at the end of every training segment, in the
+    trainer's thread, with trainer.step at every multiple of train.log_every and
+    train.checkpoint_every, every sequence end (seq_len 10) and the last step; that step's
+    metrics record is already written and its checkpoint saved. (The chaos tests fire faults
+    from such a callback, at a step they choose.)"""
+    from helpers import FireAt
+    seen, fired = [], []
+    cfg = load(None, SMALL + ["model.hidden=[16, 12]", "train.log_every=15", "train.checkpoint_every=20",
+                              "train.steps=50", "train.references=false", "train.tensorboard=false"])
+
+    def look(trainer):
+        logged = [json.loads(line)["step"] for line in open(tmp_path / "metrics.jsonl")]
+        saved = [int(p.rsplit("-", 1)[1]) for p in checkpoint.list_checkpoints(trainer.ckpt_root)]
+        seen.append((trainer.step, logged[-1], saved[-1]))
+
+    at_40 = FireAt(40, lambda trainer: fired.append(trainer.step))
+    res = train(cfg, str(tmp_path), log=quiet, callbacks=[look, at_40])
+    assert res.steps == 50 and at_40.fired == [40] == fired
+    assert seen == [(10, 0, 0), (15, 15, 0), (20, 15, 20), (30, 30, 20), (40, 30, 40), (45, 45, 40), (50, 50, 40)]
+    late = FireAt(25, lambda trainer: None)  # not a segment end: the helper refuses to fire late
+    with pytest.raises(AssertionError, match="jumped past step 25"):
+        train(cfg, str(tmp_path / "again"), log=quiet, callbacks=[late])

@@ -7,9 +7,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import golden_files
+from helpers import golden_files
 from ptncn_dist.engines.layer_actor import LayerWorker, run_workers
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.factory import engine_config
 from ptncn_dist.reference.golden import load_golden
 from ptncn_dist.core.spec import init_params, layer_specs
 from ptncn_dist.transports.messages import Message, MessageError
@@ -64,7 +65,7 @@ def test_workers_equal_the_local_engine(mode, n_layers):
     mask = np.ones((9, 3))
     mask[6:, 1] = 0
     opt = OptimConfig("nag", 0.05, 0.9)
-    local = LocalEngine(specs, [{k: v.copy() for k, v in p.items()} for p in params], opt, np, np.float64, mode=mode)
+    local = LocalEngine(engine_config(opt, mode=mode), specs, [{k: v.copy() for k, v in p.items()} for p in params])
     want = []
     for t0, t1 in ((0, 4), (4, 9)):
         want += local.run_segment(x, mask, t0, t1, learn=True, t_prime=1, keep_xhat=True)[1]
@@ -79,8 +80,8 @@ def test_workers_equal_the_local_engine(mode, n_layers):
 
 def test_a_schedule_that_waits_for_a_message_nobody_sends_is_reported():
     specs = layer_specs(4, [3, 3])
-    cores = LocalEngine(specs, [init_params(s, 1, 0.3, 0.3, np.float64) for s in specs],
-                        OptimConfig("sgd", 0.1), np, np.float64).layers
+    cores = LocalEngine(engine_config(OptimConfig("sgd", 0.1)), specs,
+                        [init_params(s, 1, 0.3, 0.3, np.float64) for s in specs]).layers
     boxes = [{}, {}]
     scheds = [LayerSchedule(cores[0], InProcess(1, boxes).send, "exact"),
               LayerSchedule(cores[1], lambda *a: None, "exact")]

@@ -73,10 +73,11 @@ def test_bad_override_type_fails_before_any_trial(tmp_path):
         trial_config(None, {"optim.lr": "fast"})
 
 
+@pytest.mark.ray
 @pytest.mark.slow
 def test_tiny_study_runs_real_trials(tmp_path):
     pytest.importorskip("ray.tune")
-    from ptncn_dist.train import train
+    from ptncn_dist.trainer import train
     from ptncn_dist.tune import study
     out = tmp_path / "out"
     rows = study(None, _write(tmp_path, TINY), str(out), str(tmp_path / "storage"), "tiny", num_cpus=2)

@@ -8,10 +8,11 @@ import pytest
 from ptncn_dist.config import load
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.engines.local import LocalEngine
+from ptncn_dist.engines.factory import engine_config
 from ptncn_dist.errors import ConfigError
-from ptncn_dist.core.layer import init_params, layer_specs
+from ptncn_dist.core.spec import init_params, layer_specs
 from ptncn_dist.core.optim import OptimConfig
-from conftest import local_ray
+from helpers import local_ray
 
 X_DIM, T, B = 10, 6, 3
 VARIANTS = {
@@ -87,7 +88,7 @@ def test_pipelined_rejects_k_above_one():
     specs = layer_specs(X_DIM, [6, 5], inference_steps=2)
     params = [init_params(s, 0, 0.1, 0.1, np.float64) for s in specs]
     with pytest.raises(ConfigError, match="exact"):
-        LocalEngine(specs, params, OptimConfig("sgd", 0.1), np, np.float64, mode="pipelined")
+        LocalEngine(engine_config(OptimConfig("sgd", 0.1), mode="pipelined"), specs, params)
 
 
 # -- the forecasting protocol ---------------------------------------------------------------------
@@ -96,7 +97,7 @@ def trace(variant, x, mask, learn):
     """Each step's xhat and corrected states y, from a fresh local engine (seeded weights)."""
     specs = layer_specs(X_DIM, [6, 5, 4], **SPEC_VARIANTS[variant])
     params = [init_params(s, 1, 0.3, 0.3, np.float64) for s in specs]
-    engine = LocalEngine(specs, params, OptimConfig("nag", 0.05, 0.9), np, np.float64)
+    engine = LocalEngine(engine_config(OptimConfig("nag", 0.05, 0.9)), specs, params)
     for layer in engine.layers:
         layer.reset(B)
     out = []
@@ -182,7 +183,7 @@ def test_one_step_equals_an_independent_numpy_program():
     specs = layer_specs(X_DIM, [6, 5], inference_steps=K, lateral_l1=l1, standardize=True,
                         row_norm_bound=bound, **hyper)
     params = [init_params(s, 4, 0.3, 0.3, np.float64) for s in specs]
-    engine = LocalEngine(specs, params, OptimConfig("sgd", lr), np, np.float64)
+    engine = LocalEngine(engine_config(OptimConfig("sgd", lr)), specs, params)
     rng = np.random.default_rng(5)
     xprev, y1p, y2p = rng.random((B, X_DIM)), np.tanh(rng.standard_normal((B, 6))), np.tanh(rng.standard_normal((B, 5)))
     x, m = (rng.random((B, X_DIM)) > 0.5).astype(np.float64), np.array([[1.0], [0.0], [1.0]])
@@ -228,12 +229,14 @@ def assert_equal_exactly(a, b):
     assert worst == 0.0, worst
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("name,hidden", [pytest.param(n, [6, 5, 4], id=f"{n}-L3") for n in sorted(VARIANTS)]
                          + [pytest.param("all", [6, 5], id="all-L2")])
 def test_ray_equals_local_exactly(ray_session, name, hidden):
     assert_equal_exactly(local_weights(hidden, VARIANTS[name]), ray_weights(hidden, VARIANTS[name]))
 
 
+@pytest.mark.ray
 @pytest.mark.parametrize("transport", ["calls", "compiled"])
 def test_k_iterations_on_other_transports(ray_session, transport):
     extra = VARIANTS["all"] + (["engine.compiled=true"] if transport == "compiled" else ['engine.transport="calls"'])

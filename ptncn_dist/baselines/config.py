@@ -19,30 +19,38 @@ NEW_KEYS = ("embed",)
 @dataclass
 class BaselineSection:
     """The `[baseline]` section: settings only the baselines read (model.type other than 'ptncn');
-    esn_* only matter to the ESN, rtrl_* only to RTRL.
-
-    truncation: the window k of truncated BPTT (model.type 'tbptt'), 5 unless set; 0 is full BPTT,
-        what kind 'bptt' needs (the trainer runs every kind but 'tbptt' and 'lstm' with 0).
-    rtrl_online: update every step (True) or once per sequence with the exact BPTT gradient.
-    rtrl_force: allow RTRL above rtrl.RTRL_MAX_HIDDEN hidden units.
-    esn_online: recursive least squares readout instead of the ridge closed form (frames).
-    embed: the token embedding width of the LSTM (model.type 'lstm'; frames need none).
-    Keys added after the config hash existed (`NEW_KEYS`) enter the hash only when set.
+    esn_* only matter to the ESN, rtrl_* only to RTRL. Output, t_prime and the optimizer come from
+    `[model]` and `[optim]`. Keys added after the config hash existed (`NEW_KEYS`) enter the hash
+    only when set.
     """
 
     hidden: int = 256
+    """The hidden width of the baseline's recurrent network (Elman, reservoir or LSTM)."""
     truncation: int = 5
+    """The window k of truncated BPTT (model.type tbptt) and of the LSTM; 0 is full BPTT, which
+    every other kind runs with."""
     weight_sd: float = 0.1
+    """Standard deviation of the baseline's initial weights."""
     clip_norm: float = 0.0
+    """Gradient norm clip of the gradient learners and the LSTM; 0 is no clipping."""
     esn_spectral_radius: float = 0.9
+    """ESN: the spectral radius the reservoir's recurrent weights are scaled to."""
     esn_density: float = 0.1
+    """ESN: the fraction of non-zero reservoir weights, in (0, 1]."""
     esn_input_scale: float = 1.0
+    """ESN: the scale of the input weights."""
     esn_leak: float = 1.0
+    """ESN: the leak rate of the reservoir units, in (0, 1]; 1 is no leak."""
     esn_ridge: float = 1e-4
+    """ESN: the ridge penalty of the readout (frames)."""
     esn_online: bool = False
+    """ESN: a recursive least squares readout instead of the ridge closed form (frames)."""
     rtrl_online: bool = True
+    """RTRL: update every step (true) or once per sequence with the exact BPTT gradient."""
     rtrl_force: bool = False
+    """RTRL: allow RTRL above `rtrl.RTRL_MAX_HIDDEN` hidden units (its cost grows as H^4)."""
     embed: int = 64
+    """LSTM: the token embedding width (model.type lstm; frames need none)."""
 
     def __post_init__(self):
         _check(self.hidden >= 1, "hidden", self.hidden, "an integer >= 1")

@@ -80,6 +80,26 @@ def first_origin(sightings) -> Sighting | None:
     return min(found, key=lambda s: (s.t, not s.origin, s.layer))
 
 
+class StepDiverged(Exception):
+    """A segment's first step where a NaN or Inf showed: in layer 1's loss or in any layer's
+    messages or state (`t`: step in sequence; `sighting`: where it appeared, if a layer saw it)."""
+
+    def __init__(self, t: int, sighting: Sighting | None = None):
+        where = f" in layer {sighting.layer} ({sighting.what})" if sighting is not None else " in the loss"
+        super().__init__(f"non-finite values at sequence step {t}{where}")
+        self.t, self.sighting = t, sighting
+
+
+def diverged(loss_t: int | None, sightings) -> StepDiverged | None:
+    """The StepDiverged a segment ends with, from layer 1's first non-finite loss step and every
+    layer's sighting (None: all finite)."""
+    seen = first_origin(sightings)
+    if seen is None and loss_t is None:
+        return None
+    t = min(x for x in (loss_t, seen.t if seen else None) if x is not None)
+    return StepDiverged(t, seen)
+
+
 def check_state(xp, layer: int, named) -> None:
     """NonFiniteState naming the layer and its arrays holding NaN or Inf (before a checkpoint)."""
     bad = nonfinite_names(xp, named)

@@ -1,8 +1,7 @@
-"""One P-TNCN layer's state and its step, phase by phase (`LayerCore`), and the names the
-package has always imported from here. The arithmetic lives in pure functions: `layer_spec`
-(what a layer is), `activations` (phi, out, standardize), `layer_step` (h, z, predictions,
-errors, the state correction), `layer_learn` (the local updates); `weights` holds the weights in
-the layout the step runs on, with their optimizer slots. ../shared/MODEL.md is the
+"""One P-TNCN layer's state and its step, phase by phase (`LayerCore`). The arithmetic lives in
+pure functions: `spec` (what a layer is), `activations` (phi, out, standardize), `step` (h, z,
+predictions, errors, the state correction), `learn` (the local updates); `weights` holds the
+weights in the layout the step runs on, with their optimizer slots. ../shared/MODEL.md is the
 specification; README "Variants beyond MODEL.md" lists the options it does not name.
 
 A step is three phases, separated by the rounds of neighbour exchange that every engine
@@ -33,17 +32,11 @@ from typing import Any
 import numpy as np
 
 from . import optim
-from .activations import ACTIVATIONS, OUTPUTS, check_names
 from .backend import to_numpy
-from .learn import bound_rows, clip_factor, learn_generative, learn_recurrent
-from .spec import PARAM_NAMES, LayerSpec, init_params, layer_specs, stacked_blocks, stacked_names
-from .step import correction, forward, input_matmul, is_ids, output_error, predict_below, stacked_rows, state_error, temporal_error
+from .learn import learn_generative, learn_recurrent
+from .spec import LayerSpec
+from .step import correction, forward, output_error, predict_below, stacked_rows, state_error, temporal_error
 from .weights import LayerWeights, check_carry
-
-__all__ = ["ACTIVATIONS", "OUTPUTS", "PARAM_NAMES", "LayerCore", "LayerSpec", "bound_rows", "check_names",
-           "clip_factor", "correction", "forward", "init_params", "input_matmul", "is_ids", "layer_specs",
-           "learn_generative", "learn_recurrent", "output_error", "predict_below", "stacked_blocks",
-           "stacked_names", "stacked_rows", "state_error", "temporal_error"]
 
 
 @dataclass
@@ -104,7 +97,7 @@ class LayerCore:
 
     @property
     def stack(self):
-        """M, V, U as row blocks of one column-major array (`layer_spec.stacked_blocks`)."""
+        """M, V, U as row blocks of one column-major array (`spec.stacked_blocks`)."""
         return self.weights.stack
 
     @property

@@ -26,12 +26,20 @@ OPTIMIZERS = ("sgd", "momentum", "nag", "adam")
 
 @dataclass
 class OptimConfig:
+    """The `[optim]` section: the optimizer every weight uses (P-TNCN's and the baselines')."""
+
     name: str = "adam"
+    """The optimizer: sgd, momentum, nag (Nesterov, TensorFlow 1 convention) or adam."""
     lr: float = 0.0003
+    """The learning rate (> 0)."""
     momentum: float = 0.95
+    """mu, the velocity decay of momentum and nag."""
     beta1: float = 0.9
+    """Adam's decay of the first moment m."""
     beta2: float = 0.999
+    """Adam's decay of the second moment v."""
     eps: float = 1e-8
+    """Adam's epsilon, added to sqrt(v) in the denominator."""
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:

@@ -21,6 +21,11 @@ Pipelined schedule (K = 1; one exchange per step): at step t a layer awaits what
 sent at step t-1 (nothing at a sequence's first step: zeros), runs its whole step, then sends
 (z, eps, y) up and (pred, y) down (nothing after a sequence's last step). What that changes in
 the model: `LayerCore.finish_pipelined`.
+
+The segment around the steps is written here once too (`Segment`, `SegmentRun`, `finish`): the
+inputs put on the device, the reset at t0 = 0 (or the check that a continued sequence has carried
+state for the data's batch), the plan, layer 1's loss tally and the divergence error. Every
+driver runs it; they differ only in how a step waits for its messages.
 """
 from __future__ import annotations
 
@@ -30,8 +35,9 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .. import metrics
-from .backend import to_numpy
-from .finite import FiniteWatch, nonfinite_names
+from ..errors import CheckpointError
+from .backend import to_numpy, to_xp
+from .finite import FiniteWatch, diverged, nonfinite_names
 
 Key = tuple  # (clock, iteration, kind, sender): one message in a mailbox
 Send = Callable[[int, int, int, list], None]  # send(to, clock, iteration, [(kind, array), ...])
@@ -216,3 +222,129 @@ class SegmentLoss:
     def result(self) -> dict:
         return {"sums": self.sums, "xhats": self.xhats, "diverged": self.diverged}
 
+
+
+# -- the segment around the steps, the same for every driver ------------------------------------
+
+def token_ids(x, mask) -> np.ndarray:
+    """Token ids with padded positions set to -1 (a zero input row, no target)."""
+    return np.where(np.asarray(mask) > 0, x, -1).astype(np.int64)
+
+
+def segment_inputs(xp, dtype, x, mask) -> tuple:
+    """Host inputs of a segment (T, B, ...) or of one step (B, ...) on the device of `xp`: token
+    ids (padded -1) or frames in `dtype` (None where no input is given), the mask as a column."""
+    ms = to_xp(xp, np.asarray(mask)[..., None], dtype)
+    if x is None:
+        return None, ms
+    return (to_xp(xp, token_ids(x, mask)) if x.dtype.kind in "iu" else to_xp(xp, x, dtype)), ms
+
+
+def check_carried(cores, batch: int, t0: int) -> None:
+    """Before continuing a sequence at step t0 > 0: every layer carries a state (restored from a
+    checkpoint) for a batch of `batch` sequences; else a one-line CheckpointError."""
+    for core in cores:
+        c = core.carry
+        got = None if c is None else int(c["y"].shape[0])
+        if got != batch:
+            have = "no carried state" if c is None else f"a carried state for a batch of {got}"
+            raise CheckpointError(f"layer {core.spec.index} has {have}, and continuing a sequence at step {t0} "
+                                  f"needs one for the data's batch of {batch}: the checkpoint it was restored "
+                                  f"from does not fit this data")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """What a driver asks for: steps t0..t1-1 of `batch` sequences of `length` steps, learning
+    from t_prime on when `learn`; loss sums per position too with `by_t`, forecasts with
+    `keep_xhat`. Plain data: it travels to every layer actor as it is."""
+
+    t0: int
+    t1: int
+    length: int
+    batch: int
+    learn: bool
+    t_prime: int
+    keep_xhat: bool = False
+    by_t: bool = False
+
+    @classmethod
+    def of(cls, mask, t0: int, t1: int, *, learn: bool, t_prime: int, keep_xhat: bool = False,
+           by_t: bool = False) -> "Segment":
+        """The segment of a (T, B) mask's batch."""
+        return cls(t0, t1, int(mask.shape[0]), int(mask.shape[1]), bool(learn), t_prime, keep_xhat, by_t)
+
+    def plan(self) -> list[StepPlan]:
+        return plan(self.t0, self.t1, self.length, self.learn, self.t_prime)
+
+
+class SegmentRun:
+    """One process's part of a segment: the layers it holds (`scheds`, in layer order; all of them
+    in one process, one in a layer actor). `loop` is the whole segment for a driver that holds
+    the segment's inputs; a driver fed a step at a time (the compiled graph) calls `begin`,
+    `inputs`, `steps`, `stepped` and `end` itself, in that order."""
+
+    def __init__(self, seg: Segment, scheds: list[LayerSchedule]):
+        self.seg, self.scheds = seg, scheds
+        core = scheds[0].core
+        self.xp, self.dtype = core.xp, core.dtype
+        self.tally = SegmentLoss(seg.by_t, seg.keep_xhat) if core.spec.is_bottom else None
+        # The whole stack in this process: it may stop at the first non-finite step (a single
+        # layer may not: its neighbours would wait for it).
+        self.whole = core.spec.is_bottom and scheds[-1].core.spec.is_top
+        self.outcome: dict | None = None
+
+    def begin(self) -> None:
+        """t0 = 0 starts every sequence from zero carried state; a later t0 continues the carried
+        state, which must be for the data's batch (`check_carried`)."""
+        cores = [s.core for s in self.scheds]
+        if self.seg.t0 == 0:
+            for core in cores:
+                core.reset(self.seg.batch)
+        else:
+            check_carried(cores, self.seg.batch, self.seg.t0)
+
+    def inputs(self, x, mask) -> tuple:
+        """The inputs on this process's device (x only where layer 1 is held)."""
+        return segment_inputs(self.xp, self.dtype, x if self.tally is not None else None, mask)
+
+    def steps(self, p: StepPlan, x_t, m_t) -> list[Iterator[Await]]:
+        """Step p of every layer held: generators the driver runs to their end."""
+        return [s.step(x_t if s.core.spec.is_bottom else None, m_t, p) for s in self.scheds]
+
+    def stepped(self, p: StepPlan, x_t, m_t) -> bool:
+        """After step p: layer 1's loss tallied. True when the segment stops here (a non-finite
+        value showed, and this process holds the whole stack)."""
+        if self.tally is None:
+            return False
+        self.tally.add(self.xp, self.scheds[0].core.xhat, x_t, m_t, p.t, self.seg.t_prime)
+        return self.whole and (self.tally.diverged is not None or any(s.watch.first for s in self.scheds))
+
+    def end(self) -> dict:
+        """Held updates applied and states checked; what `finish` needs from this process."""
+        for s in self.scheds:
+            s.end_segment()
+        out = self.tally.result() if self.tally is not None else {"sums": {}, "xhats": [], "diverged": None}
+        self.outcome = {**out, "nonfinite": [s.watch.first for s in self.scheds]}
+        return self.outcome
+
+    def loop(self, x, mask) -> Iterator[list[Iterator[Await]]]:
+        """The segment: yields each step's generators for the driver to run (its only job), and
+        leaves `outcome` when it ends. `x`, `mask`: the segment's host inputs (T, B, ...)."""
+        xs, ms = self.inputs(x, mask)
+        self.begin()
+        for p in self.seg.plan():
+            x_t = None if xs is None else xs[p.t]
+            yield self.steps(p, x_t, ms[p.t])
+            if self.stepped(p, x_t, ms[p.t]):
+                break
+        self.end()
+
+
+def finish(outcomes: list[dict]) -> tuple[dict, list]:
+    """A segment's result from every process's `SegmentRun.end` (layer 1's first): its loss sums
+    and forecasts, or StepDiverged at the first step where a NaN or Inf showed."""
+    bad = diverged(outcomes[0]["diverged"], [s for o in outcomes for s in o["nonfinite"]])
+    if bad is not None:
+        raise bad
+    return outcomes[0]["sums"], outcomes[0]["xhats"]

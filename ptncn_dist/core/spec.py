@@ -29,19 +29,37 @@ class LayerHyper:
     key and reaches every layer. Beyond MODEL.md (defaults keep it exact): `inference_steps` K
     rounds of state correction per step (1 <= K <= MAX_INFERENCE_STEPS = 1000), `lateral_l1`
     the sparsity term added to d, `standardize` the pre-activations, and `row_norm_bound` the
-    per-row max-norm of every weight after its update (see README, "Variants beyond MODEL.md")."""
+    per-row max-norm of every weight after its update (see docs/variants.md)."""
 
     activation: str = "tanh"
+    """phi, the units of every hidden layer: tanh, relu, lrelu, sign, step, identity or sigmoid.
+    sign and step have no useful derivative; the learning rule never needs one."""
     output: str = "sigmoid"
+    """out, the output function of layer 1's forecast: sigmoid (frames, BCE), softmax (tokens),
+    identity or tanh."""
     alpha: float = 0.001
+    """Weight of a layer's own error in its state correction (no alpha term for the top layer)."""
     beta: float = 0.1
+    """The state-correction step: `y = phi(h - beta * d)`; 0 turns the correction off."""
     gamma: float = 1.0
+    """Error-weight coupling: E's update is `gamma` times W's clipped update, transposed."""
     update_radius: float = 1.0
+    """Frobenius-norm clip of every weight update; <= 0 turns the clip off."""
     zeta: float = 1.0
+    """Above 0, each layer below the top has the top-down weight U from the layer above; 0 drops U."""
     row_norm_bound: float = 0.0
+    """Variant: after each update, rows of M, V, U, W and E longer than this are scaled back to
+    it (the authors' `param_radius`); <= 0 is off."""
     inference_steps: int = 1
+    """Variant: K, the iterations of the state correction per step (1 to 1000); 1 is MODEL.md.
+    K > 1 needs `engine.mode = "exact"`."""
     lateral_l1: float = 0.0
+    """Variant: adds `lateral_l1 * sign(h)` to every layer's correction d (the authors' lateral
+    neuron penalty); 0 is off."""
     standardize: bool = False
+    """Variant: standardize the pre-activations before phi, `h = (h - u) / sqrt(var + 1e-12)` with
+    u the mean of the whole (B, d) array and var each row's mean square about u (the authors'
+    `utils.standardize`)."""
 
     def __post_init__(self):
         check_names(self.activation, self.output)

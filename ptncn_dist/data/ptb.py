@@ -84,10 +84,15 @@ def read_lines(path: Path) -> list:
                    else f"more than {_size(limit)}")
             raise DataError(f"{path}: {got}, larger than the {_size(limit)} a text file may have "
                             f"(ptb.MAX_TEXT_BYTES; PTB's largest file is 5 MB)")
-        return raw.decode("utf-8").splitlines()
+        try:
+            return raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}: not UTF-8 text: byte {e.start:,} (0x{raw[e.start]:02x}, line {line}) "
+                            f"cannot be decoded ({e.reason}); save the file as UTF-8") from None
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise DataError(f"{path}: cannot read text file ({e})") from None
 
 

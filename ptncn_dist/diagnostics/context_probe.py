@@ -12,7 +12,7 @@ Works on any engine (it only calls `run_segment`) and for video and text alike.
 from __future__ import annotations
 
 from .. import metrics
-from ..engines.base import StepDiverged
+from ..core.finite import StepDiverged
 from .evaluation import diverged
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from .. import metrics
 from . import references
-from ..engines.base import StepDiverged
+from ..core.finite import StepDiverged
 from ..errors import DivergenceError
 
 

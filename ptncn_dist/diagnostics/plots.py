@@ -37,9 +37,46 @@ def plot_losses(metrics_path: str, out_path: str) -> None:
     plt.close(fig)
 
 
+def image_side(d: int, frame: int) -> int | None:
+    """The side of square frames of `d` values: `frame` when it fits, else sqrt(d) when whole, else
+    None (a user's arrays of D values per step, not images)."""
+    if frame * frame == d:
+        return frame
+    side = int(round(d ** 0.5))
+    return side if side * side == d else None
+
+
+def plot_series(x: np.ndarray, xhat: np.ndarray, out_path: str) -> None:
+    """True and predicted sequences of D values per step that are not images: x, xhat (T, n_seq, D);
+    each sequence one row of two heat maps (value by dimension and step), on one colour scale."""
+    plt = _pyplot()
+    n = x.shape[1]
+    lo, hi = float(np.nanmin([x.min(), xhat.min()])), float(np.nanmax([x.max(), xhat.max()]))
+    fig, axes = plt.subplots(n, 2, figsize=(9, 1.6 * n + 0.6), squeeze=False)
+    for s in range(n):
+        for c, (arr, label) in enumerate(((x, "true"), (xhat, "predicted"))):
+            ax = axes[s][c]
+            ax.imshow(np.asarray(arr[:, s]).T, aspect="auto", cmap="viridis", vmin=lo, vmax=hi,
+                      interpolation="nearest")
+            ax.set_ylabel(f"seq {s}: dim", fontsize=7)
+            if s == 0:
+                ax.set_title(label, fontsize=8)
+            if s == n - 1:
+                ax.set_xlabel("step", fontsize=7)
+    fig.tight_layout(pad=0.3)
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+
+
 def plot_frames(x: np.ndarray, xhat: np.ndarray, frame: int, out_path: str, blend=None) -> None:
     """Rows of true and predicted frames (and the blur-blend reference's, if given): x, xhat,
-    blend of shape (T, n_seq, frame*frame)."""
+    blend of shape (T, n_seq, frame*frame). Frames that are not square images are drawn by
+    `plot_series`."""
+    side = image_side(x.shape[-1], frame)
+    if side is None:
+        plot_series(x, xhat, out_path)
+        return
+    frame = side
     plt = _pyplot()
     rows = [(x, "true"), (xhat, "predicted")] + ([(blend, "blur blend")] if blend is not None else [])
     T, n = x.shape[:2]

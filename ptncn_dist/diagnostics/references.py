@@ -8,6 +8,10 @@ Video (fitted on training frames, scored on the test batches `evaluate` reads):
   padding (the same size out; border pixels average in zeros). w minimises the BCE on the
   first `FIT_BATCHES` training batch over the grid 0, 0.01, ..., 1.
 The frame before a sequence's first is taken to be the mean frame (only scored when t_prime = 0).
+The blur blend needs square images: a stream that says it holds none (`images = False`, a user's
+arrays of D values per step) or frames that are not square get the mean frame and copy previous
+only (`frame_predictions` then gives None for the blend). Each is scored in BCE and SE; which of
+them a run reports is `report_metric`'s choice (SE under model.output "identity" or "tanh").
 
 Text: add-one smoothed unigram, bigram and trigram models counted on the training split,
 sentences cut to data.max_len as the model sees them, the context reset at each sentence start
@@ -97,42 +101,44 @@ def fit_blend_weight(xs, mean, side: int) -> float:
 
 @dataclass
 class FrameFit:
-    """What the video references learn from training frames."""
+    """What the video references learn from training frames (w and side None: no blur blend)."""
 
     mean: np.ndarray
-    w: float
-    side: int
+    w: float | None
+    side: int | None
 
 
-def fit_frames(train_batches) -> FrameFit:
-    """The mean frame over `MEAN_BATCHES` training batches, and w over the first `FIT_BATCHES`."""
+def fit_frames(train_batches, images: bool = True) -> FrameFit:
+    """The mean frame over `MEAN_BATCHES` training batches, and w over the first `FIT_BATCHES`
+    (only for square `images`)."""
     xs = [b.x for b in train_batches]
-    side = int(round(math.sqrt(xs[0].shape[-1])))
-    if side * side != xs[0].shape[-1]:
-        raise ValueError(f"frames of {xs[0].shape[-1]} pixels are not square")
     mean = mean_frame(xs, [b.mask for b in train_batches])
+    side = int(round(math.sqrt(xs[0].shape[-1])))
+    if not images or side * side != xs[0].shape[-1] or xs[0].shape[0] < 2:
+        return FrameFit(mean, None, None)
     return FrameFit(mean, fit_blend_weight(xs[:FIT_BATCHES], mean, side), side)
 
 
 def frame_predictions(fit: FrameFit, x) -> dict:
-    """Each video reference's forecast of every frame of (T, B, D) `x`, as (T, B, D) arrays."""
+    """Each video reference's forecast of every frame of (T, B, D) `x`, as (T, B, D) arrays (the
+    blur blend None when `fit` has none)."""
     prev = previous_frames(x, fit.mean)
-    return {"mean_frame": np.broadcast_to(fit.mean, prev.shape), "copy_previous": prev,
-            "blur_blend": blur_blend(prev, fit.mean, fit.w, fit.side)}
+    blend = None if fit.w is None else blur_blend(prev, fit.mean, fit.w, fit.side)
+    return {"mean_frame": np.broadcast_to(fit.mean, prev.shape), "copy_previous": prev, "blur_blend": blend}
 
 
 def score_frames(fit: FrameFit, test_batches, t_prime: int) -> dict:
     """BCE and SE per frame of each video reference on `test_batches`, overall and by position."""
-    sums = {name: {} for name in FRAME_NAMES}
+    sums = {name: {} for name in FRAME_NAMES if name != "blur_blend" or fit.w is not None}
     length = 0
     for b in test_batches:
         length = max(length, b.x.shape[0])
-        preds = frame_predictions(fit, b.x)
+        preds = {k: v for k, v in frame_predictions(fit, b.x).items() if v is not None}
         for t in range(t_prime, b.x.shape[0]):
             for name, p in preds.items():
                 part = metrics.frame_loss_sums(np.array(p[t]), np.asarray(b.x[t], np.float64), b.mask[t], np)
                 metrics.accumulate(sums[name], part, t, by_t=True)
-    out = {"blur_blend_w": fit.w}
+    out = {"blur_blend_w": fit.w} if fit.w is not None else {}
     for name, s in sums.items():
         out.update(_named(name, s, length, ("bce", "se")))
     return out
@@ -233,9 +239,11 @@ class Fitted:
 
 
 def fit(train_stream) -> Fitted:
-    """Fit the references on a training stream (BouncingStream or SentenceStream)."""
+    """Fit the references on a training stream (BouncingStream, SentenceStream, ArrayStream: a
+    token one offers `.sentences`, `.dim` and `.max_len`; a frames one `images`, default True)."""
     if train_stream.kind == "frames":
-        return Fitted("frames", frames=fit_frames([train_stream.batch(p) for p in range(MEAN_BATCHES)]))
+        batches = [train_stream.batch(p) for p in range(MEAN_BATCHES)]
+        return Fitted("frames", frames=fit_frames(batches, getattr(train_stream, "images", True)))
     models = {name: count_ngrams(train_stream.sentences, order, train_stream.dim, train_stream.max_len)
               for name, order in TEXT_ORDERS.items()}
     return Fitted("tokens", ngrams=models)
@@ -246,6 +254,17 @@ def score(fitted: Fitted, test_batches, t_prime: int) -> dict:
     if fitted.kind == "frames":
         return score_frames(fitted.frames, test_batches, t_prime)
     return score_text(fitted.ngrams, test_batches, t_prime)
+
+
+def report_metric(cfg, kind: str) -> str:
+    """The loss a run reports and compares with the references: "se" (squared error per frame) for
+    frames under model.output "identity" or "tanh", else "bce"; for tokens "ppl" (perplexity) at
+    word level (ptb_word, or text with data.format "word"), else "bpc" (bits per character)."""
+    if kind == "frames":
+        output = cfg.model.output
+        return "se" if output in ("identity", "tanh") else "bce"
+    word = cfg.data.source == "ptb_word" or (cfg.data.source == "text" and cfg.data.format == "word")
+    return "ppl" if word else "bpc"
 
 
 def headline(ref: dict) -> dict:

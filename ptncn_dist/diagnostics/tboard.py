@@ -78,8 +78,10 @@ class Board:
             self.writer.flush()
 
     def frames(self, step: int, rows, side: int) -> None:
-        """The frame strip (true, predicted, blur blend rows) as image `frames`."""
-        if self.writer is not None:
+        """The frame strip (true, predicted, blur blend rows) as image `frames`; none when the
+        frames are not `side` x `side` images (a user's arrays of D values per step)."""
+        rows = [r for r in rows if r is not None]
+        if self.writer is not None and rows and rows[0].shape[-1] == side * side:
             self.writer.add_image("frames", strip_image(rows, side), step, dataformats="HW")
 
     def close(self) -> None:

@@ -9,30 +9,9 @@ import numpy as np
 from .. import checkpoint
 from ..checkpoint.manifest import MANIFEST
 from ..errors import CheckpointError
-from ..core.finite import check_state, first_origin, nonfinite_names
+from ..core.finite import check_state, nonfinite_names
 from ..checkpoint.storage import display, join
 from ..core.weights import StateError
-
-
-class StepDiverged(Exception):
-    """Raised by an engine at the first step where a NaN or Inf showed: in layer 1's loss or in
-    any layer's messages or state (`t`: step in sequence; `sighting`: where it appeared, if a
-    layer saw it, see ptncn_dist/core/finite.py)."""
-
-    def __init__(self, t: int, sighting=None):
-        where = f" in layer {sighting.layer} ({sighting.what})" if sighting is not None else " in the loss"
-        super().__init__(f"non-finite values at sequence step {t}{where}")
-        self.t, self.sighting = t, sighting
-
-
-def diverged(loss_t: int | None, sightings) -> StepDiverged | None:
-    """The StepDiverged a segment ends with, from layer 1's first non-finite loss step and every
-    layer's sighting (None: all finite)."""
-    seen = first_origin(sightings)
-    if seen is None and loss_t is None:
-        return None
-    t = min(x for x in (loss_t, seen.t if seen else None) if x is not None)
-    return StepDiverged(t, seen)
 
 
 def state_arrays(state: dict):
@@ -41,11 +20,6 @@ def state_arrays(state: dict):
     for name, sl in (state.get("slots") or {}).items():
         yield from ((f"{name}.{k}", v) for k, v in sl.items())
     yield from ((f"carry.{k}", v) for k, v in (state.get("carry") or {}).items() if v is not None)
-
-
-def token_ids(x: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Token ids with padded positions set to -1 (a zero input row, no target)."""
-    return np.where(mask > 0, x, -1).astype(np.int64)
 
 
 def shard_name(layer: int) -> str:

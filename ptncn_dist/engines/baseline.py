@@ -11,7 +11,8 @@ from .. import checkpoint, metrics
 from ..core.backend import get_dtype, get_xp
 from ..baselines import BaselineConfig, build_baseline
 from ..errors import ConfigError
-from .base import Engine, StepDiverged
+from ..core.finite import StepDiverged
+from .base import Engine
 
 SHARD = "model.msgpack"
 

@@ -1,22 +1,29 @@
-"""Build the engine a config asks for."""
+"""Build the engine a config asks for. Every P-TNCN engine takes the same arguments:
+`Engine(cfg, specs, params=None)`."""
 from __future__ import annotations
 
-from ..core.backend import get_dtype, get_xp, limit_blas_threads
-from ..core.model import initial_params, specs_from_config
+import numpy as np
+
+from ..config import Config, EngineConfig, ModelConfig
+from ..core.model import specs_from_config
 
 
 def build_engine(cfg, x_dim: int, data_kind: str):
     """The engine for `cfg` (local or ray; a baseline learner when model.type is not 'ptncn')."""
-    sparse = data_kind == "tokens"
     if cfg.model.type != "ptncn":
         from .baseline import BaselineEngine
         return BaselineEngine(cfg, x_dim, data_kind)
-    specs = specs_from_config(cfg.model, x_dim, sparse)
-    dtype = get_dtype(cfg.model.dtype)
+    specs = specs_from_config(cfg.model, x_dim, data_kind == "tokens")
     if cfg.engine.name == "ray":
         from .ray_engine import RayEngine
         return RayEngine(cfg, specs)
     from .local import LocalEngine
-    limit_blas_threads(cfg.engine.blas_threads if cfg.engine.blas_threads > 0 else None)
-    params = initial_params(specs, cfg.model, cfg.train.seed)
-    return LocalEngine(specs, params, cfg.optim, get_xp(cfg.model.device), dtype, mode=cfg.engine.mode)
+    return LocalEngine(cfg, specs)
+
+
+def engine_config(optim, dtype="float64", device: str = "cpu", mode: str = "exact", **engine) -> Config:
+    """A Config for an engine over layer specs built elsewhere (a golden run, a test, a study):
+    the specs carry the layers' hyper-parameters, so only the optimizer (an OptimConfig), dtype,
+    device and the [engine] keys matter."""
+    return Config(model=ModelConfig(dtype=np.dtype(dtype).name, device=device), optim=optim,
+                  engine=EngineConfig(mode=mode, **engine))

@@ -1,33 +1,36 @@
-"""A layer in a Ray compiled graph (`engine.compiled = true`, exact schedule): the same
-schedule (ptncn_dist/core/schedule.py) driven one round per graph node. A step of K state-correction
-iterations is K + 2 nodes per layer: `g_start` runs the step until it first waits, and each
-`g_round` takes the neighbours' messages of the round before (from their nodes' outputs), lets
-the step run until it waits again, and returns what it sent. Messages go through the graph's
-channels (ptncn_dist/transports/compiled.py); the driver sees only layer 1's loss sums, its
-forecast when asked for, and every layer's counters at the end of a segment."""
+"""A layer in a Ray compiled graph (`engine.compiled = true`, exact schedule): the one segment loop
+(ptncn_dist/core/schedule.py) fed a step at a time by the graph driver (compiled_graph.py), and
+each step driven one round per graph node. A step of K state-correction iterations is K + 2
+nodes per layer: `g_start` runs the step until it first waits, and each `g_round` takes the
+neighbours' messages of the round before (from their nodes' outputs), lets the step run until it
+waits again, and returns what it sent. Messages go through the graph's channels
+(ptncn_dist/transports/compiled.py); the driver sees only every layer's segment outcome and
+counters, with the segment's last step."""
 from __future__ import annotations
 
-from ..core.schedule import SegmentLoss, StepPlan, advance
+from ..core.schedule import SegmentRun, advance
 from ..transports.compiled import GraphOutbox
 from .layer_host import LayerHost
 
 
 class GraphWorker(LayerHost):
-    """Graph input per step: (x_t, m_t, do_learn, reset, t, t_prime, keep_xhat, segment_end)."""
+    """Graph input per step: (x_t, m_t, segment, step plan)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.transport = GraphOutbox(self.l, self.counters, self.clock_t)
-        self._gen = self._wait = None
+        self._run = self._gen = self._wait = None
 
     def g_start(self, inp):
-        x, m, do_learn, reset, t, t_prime, keep, end = inp
-        if reset:
-            self.core.reset(m.shape[0])
-        self.box.batch = m.shape[0]
-        self._x, self._m = self._segment_inputs(x if self.l == 1 else None, m)
+        x, m, seg, p = inp
+        if p.t == seg.t0:
+            self._run = SegmentRun(seg, [self.sched])
+            self.box.batch = seg.batch
+        self._x, self._m = self._run.inputs(x, m)
+        if p.t == seg.t0:
+            self._run.begin()
         self.clock_t.begin()
-        self._gen = self.sched.step(self._x, self._m, StepPlan(t, do_learn, reset, False))
+        (self._gen,) = self._run.steps(p, self._x, self._m)
         self._wait = advance(self._gen, None)
         self.clock_t.end("compute", "compute")
         return self.transport.take()
@@ -48,18 +51,13 @@ class GraphWorker(LayerHost):
             return self.transport.take()
         return self._finish(inp)
 
-    def _finish(self, inp):
-        x, m, do_learn, reset, t, t_prime, keep, end = inp
+    def _finish(self, inp) -> dict:
+        """The step ended: tallied; after the segment's last step, this layer's outcome and counters."""
+        x, m, seg, p = inp
         self._step_done()
-        out = {}
-        if self.l == 1:
-            tally = SegmentLoss(keep=keep)
-            tally.add(self.xp, self.core.xhat, self._x, self._m, t, t_prime)
-            out = {"sums": tally.sums, "diverged": tally.diverged,
-                   "xhat": tally.xhats[0] if keep else None}
-        if end:
-            self.sched.end_segment()
-            self._publish()
-            out["stats"] = self.stats()
-            out["nonfinite"] = self.sched.watch.first
-        return out
+        self._run.stepped(p, self._x, self._m)
+        if p.t != seg.t1 - 1:
+            return {}
+        out = self._run.end()
+        self._publish()
+        return {**out, "stats": self.stats()}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from ..core.schedule import SegmentLoss, advance, plan
+from ..core.schedule import Segment, SegmentRun, advance
 from ..transports.inprocess import DirectCalls
 from ..transports.ray_calls import RayCalls
 from .layer_host import LayerHost
@@ -66,20 +66,14 @@ class LayerWorker(LayerHost):
             self.links = None
 
     # -- running ----------------------------------------------------------------------------------
-    async def run_segment(self, x, mask, t0: int, t1: int, learn: bool, t_prime: int,
-                          keep_xhat: bool = False, by_t: bool = False) -> dict:
-        """Steps t0..t1-1; layer 1 gets the inputs `x`, every layer the mask. Layer 1 returns the
-        loss sums, per position too with `by_t` (and the first non-finite step, if any); every layer
-        its first non-finite sighting, if any (ptncn_dist/core/finite.py)."""
-        xs, ms = self._segment_inputs(x, mask)
-        if t0 == 0:
-            self.core.reset(mask.shape[1])
-        self.box.batch = mask.shape[1]
-        tally, clk, box = SegmentLoss(by_t, keep_xhat), self.clock_t, self.box
-        for p in plan(t0, t1, mask.shape[0], learn, t_prime):
-            xt = xs[p.t] if xs is not None else None
+    async def run_segment(self, x, mask, seg: Segment) -> dict:
+        """The one segment loop, this layer's messages awaited from its mailbox; layer 1 gets the
+        inputs `x`, every layer the mask. Returns `SegmentRun.end`'s outcome: layer 1's loss sums
+        and first non-finite step, every layer its first non-finite sighting, if any."""
+        run, clk, box = SegmentRun(seg, [self.sched]), self.clock_t, self.box
+        box.batch = seg.batch
+        for (gen,) in run.loop(x, mask):
             clk.begin()
-            gen = self.sched.step(xt, ms[p.t], p)
             wait = advance(gen, None)
             while wait is not None:
                 clk.end("compute", "compute")
@@ -88,14 +82,13 @@ class LayerWorker(LayerHost):
                 wait = advance(gen, got)
             clk.end("compute", "compute")
             self._step_done()
-            if xs is not None:
-                tally.add(self.xp, self.core.xhat, xt, ms[p.t], p.t, t_prime)
-        self.sched.end_segment()
         self._publish()
-        return {**tally.result(), "nonfinite": self.sched.watch.first}
+        return run.outcome
 
 
 async def run_workers(workers: list[LayerWorker], x, mask, t0: int, t1: int, **kw) -> dict:
-    """Every worker's segment at once in this process's event loop (the Ray-free tier)."""
-    outs = await asyncio.gather(*[w.run_segment(x if w.l == 1 else None, mask, t0, t1, **kw) for w in workers])
+    """Every worker's segment at once in this process's event loop (the Ray-free tier); returns
+    layer 1's outcome (`kw`: those of `Segment.of`)."""
+    seg = Segment.of(mask, t0, t1, **kw)
+    outs = await asyncio.gather(*[w.run_segment(x if w.l == 1 else None, mask, seg) for w in workers])
     return outs[0]

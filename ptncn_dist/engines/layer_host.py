@@ -6,15 +6,14 @@ from __future__ import annotations
 import os
 import time
 
-import numpy as np
-
 from .. import checkpoint
 from ..checkpoint import storage
 from ..errors import CheckpointError
-from ..core.backend import get_dtype, get_xp, limit_blas_threads, to_xp
+from ..core.backend import get_dtype, get_xp, limit_blas_threads
 from ..core.finite import check_state, nonfinite_names
-from ..core.layer import LayerCore, init_params
+from ..core.layer import LayerCore
 from ..core.optim import OptimConfig
+from ..core.spec import init_params
 from ..core.weights import StateError
 from ..core.schedule import LayerSchedule
 from ..transports.base import Transport
@@ -87,13 +86,6 @@ class LayerHost:
             self.counters["recv_bytes"] += len(data)
             self.counters["recv_msgs"] += 1
             self.box.put(data, sender)
-
-    def _segment_inputs(self, x, mask):
-        ms = to_xp(self.xp, np.asarray(mask)[..., None], self.dtype)
-        xs = None
-        if x is not None:
-            xs = to_xp(self.xp, x) if x.dtype.kind in "iu" else to_xp(self.xp, x, self.dtype)
-        return xs, ms
 
     def _step_done(self) -> None:
         self.box.advance(self.sched.clock)

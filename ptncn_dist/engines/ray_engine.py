@@ -11,9 +11,10 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError
 from ..core.spec import check_schedule
-from .base import Engine, diverged, shard_name, token_ids
+from ..core.schedule import Segment, finish
+from .base import Engine, shard_name
 from ..transports.messages import MessageError
-from ..transports.compiled import CompiledGraph
+from .compiled_graph import CompiledGraph
 from .graph_worker import GraphWorker
 from .heartbeat import Heartbeats, LayerHung
 from .layer_actor import LayerWorker
@@ -30,11 +31,24 @@ def _watched(method):
     return watched
 
 
+def _one_line(exc: Exception) -> CheckpointError | None:
+    """A layer's CheckpointError as the one line it said (the actor's traceback left out); None
+    for any other failure."""
+    cause = exc.as_instanceof_cause()
+    if not isinstance(cause, CheckpointError):
+        return None
+    line = str(cause).splitlines()[-1]
+    return CheckpointError(line.removeprefix(f"{CheckpointError.__module__}.{CheckpointError.__name__}: "))
+
+
 class RayEngine(Engine):
+    """Every layer of `specs` its own Ray actor, placed and wired as cfg.engine says; weights
+    `params` (one dict per layer) or, by default, drawn by each actor from cfg.train.seed."""
+
     name = "ray"
     traces = True
 
-    def __init__(self, cfg, specs):
+    def __init__(self, cfg, specs, params: list[dict] | None = None):
         import ray
         self.ray, self.cfg, self.specs = ray, cfg, specs
         ec = cfg.engine
@@ -54,6 +68,8 @@ class RayEngine(Engine):
         self.link_offers: list = []
         self.actors = []
         self._make_actors()
+        if params is not None:
+            self.set_params(params)
 
     def _make_actors(self) -> None:
         ray, cfg = self.ray, self.cfg
@@ -100,8 +116,29 @@ class RayEngine(Engine):
         self._make_actors()
         self.load_layer_states(states)
 
+    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
+        mask = np.ascontiguousarray(mask)
+        if mask.shape[1] > self.max_batch:
+            raise ConfigError(f"a batch of {mask.shape[1]} sequences is more than the layer actors take "
+                              f"({self.max_batch}: the larger of data.batch and data.eval_batch)")
+        seg = Segment.of(mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat, by_t=by_t)
+        try:
+            outs = self._run_graph(seg, x, mask) if self.compiled else self._run_calls(seg, x, mask)
+        except self.ray.exceptions.RayTaskError as exc:
+            line = _one_line(exc)
+            if line is None:
+                raise
+            raise line from None
+        return ({}, []) if outs is None else finish(outs)
+
+    def _run_calls(self, seg, x, mask) -> list[dict]:
+        """Every actor runs the segment loop, messages going by actor calls or links."""
+        x_ref = self.ray.put(x)
+        return self._gather([a.run_segment.remote(x_ref if i == 0 else None, mask, seg)
+                             for i, a in enumerate(self.actors)])
+
     @_watched
-    def _run_graph(self, x, mask, t0, t1, learn, t_prime, keep_xhat, by_t=False):
+    def _run_graph(self, seg, x, mask) -> list[dict] | None:
         if self.graph is None:
             try:
                 self.graph = CompiledGraph(self.ray, self.actors, self.specs, mask.shape[1], x[0].nbytes,
@@ -109,34 +146,10 @@ class RayEngine(Engine):
                 self.graph_builds += 1
             except (ValueError, TypeError, RuntimeError, NotImplementedError) as exc:
                 self._fall_back_to_calls(exc)
-                return self.run_segment(x, mask, t0, t1, learn=learn, t_prime=t_prime, keep_xhat=keep_xhat,
-                                        by_t=by_t)
-        sums, xhats, loss_t = self.graph.run(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t,
-                                               self.cfg.engine.segment_timeout_s)
+                return self._run_calls(seg, x, mask)
+        outs = self.graph.run(seg, x, mask, self.cfg.engine.segment_timeout_s)
         self._graph_stats = self.graph.stats
-        bad = diverged(loss_t, self.graph.sightings)
-        if bad is not None:
-            raise bad
-        return sums, xhats
-
-    def run_segment(self, x, mask, t0, t1, *, learn, t_prime, keep_xhat=False, by_t=False):
-        ray = self.ray
-        if x.dtype.kind in "iu":
-            x = token_ids(x, mask)
-        mask = np.ascontiguousarray(mask)
-        if mask.shape[1] > self.max_batch:
-            raise ConfigError(f"a batch of {mask.shape[1]} sequences is more than the layer actors take "
-                              f"({self.max_batch}: the larger of data.batch and data.eval_batch)")
-        if self.compiled:
-            return self._run_graph(x, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
-        x_ref = ray.put(x)
-        refs = [a.run_segment.remote(x_ref if i == 0 else None, mask, t0, t1, learn, t_prime, keep_xhat, by_t)
-                for i, a in enumerate(self.actors)]
-        outs = self._gather(refs)
-        bad = diverged(outs[0]["diverged"], [o["nonfinite"] for o in outs])
-        if bad is not None:
-            raise bad
-        return outs[0]["sums"], outs[0]["xhats"]
+        return outs
 
     def _gather(self, refs):
         """All results, surfacing the first failure at once (a dead actor would otherwise leave
@@ -210,10 +223,10 @@ class RayEngine(Engine):
         try:
             self._call("load_shard", [ckpt_dir] * len(self.actors), manifest["shards"])
         except self.ray.exceptions.RayTaskError as exc:
-            cause = exc.as_instanceof_cause()
-            if isinstance(cause, CheckpointError):
-                raise CheckpointError(str(cause).splitlines()[-1]) from None
-            raise
+            line = _one_line(exc)
+            if line is None:
+                raise
+            raise line from None
 
     def nonfinite_layers(self) -> dict:
         found = self._call("nonfinite")

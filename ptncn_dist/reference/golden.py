@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import DataError
-from ..core.layer import layer_specs
+from ..core.spec import layer_specs
 from ..core.model import split_weights
 from ..core.optim import OptimConfig
 

@@ -6,7 +6,7 @@ with their textbook state. Nothing here is tuned: no stacked weights, no in-plac
 velocity, no row blocks, no row gathers. Every function returns new arrays and mutates nothing.
 
 Inputs are dense frames (T, B, x_dim), or token ids (T, B) of integer dtype standing for one-hot
-rows; a padded token (mask 0) is a zero row, as the project feeds it (`engines.base.token_ids`).
+rows; a padded token (mask 0) is a zero row, as the project feeds it (`core.schedule.token_ids`).
 
 Not covered (README "Variants beyond MODEL.md"; each is off by default, which is MODEL.md):
 `inference_steps` K > 1, `lateral_l1`, `standardize`, `row_norm_bound`, and the pipelined schedule.

@@ -7,9 +7,14 @@ weights of an uninterrupted run.
     ptncn chaos --fault stop --faults 2          SIGSTOP random layer actors (caught by heartbeats)
     ptncn chaos --kill node --nodes 3            stop worker nodes of a local 3-node cluster
     ptncn chaos --config FILE --set ... --steps N --faults K   at any scale
+    ptncn chaos --at 100,300                     faults at exactly steps 100 and 300
+
+Each fault fires from a trainer callback at the end of the training segment that reaches its
+step (Trainer's `callbacks`), so where it lands does not depend on timing.
 
 Prints: faults injected, recoveries, steps replayed, seconds to recover, and the largest
-difference between the final weights and the uninterrupted run's.
+difference between the final weights and the uninterrupted run's; exits 1 unless every fault
+fired, was recovered, and the weights are equal.
 """
 from __future__ import annotations
 
@@ -19,7 +24,6 @@ import os
 import random
 import signal
 import tempfile
-import threading
 import time
 
 import numpy as np
@@ -35,69 +39,93 @@ def kill_actor_process(node_id: str, pid: int, sig: int = signal.SIGKILL, only_i
     return ray.get(signal_process(node_id, pid, sig, only_if_stopped), timeout=120)
 
 
-class FaultInjector(threading.Thread):
-    """Injects `faults` faults into a running Trainer, one at a time: each waits until the run
-    has passed a random step beyond the last recovery, then kills a random layer's process (with
-    `stop`, SIGSTOPs it instead; with `kill_node`, stops the node a random layer runs on, never
-    the head)."""
+def fault_steps(steps: int, faults: int, every: int, seed: int) -> list[int]:
+    """`faults` distinct steps at which the drill fires, drawn by `seed` between 15% and 85% of
+    the run, each a multiple of `every` (train.log_every: a segment ends there, so a fault fires
+    exactly at it). Fewer when the run has fewer such steps."""
+    lo, hi = max(1, int(0.15 * steps / every)), max(1, int(0.85 * steps / every))
+    choices = [k * every for k in range(lo, hi + 1) if k * every < steps]
+    return sorted(random.Random(seed).sample(choices, min(faults, len(choices))))
 
-    def __init__(self, trainer, faults: int, seed: int, kill_node=None, head_ip: str | None = None,
+
+class FaultInjector:
+    """A Trainer callback (`Trainer(..., callbacks=[injector])`) that injects one fault at each
+    step of `at_steps`: at the end of the first training segment that reaches the step (once the
+    previous fault has been recovered) it kills a random layer's process by pid (with `stop`,
+    SIGSTOPs it instead: alive but hung; with `kill_node`, stops the node a random layer runs
+    on, never the head). It runs in the trainer's thread between two engine calls, so where a
+    fault lands does not depend on timing: `injected[i]["at_step"]` is the step it fired at
+    (`at_steps[i]` when that step ends a segment, i.e. is a multiple of train.log_every)."""
+
+    def __init__(self, at_steps, seed: int = 0, kill_node=None, head_ip: str | None = None,
                  stop: bool = False):
-        super().__init__(daemon=True)
-        self.trainer, self.faults, self.rng = trainer, faults, random.Random(seed)
+        self.at_steps, self.rng = sorted(at_steps), random.Random(seed)
         self.kill_node, self.head_ip, self.sig = kill_node, head_ip, signal.SIGSTOP if stop else signal.SIGKILL
         self.injected: list[dict] = []
-        self.stop = threading.Event()
 
-    def run(self) -> None:
-        steps = self.trainer.cfg.train.steps
-        marks = sorted(self.rng.uniform(0.15, 0.85) * steps for _ in range(self.faults))
-        for mark in marks:
-            while not self.stop.is_set() and (self.trainer.step < mark or self.trainer.recoveries < len(self.injected)):
-                time.sleep(0.005)
-            if self.stop.is_set() or self.trainer.step >= steps:
+    def __call__(self, trainer) -> None:
+        k = len(self.injected)
+        if k >= len(self.at_steps) or trainer.recoveries < k or trainer.step < self.at_steps[k]:
+            return
+        placement = trainer.engine.placement
+        if self.kill_node is not None:
+            targets = [p for p in placement if p["ip"] != self.head_ip]
+            if not targets:
                 return
-            placement = self.trainer.engine.placement
-            if self.kill_node is not None:
-                targets = [p for p in placement if p["ip"] != self.head_ip]
-                if not targets:
+            victim = self.rng.choice(targets)
+            self.kill_node(victim["ip"])
+        else:
+            victim = self.rng.choice(placement)
+            kill_actor_process(victim["node_id"], victim["pid"], self.sig)
+            if self.sig == signal.SIGKILL:
+                _wait_dead(victim)
+        what = "node" if self.kill_node else "actor process" + (" (stopped)" if self.sig == signal.SIGSTOP else "")
+        self.injected.append({"at_step": trainer.step, "layer": victim["layer"], "ip": victim["ip"],
+                              "pid": victim["pid"], "node_id": victim["node_id"], "what": what})
+
+
+def _wait_dead(victim: dict, timeout: float = 10.0) -> None:
+    """Until a SIGKILLed layer process on this machine is gone (or a zombie): the next engine
+    call then meets a dead actor, never one still finishing its last instructions."""
+    from ..engines.ray_session import binds_to_loopback
+    if not (victim["ip"].startswith("127.") or binds_to_loopback(victim["ip"])):
+        return  # another machine: Ray reports the death to the next call
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{victim['pid']}/stat") as fh:
+                if fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
                     return
-                victim = self.rng.choice(targets)
-                self.kill_node(victim["ip"])
-            else:
-                victim = self.rng.choice(placement)
-                kill_actor_process(victim["node_id"], victim["pid"], self.sig)
-            what = "node" if self.kill_node else "actor process" + (" (stopped)" if self.sig == signal.SIGSTOP else "")
-            self.injected.append({"at_step": self.trainer.step, "layer": victim["layer"], "ip": victim["ip"],
-                                  "pid": victim["pid"], "node_id": victim["node_id"], "what": what})
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return
+        time.sleep(0.01)
 
 
 def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir: str | None = None,
-          log=print, stop: bool = False) -> dict:
+          log=print, stop: bool = False, at_steps=None) -> dict:
     """One uninterrupted reference run (single-process engine) and one run on `cfg`'s Ray engine
-    with faults (`stop`: layer processes SIGSTOPped, not killed); returns the figures."""
-    from ..train import Trainer
+    with faults (`stop`: layer processes SIGSTOPped, not killed) fired at `at_steps` (default:
+    `faults` steps drawn by `seed`, see fault_steps) through a trainer callback; returns the
+    figures."""
+    from ..trainer import Trainer
     quiet = lambda *_: None
+    if at_steps is None:
+        at_steps = fault_steps(cfg.train.steps, faults, cfg.train.log_every, seed)
     ref = Trainer(_with_engine(cfg, "local"), None, log=quiet)
     ref.run()
     run_dir = run_dir or tempfile.mkdtemp(prefix="ptncn-chaos-")
-    trainer = Trainer(cfg, run_dir, log=log)
-    injector = FaultInjector(trainer, faults, seed, kill_node, head_ip, stop)
+    injector = FaultInjector(at_steps, seed, kill_node, head_ip, stop)
+    trainer = Trainer(cfg, run_dir, log=log, callbacks=[injector])
     t0 = time.monotonic()
-    injector.start()
     try:
         trainer.run()
     finally:
-        injector.stop.set()
-        injector.join(180)
         _end_stopped(injector.injected)
         elapsed = time.monotonic() - t0
-        # a fault that lands after the run's last step is recovered here, from the final checkpoint
+        # a fault whose failure the run did not meet (a hung layer's last segment) is recovered here
         a, b = ref.engine.weights(), trainer.recovery.guarded(trainer.engine.weights)
         trainer.close()
         ref.close()
-    if injector.is_alive():
-        raise RuntimeError("the fault injector is still inside a Ray call after the run ended")
     diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
     recs = trainer.recovery_log
     return {"faults_injected": len(injector.injected), "recoveries": len(recs),
@@ -105,7 +133,8 @@ def drill(cfg, faults: int, seed: int = 0, kill_node=None, head_ip=None, run_dir
             "seconds_to_recover": [r["seconds"] for r in recs],
             "seconds_to_notice": [r.get("detection_s", 0.0) for r in recs],
             "max_final_weight_difference": diff, "steps": trainer.step, "seconds": round(elapsed, 2),
-            "faults": injector.injected, "recovery_log": recs, "run_dir": run_dir}
+            "fault_steps": list(injector.at_steps), "faults": injector.injected, "recovery_log": recs,
+            "run_dir": run_dir}
 
 
 def _end_stopped(injected: list[dict]) -> None:
@@ -125,6 +154,16 @@ def _with_engine(cfg, name: str):
                                                                                 plots=False))
 
 
+def _steps_list(text: str) -> list[int]:
+    try:
+        steps = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of steps: {text!r}") from None
+    if any(v <= 0 for v in steps) or len(set(steps)) != len(steps):
+        raise argparse.ArgumentTypeError(f"steps must be distinct and positive: {text!r}")
+    return steps
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="ptncn chaos", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", help="a TOML config file (default: a small drill: model.hidden=[64,48,32], "
@@ -140,9 +179,15 @@ def main(argv=None) -> int:
                         "by the heartbeats after engine.hung_after_s)")
     p.add_argument("--nodes", type=int, default=3, help="with --kill node: nodes of the local cluster")
     p.add_argument("--seed", type=int, default=0, help="seed of the fault schedule (when and which layer)")
+    p.add_argument("--at", type=_steps_list, metavar="STEP[,STEP...]",
+                   help="steps at which the faults fire, one each (default: --faults steps drawn by --seed, "
+                        "multiples of train.log_every); a fault fires at the end of the first training "
+                        "segment that reaches its step")
     p.add_argument("--run-dir", help="run directory of the faulted run (default: a new temporary one)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     args = p.parse_args(argv)
+    if args.at and max(args.at) >= args.steps:
+        p.error(f"--at: every step must come before the run's end (--steps {args.steps})")
     defaults = ["model.hidden=[64,48,32]", "data.frame=32", "data.batch=8", "data.seq_len=10",
                 'model.dtype="float64"', "train.eval_batches=1", "train.eval_every=0", "train.log_every=20",
                 "train.checkpoint_every=20", "train.plots=false", "train.progress=false", "train.max_failures=-1",
@@ -162,7 +207,8 @@ def main(argv=None) -> int:
     try:
         cfg = load(args.config, overrides)
         res = drill(cfg, args.faults, args.seed, kill_node, head_ip, args.run_dir,
-                    log=(lambda *_: None) if args.json else print, stop=args.fault == "stop" and kill_node is None)
+                    log=(lambda *_: None) if args.json else print, stop=args.fault == "stop" and kill_node is None,
+                    at_steps=args.at)
     finally:
         if cluster is not None:
             cluster.stop()
@@ -174,4 +220,5 @@ def main(argv=None) -> int:
             print(f"{k:28s} {res[k]}")
         for f in res["faults"]:
             print(f"  fault at step {f['at_step']}: {f['what']} of layer {f['layer']} on {f['ip']} (pid {f['pid']})")
-    return 0 if res["recoveries"] == res["faults_injected"] and res["max_final_weight_difference"] < 1e-9 else 1
+    fired = res["faults_injected"] == len(res["fault_steps"]) == res["recoveries"]
+    return 0 if fired and res["max_final_weight_difference"] < 1e-9 else 1

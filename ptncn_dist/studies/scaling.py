@@ -271,7 +271,7 @@ def mode_losses(steps: int = 1500, seeds=(0, 1), log=print) -> list[dict]:
     """Test BCE per frame after training the same 3-layer model with the exact and the pipelined
     schedule (single-process engine; the ray engine gives the same numbers)."""
     from ..config import load
-    from ..train import train
+    from ..trainer import train
     rows = []
     for mode in ("exact", "pipelined"):
         for seed in seeds:

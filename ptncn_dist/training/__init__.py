@@ -1,1 +1,1 @@
-"""The trainer's parts beside its loop (`ptncn_dist/train.py`): checkpoints and the recovery loop."""
+"""The trainer's parts beside its loop (`ptncn_dist/trainer.py`): checkpoints and the recovery loop."""

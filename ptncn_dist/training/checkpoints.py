@@ -17,6 +17,20 @@ from ..core.finite import NonFiniteState
 from ..checkpoint.storage import display
 
 
+def expect_for(cfg, engine, dim: int, run_id: str | None) -> checkpoint.Expect:
+    """What a checkpoint of `cfg` holds: one shard per layer, in order, each at most a bound from
+    the config's shapes (weights, four optimizer slots each, carried state for inputs of `dim`),
+    written by run `run_id` (None: any)."""
+    if engine.whole_sequences:
+        from ..engines.baseline import SHARD
+        names = (SHARD,)
+    else:
+        names = tuple(shard_name(l) for l in range(1, len(cfg.model.hidden) + 1))
+    values = sum(int(np.size(v)) for st in engine.layer_states() for v in st["params"].values())
+    carry = cfg.data.batch * (dim + sum(cfg.model.hidden)) * 8
+    return checkpoint.Expect(names, 8 * 8 * (values + carry) + (1 << 20), run_id)
+
+
 class CheckpointsMixin:
     def save_checkpoint(self) -> str | None:
         """Write this step's checkpoint (each layer its own shard), then prune older ones; a
@@ -39,16 +53,8 @@ class CheckpointsMixin:
         return path
 
     def checkpoint_expect(self) -> checkpoint.Expect:
-        """What a checkpoint of this config holds: one shard per layer, in order, each at most a
-        bound from the config's shapes (weights, four optimizer slots each, carried state)."""
-        if self.engine.whole_sequences:
-            from ..engines.baseline import SHARD
-            names = (SHARD,)
-        else:
-            names = tuple(shard_name(l) for l in range(1, len(self.cfg.model.hidden) + 1))
-        values = sum(int(np.size(v)) for st in self.engine.layer_states() for v in st["params"].values())
-        carry = self.cfg.data.batch * (self.streams.train.dim + sum(self.cfg.model.hidden)) * 8
-        return checkpoint.Expect(names, 8 * 8 * (values + carry) + (1 << 20), self.run_id)
+        """What a checkpoint of this run holds (`expect_for`)."""
+        return expect_for(self.cfg, self.engine, self.streams.train.dim, self.run_id)
 
     def load_latest(self, warn):
         """The newest checkpoint that verifies, restored into the engine (see checkpoint.latest_valid)."""

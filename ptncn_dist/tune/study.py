@@ -21,12 +21,19 @@ from ..engines.placement import shutdown_ray
 from ..errors import ConfigError, PtncnError
 from .space import Dist, SearchSpace, read_space, trial_config
 
-TEXT_SOURCES = ("ptb_char", "ptb_word")
+TEXT_SOURCES = ("ptb_char", "ptb_word", "text")
 FAILED_LOSS = 1e9
 
 
 def metric_for(cfg) -> str:
-    return "test_bpc" if cfg.data.source in TEXT_SOURCES else "test_bce"
+    """The loss a study minimises: bits per token for text (and token arrays, whose output is
+    softmax), squared error for arrays of real values under an identity or tanh output, else BCE."""
+    output = cfg.model.output
+    if cfg.data.source in TEXT_SOURCES or (cfg.data.source == "arrays" and output == "softmax"):
+        return "test_bpc"
+    if cfg.data.source == "arrays" and output in ("identity", "tanh"):
+        return "test_se"
+    return "test_bce"
 
 
 def run_trial(params: dict) -> None:
@@ -37,7 +44,7 @@ def run_trial(params: dict) -> None:
     import ray
     from ray import tune
     from ..errors import DivergenceError
-    from ..train import train
+    from ..trainer import train
     overrides = {**_strip_private(params), **params.get("sampled", {})}
     cfg = trial_config(params.get("config"), overrides)
     metric, t0, seen = metric_for(cfg), time.perf_counter(), {"step": -1}

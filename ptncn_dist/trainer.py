@@ -20,7 +20,7 @@ from .checkpoint import rundir
 from .config import Config
 from .config_checks import check_memory
 from .data import open_streams
-from .engines.base import StepDiverged
+from .core.finite import StepDiverged
 from .engines.factory import build_engine
 from .diagnostics.evaluation import nonfinite_where, reference_losses, run_evaluation
 from .errors import CheckpointError, DivergenceError
@@ -46,16 +46,27 @@ class RunResult:
 
 
 class Trainer(CheckpointsMixin):
-    """Runs one training run; `run()` returns a RunResult. Owns the engine and the run dir."""
+    """Runs one training run; `run()` returns a RunResult. Owns the engine and the run dir.
+
+    Callbacks: each of `callbacks` is called as `callback(trainer)` at the end of every training
+    segment, once that segment's metrics record is written and its checkpoint saved (when one is
+    due), with `trainer.step` the step the run has reached. Segments end at every multiple of
+    train.log_every and of train.checkpoint_every, at a sequence's end and at train.steps, so a
+    callback sees each of those steps exactly, in the trainer's own thread, between two engine
+    calls: a test (or `ptncn chaos`) can fire a fault at an exact step, independent of timing.
+    After a recovery the run replays steps, so a callback can see a step again. An exception a
+    callback raises stops the run."""
 
     def __init__(self, cfg: Config, run_dir: str | None = None, *, resume: bool | None = None,
-                 engine=None, log=print, on_record=None):
+                 engine=None, log=print, on_record=None, callbacks=()):
         """`resume`: True continues the run in `run_dir` (its config hash must match, and a
         checkpoint must exist); None continues it when `run_dir` holds this run with a
         checkpoint and starts it otherwise; False needs a directory that holds no run yet.
-        Nothing but the directory's lock is written until every check has passed."""
+        Nothing but the directory's lock is written until every check has passed.
+        `on_record(rec)` sees every metrics record; `callbacks` see every segment's end (above)."""
         self.cfg, self.run_dir, self.log = cfg, run_dir, log
         self.on_record = on_record
+        self.callbacks = list(callbacks)
         self.streams = open_streams(cfg.data, cfg.train.seed)
         check_memory(cfg, self.streams.train.dim, self.streams.train.kind)  # before any weight exists
         self.kind = self.streams.train.kind
@@ -180,6 +191,8 @@ class Trainer(CheckpointsMixin):
         self.fitted, self.reference = reference_losses(self.streams, tc.eval_batches, self.cfg.model.t_prime)
         self.board.set_reference(self.reference)
         shown = references.headline(self.reference)
+        if references.report_metric(self.cfg, self.kind) == "se":  # BCE means nothing off [0, 1]
+            shown = {k: v for k, v in shown.items() if not k.endswith("_bce")}
         self.log("references: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None))
 
     def _record(self, rec: dict) -> None:
@@ -265,6 +278,8 @@ class Trainer(CheckpointsMixin):
                                         steps_s=f"{rate:.1f}")
                 if self.step >= before and self._checkpoint_due(before) and self._saved_step != self.step:
                     self.recovery.guarded(self.save_checkpoint)
+                for callback in self.callbacks:
+                    callback(self)
         finally:
             if bar is not None:
                 bar.close()
@@ -303,11 +318,11 @@ class Trainer(CheckpointsMixin):
         if result.steps < tc.steps and tc.max_minutes > 0:
             self.log(f"stopped by train.max_minutes={tc.max_minutes:g} after {result.train_s:.1f} s of "
                      f"training, at step {result.steps} of {tc.steps}")
-        key = "test_bce" if self.kind == "frames" else "test_bpc"
+        metric = references.report_metric(self.cfg, self.kind)
+        key = f"test_{metric}"
         if result.initial_test or result.final_test:
             self.log(f"{key}: untrained {result.initial_test.get(key, float('nan')):.4f} -> "
                      f"trained {result.final_test.get(key, float('nan')):.4f}; {result.steps_per_s:.1f} steps/s")
-        metric = "bce" if self.kind == "frames" else "ppl" if self.cfg.data.source == "ptb_word" else "bpc"
         line = references.comparison(result.final_test, self.reference, metric)
         if line:
             self.log(line)
@@ -326,11 +341,12 @@ def _progress(tc, start: int):
 
 
 def train(cfg: Config, run_dir: str | None = None, *, resume: bool | None = None, log=print,
-          on_record=None) -> RunResult:
+          on_record=None, callbacks=()) -> RunResult:
     """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this).
     `resume` as Trainer's (None: continue the run in `run_dir` if it holds this one).
-    `on_record(rec)` sees every metrics.jsonl record as it is written (a Tune trial reports them)."""
-    trainer = Trainer(cfg, run_dir, resume=resume, log=log, on_record=on_record)
+    `on_record(rec)` sees every metrics.jsonl record as it is written (a Tune trial reports them);
+    `callbacks` are called at the end of every training segment (see Trainer)."""
+    trainer = Trainer(cfg, run_dir, resume=resume, log=log, on_record=on_record, callbacks=callbacks)
     try:
         return trainer.run()
     finally:
