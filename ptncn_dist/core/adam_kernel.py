@@ -55,10 +55,20 @@ def kernel_name() -> str:
     return "numba" if _fused() is not None else "numpy"
 
 
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def _flat_ok(*arrays) -> bool:
+    """Whether the fused kernel takes these: NumPy arrays, row-major, of one float dtype and shape
+    (a plain loop: this runs for every block of every update, so its cost shows at tiny sizes)."""
     first = arrays[0]
-    return all(isinstance(a, np.ndarray) and a.flags.c_contiguous and a.dtype == first.dtype
-               and a.shape == first.shape for a in arrays) and first.dtype in (np.float32, np.float64)
+    if type(first) is not np.ndarray or first.dtype not in _FLOATS:
+        return False
+    dtype, shape = first.dtype, first.shape
+    for a in arrays:
+        if type(a) is not np.ndarray or a.dtype != dtype or a.shape != shape or not a.flags.c_contiguous:
+            return False
+    return True
 
 
 def adam_block(p, m, v, g, b1: float, b2: float, eps: float, step: float, xp) -> None:

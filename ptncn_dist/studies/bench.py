@@ -6,6 +6,8 @@
     ptncn bench engines    local (1 and all threads) vs ray exact / pipelined / compiled, for
                            several widths and layer counts; per-step overhead on tiny layers;
                            bytes per step
+    ptncn bench overhead   per-step overhead of 1, 2, 4, 8 tiny layers for every engine, with the
+                           per-layer cost fitted from them
     ptncn bench scaling    the scaling study: sweep, cost model, projection, BPTT comparison
 """
 from __future__ import annotations
@@ -205,6 +207,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "scaling":
         from .scaling import main as scaling_main
         return scaling_main(argv[1:])
+    if argv and argv[0] == "overhead":
+        from .overhead import main as overhead_main
+        return overhead_main(argv[1:])
     p = argparse.ArgumentParser(prog="ptncn bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     a = sub.add_parser("ptb", help="single-process engine at the authors' PTB settings vs the GEMM roof")
@@ -220,7 +225,10 @@ def main(argv=None) -> int:
     e.add_argument("--quick", action="store_true", help="two configurations only")
     e.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
     e.add_argument("--csv", help="also write the rows to this CSV file")
-    # handled before parsing (it has its own parser); listed here so that --help shows it
+    # handled before parsing (each has its own parser); listed here so that --help shows them
+    sub.add_parser("overhead", add_help=False,
+                   help="per-step overhead: 1, 2, 4, 8 tiny layers, every engine, the per-layer cost fitted "
+                        "(options: ptncn bench overhead --help)")
     sub.add_parser("scaling", add_help=False,
                    help="the layer-parallel scaling study: sweep, sequence length, cost model "
                         "(options: ptncn bench scaling --help)")

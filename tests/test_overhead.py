@@ -1,0 +1,34 @@
+"""`ptncn bench overhead`: the per-layer fit and a real run of the single-process engine."""
+import numpy as np
+import pytest
+
+from ptncn_dist.studies.bench import main as bench_main
+from ptncn_dist.studies.overhead import fit
+
+
+def test_fit_recovers_a_known_cost_law():
+    layers = [1, 2, 4, 8]
+    fixed, per, worst = fit(layers, [0.05 + 0.11 * n for n in layers])
+    assert fixed == pytest.approx(0.05, abs=1e-9) and per == pytest.approx(0.11, abs=1e-9) and worst < 1e-9
+    rng = np.random.default_rng(0)
+    noisy = [(0.05 + 0.11 * n) * (1 + rng.normal(0, 0.02)) for n in layers]
+    fixed, per, worst = fit(layers, noisy)
+    assert per == pytest.approx(0.11, rel=0.05) and 0 < worst < 0.1
+
+
+def test_overhead_of_the_single_process_engine_is_measured_and_fitted(capsys):
+    assert bench_main(["overhead", "--engines", "local_1thread", "--layers", "1,2,4", "--steps", "100"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    row = next(line for line in out if line.startswith("local_1thread ") and "ms/step" not in line).split()
+    ms, fixed, per = [float(v) for v in row[1:4]], float(row[4]), float(row[5])
+    assert all(v > 0 for v in ms) and ms[2] > ms[0]  # four layers cost more than one
+    assert per > 0 and abs(fixed + 4 * per - ms[2]) / ms[2] < 0.5
+
+
+@pytest.mark.parametrize("args", [["--engines", "nope"], ["--layers", "3"], ["--layers", "a,b"]])
+def test_bad_arguments_are_one_line(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["overhead", *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("ptncn bench overhead: error: ")
