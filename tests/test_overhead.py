@@ -32,3 +32,20 @@ def test_bad_arguments_are_one_line(args, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("ptncn bench overhead: error: ")
+
+
+def test_loop_beside_engine_runs_both_on_the_same_config(capsys):
+    assert bench_main(["loop", "--set", "model.hidden=[16,12]", "--set", "data.frame=32", "--set", "data.batch=4",
+                       "--set", "train.eval_batches=1", "--steps", "60", "--rounds", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    engine = [float(v) for v in next(x for x in out if x.startswith("engine alone")).split()[3:]]
+    loop = [float(v) for v in next(x for x in out if x.startswith("training loop")).split()[3:]]
+    assert len(engine) == len(loop) == 2 and min(engine + loop) > 0
+    ratio = float(next(x for x in out if x.startswith("loop / engine")).split()[3])
+    assert ratio == pytest.approx(max(loop) / max(engine), rel=1e-2)
+
+
+def test_loop_bad_arguments_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["loop", "--steps", "0"])
+    assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith("ptncn bench loop: error:")

@@ -8,6 +8,7 @@
                            bytes per step
     ptncn bench overhead   per-step overhead of 1, 2, 4, 8 tiny layers for every engine, with the
                            per-layer cost fitted from them
+    ptncn bench loop       `ptncn train`'s loop beside the engine alone, same config and batches
     ptncn bench scaling    the scaling study: sweep, cost model, projection, BPTT comparison
 """
 from __future__ import annotations
@@ -210,6 +211,9 @@ def main(argv=None) -> int:
     if argv and argv[0] == "overhead":
         from .overhead import main as overhead_main
         return overhead_main(argv[1:])
+    if argv and argv[0] == "loop":
+        from .loop import main as loop_main
+        return loop_main(argv[1:])
     p = argparse.ArgumentParser(prog="ptncn bench", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="what", required=True)
     a = sub.add_parser("ptb", help="single-process engine at the authors' PTB settings vs the GEMM roof")
@@ -229,6 +233,8 @@ def main(argv=None) -> int:
     sub.add_parser("overhead", add_help=False,
                    help="per-step overhead: 1, 2, 4, 8 tiny layers, every engine, the per-layer cost fitted "
                         "(options: ptncn bench overhead --help)")
+    sub.add_parser("loop", add_help=False,
+                   help="the training loop beside the engine alone on the same config (options: ptncn bench loop --help)")
     sub.add_parser("scaling", add_help=False,
                    help="the layer-parallel scaling study: sweep, sequence length, cost model "
                         "(options: ptncn bench scaling --help)")
