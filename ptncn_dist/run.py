@@ -152,13 +152,6 @@ def load_run(run_dir: str, *, allow_older: bool = False) -> Run:
     return Run(run_dir, cfg, int(loaded.manifest["step"]), loaded.path, streams, engine)
 
 
-def reference_summary(run: Run, n: int) -> dict:
-    """The no-learning reference forecasts on the run's held-out batches (as `ptncn eval` lists them)."""
-    from .diagnostics.evaluation import reference_losses
-    _, ref = reference_losses(run.streams, n, run.config.model.t_prime)
-    return ref
-
-
 def encode_text(run: Run, text: str) -> np.ndarray:
     """A text run's ids of `text` (one sequence): words split on whitespace for a word-level run,
     characters otherwise; a symbol outside the vocabulary is `<unk>` where the run has one."""

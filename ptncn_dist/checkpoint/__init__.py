@@ -8,11 +8,11 @@
 - `rundir.py`: the claim on a run directory (a lock), its run id and its config written once.
 """
 from .manifest import MANIFEST, Expect, FormatError, signing_key
-from .shards import (FORMAT, READABLE, CheckpointWarning, CheckpointWriteError, Loaded, checkpoint_dir,
+from .shards import (FORMAT, READABLE, CheckpointWarning, CheckpointWriteError, Loaded, checkpoint_dir, damaged_shard,
                      latest_valid, list_candidates, list_checkpoints, load, prune, read_manifest, read_shard,
                      root_for, save, write_manifest, write_shard)
 
 __all__ = ["MANIFEST", "Expect", "FormatError", "signing_key", "FORMAT", "READABLE", "CheckpointWarning",
-           "CheckpointWriteError", "Loaded", "checkpoint_dir", "latest_valid", "list_candidates",
+           "CheckpointWriteError", "Loaded", "checkpoint_dir", "damaged_shard", "latest_valid", "list_candidates",
            "list_checkpoints", "load", "prune", "read_manifest", "read_shard", "root_for", "save",
            "write_manifest", "write_shard"]

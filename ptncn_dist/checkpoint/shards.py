@@ -132,6 +132,12 @@ def read_shard(ckpt_dir: str, record: dict, max_bytes: int | None = None) -> dic
         raise CheckpointError(f"{path}: unreadable shard ({type(exc).__name__}: {exc})") from None
 
 
+def damaged_shard(ckpt_dir: str, name: str, exc: Exception) -> CheckpointError:
+    """The CheckpointError for a shard that verified but whose state its layer refused (wrong
+    shape, type or value): it names the shard file, so the checkpoint counts as damaged."""
+    return CheckpointError(f"{storage.display(storage.join(ckpt_dir, name))}: {exc}")
+
+
 def write_manifest(ckpt_dir: str, *, step: int, position: dict, config_hash: str,
                    shards: list[dict], extra: dict | None = None, run_id: str | None = None) -> str:
     body = {"step": int(step), "position": position, "config_hash": config_hash, "shards": shards,

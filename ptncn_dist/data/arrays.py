@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .batch import Batch
+from .batch import Batch, check_position
 from .npy import SPLITS, _shape, load_npy, load_npz  # noqa: F401 (load_npy, load_npz: re-exported for data/)
 
 SPLIT_SEED = 8_675_309
@@ -351,10 +351,7 @@ class ArrayStream:
 
     def batch(self, position: int) -> Batch:
         """The batch at `position`: a pure function of (data, seed, position)."""
-        if isinstance(position, bool) or int(position) != position or position < 0:
-            raise ValueError(f"{self.name}: position must be an integer >= 0, got {position!r}")
-        if not self.shuffle and position >= self.num_batches:
-            raise IndexError(f"{self.name}: position {position} >= num_batches {self.num_batches}")
+        position = check_position(self.name, position, self.num_batches)
         rows = self.chosen(position)
         x, mask = self.source.read(rows)
         steps = max(1, self.source.length(rows))

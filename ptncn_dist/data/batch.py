@@ -18,3 +18,13 @@ class Batch:
     x: np.ndarray
     mask: np.ndarray
     position: int
+
+
+def check_position(name: str, position, num_batches: int | None) -> int:
+    """`position` as a stream position: an integer >= 0, below `num_batches` for a finite
+    (evaluation) stream; ValueError / IndexError naming the stream otherwise."""
+    if isinstance(position, bool) or int(position) != position or position < 0:
+        raise ValueError(f"{name}: position must be an integer >= 0, got {position!r}")
+    if num_batches is not None and position >= num_batches:
+        raise IndexError(f"{name}: position {position} >= num_batches {num_batches}")
+    return int(position)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from .batch import Batch
+from .batch import Batch, check_position
 
 
 @dataclass
@@ -97,8 +97,7 @@ class BouncingStream:
 
     def batch(self, position: int) -> Batch:
         """The batch at `position`: a pure function of (seed, position)."""
-        if isinstance(position, bool) or int(position) != position or position < 0:
-            raise ValueError(f"{self.name}: position must be an integer >= 0, got {position!r}")
+        position = check_position(self.name, position, None)
         spec, b = self.spec, self.batch_size
         ids, rows, cols = self.trajectories(position)
         t, s, f = spec.seq_len, spec.sprites, spec.frame

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .batch import Batch
+from .batch import Batch, check_position
 
 EOS = "<eos>"
 UNK = "<unk>"
@@ -300,10 +300,7 @@ class SentenceStream:
 
     def batch(self, position: int) -> Batch:
         """The batch at `position`: a pure function of (corpus, seed, position)."""
-        if isinstance(position, bool) or int(position) != position or position < 0:
-            raise ValueError(f"{self.name}: position must be an integer >= 0, got {position!r}")
-        if not self.shuffle and position >= self.num_batches:
-            raise IndexError(f"{self.name}: position {position} >= num_batches {self.num_batches}")
+        position = check_position(self.name, position, self.num_batches)
         epoch, index = divmod(int(position), self.batches_per_epoch)
         chosen = self.order(epoch)[index * self.batch_size:(index + 1) * self.batch_size]
         longest = int(self.lengths[chosen].max())

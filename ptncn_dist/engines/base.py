@@ -8,9 +8,7 @@ import numpy as np
 
 from .. import checkpoint
 from ..checkpoint.manifest import MANIFEST
-from ..errors import CheckpointError
 from ..core.finite import check_state, nonfinite_names
-from ..checkpoint.storage import display, join
 from ..core.weights import StateError
 
 
@@ -69,7 +67,7 @@ class Engine(ABC):
             self.load_layer_states(states)
         except StateError as exc:
             name = records[exc.layer - 1]["name"] if 0 < exc.layer <= len(records) else MANIFEST
-            raise CheckpointError(f"{display(join(ckpt_dir, name))}: {exc}") from None
+            raise checkpoint.damaged_shard(ckpt_dir, name, exc) from None
 
     def nonfinite_layers(self) -> dict:
         """{layer: [names of arrays holding NaN or Inf]} for every layer that has any."""

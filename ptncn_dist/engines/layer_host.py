@@ -7,8 +7,6 @@ import os
 import time
 
 from .. import checkpoint
-from ..checkpoint import storage
-from ..errors import CheckpointError
 from ..core.backend import get_dtype, get_xp, limit_blas_threads
 from ..core.finite import check_state, nonfinite_names
 from ..core.layer import LayerCore
@@ -146,7 +144,7 @@ class LayerHost:
         try:
             self.core.load_state(state)
         except StateError as exc:
-            raise CheckpointError(f"{storage.display(storage.join(ckpt_dir, record['name']))}: {exc}") from None
+            raise checkpoint.damaged_shard(ckpt_dir, record["name"], exc) from None
         self.reset_clock()
 
     def reset_clock(self) -> None:

@@ -98,36 +98,38 @@ def ray_start_args(ip: str, num_cpus: float, head: bool, key: str = "node IP") -
 
 
 @contextlib.contextmanager
-def _init_env(ip: str | None, head: bool = True):
-    """os.environ (read by ray.init and inherited by every process it starts) with ray_env(ip)
-    for the duration of ray.init; token mode stays on afterwards (as Ray's own default leaves it)."""
-    env = ray_env(ip, head)
+def _environ(env: dict, keep: tuple = ()):
+    """os.environ (read by ray.init and inherited by every process it starts) with `env` for the
+    block, restored afterwards except for the keys in `keep`."""
     old = {k: os.environ.get(k) for k in env}
-    auth_changed = os.environ.get("RAY_AUTH_MODE") != "token"
     os.environ.update(env)
-    patched = None
-    if SINGLE_MACHINE_ENV in env:
-        # read once when Ray was imported: set it for this call too
-        from ray._private import ray_constants
-        patched = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-        ray_constants.ENABLE_RAY_CLUSTER = False
-    if auth_changed:
-        with contextlib.suppress(ImportError, AttributeError):
-            from ray._raylet import Config
-            Config.initialize("")  # this process's cached Ray config sees the token mode, as Ray does
     try:
         yield
     finally:
-        if patched is not None:
-            from ray._private import ray_constants
-            ray_constants.ENABLE_RAY_CLUSTER = patched
         for k, v in old.items():
-            if k == "RAY_AUTH_MODE":
+            if k in keep:
                 continue
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _loopback_kept(ip: str | None):
+    """For the block, Ray keeps 127.0.0.1 as this node's address (SINGLE_MACHINE_ENV, and the
+    constant Ray read from it when it was imported); nothing for any other address."""
+    if not ip or not binds_to_loopback(ip):
+        yield
+        return
+    from ray._private import ray_constants
+    old = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        with _environ({SINGLE_MACHINE_ENV: "0"}):
+            yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old
 
 
 def private_init_kwargs(node_ip: str, num_cpus: int, **extra) -> dict:
@@ -146,7 +148,13 @@ def start_private(node_ip: str, num_cpus: int, key: str = "engine.node_ip", **ex
     if not binds_to_loopback(node_ip):
         log.warning("Ray binds its servers to all interfaces for a node on %s (only a node on %s is kept to "
                     "loopback); see docs/security.md", node_ip, LOOPBACK)
-    with _init_env(node_ip):
+    auth_changed = os.environ.get("RAY_AUTH_MODE") != "token"
+    # token mode stays on afterwards, as Ray's own default leaves it
+    with _environ(AUTH_ENV, keep=tuple(AUTH_ENV)), _loopback_kept(node_ip):
+        if auth_changed:
+            with contextlib.suppress(ImportError, AttributeError):
+                from ray._raylet import Config
+                Config.initialize("")  # this process's cached Ray config sees the token mode, as Ray does
         ray.init(**private_init_kwargs(node_ip, num_cpus, **extra))
     _check_started_on(node_ip)
 
@@ -159,32 +167,10 @@ def join(address: str, node_ip: str | None = None, key: str = "engine.node_ip", 
     kwargs = {"address": address, "log_to_driver": False, "configure_logging": False, **extra}
     if node_ip:
         kwargs["_node_ip_address"] = check_node_ip(node_ip, key)
-        ctx = _join_env(kwargs["_node_ip_address"])
-    else:
-        ctx = contextlib.nullcontext()
-    with ctx:
+    with _loopback_kept(kwargs.get("_node_ip_address")):  # the driver takes the cluster's auth mode
         ray.init(**kwargs)
     if node_ip:
         _check_started_on(kwargs["_node_ip_address"])
-
-
-@contextlib.contextmanager
-def _join_env(ip: str):
-    """Only the 127.0.0.1-kept-as-is part of _init_env: a driver takes the cluster's auth mode."""
-    if not binds_to_loopback(ip):
-        yield
-        return
-    from ray._private import ray_constants
-    old_env, old = os.environ.get(SINGLE_MACHINE_ENV), getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
-    os.environ[SINGLE_MACHINE_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = old
-        if old_env is None:
-            os.environ.pop(SINGLE_MACHINE_ENV, None)
-        else:
-            os.environ[SINGLE_MACHINE_ENV] = old_env
 
 
 def _check_started_on(node_ip: str) -> None:

@@ -114,7 +114,6 @@ class Mailbox:
             self.drop("undecodable", str(exc))
             return False
         key = (msg.step, msg.iteration, msg.kind, msg.layer)
-        detail = f"from layer {msg.layer}: {msg.kind} step {msg.step} iteration {msg.iteration} {msg.array.shape}"
         reason = self.check(msg, link)
         if reason == "out of sync":
             self._fail(f"layer {self.l}: layer {msg.layer} sent a message of step {msg.step} while this layer "
@@ -122,7 +121,8 @@ class Mailbox:
         elif reason is None and (key in self.conflicts or key in self.arrived):
             reason = self._duplicate(key, msg.array)
         if reason is not None:
-            self.drop(reason, detail)
+            self.drop(reason, f"from layer {msg.layer}: {msg.kind} step {msg.step} iteration {msg.iteration} "
+                              f"{msg.array.shape}")
             return False
         self.received.setdefault(msg.kind, set()).add((msg.layer, *msg.array.shape))
         waiter = self.waiters.pop(key, None)
