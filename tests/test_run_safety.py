@@ -258,8 +258,14 @@ def test_unreadable_checkpoints_are_one_line_not_a_fallback_or_traceback(capsys)
     base = tempfile.mkdtemp(prefix="ptncn-perm-")
     try:
         os.chmod(base, 0o777)
+        # The data lives in `base` too: the offline default sits in the installer's site-packages,
+        # which another user may not be able to read (a root-only ~/.pyenv, as on CI).
+        data = os.path.join(base, "data")
+        os.makedirs(data)
+        np.save(os.path.join(data, "train.npy"), np.random.default_rng(0).random((64, 10, 12), dtype=np.float32))
         r = os.path.join(base, "run")
-        assert train(r) == 0
+        assert train(r, "--set", 'data.source="arrays"', "--set", f'data.path="{data}"',
+                     "--set", 'model.output="sigmoid"') == 0
         for dirpath, dirs, files in os.walk(base):
             for name in dirs:
                 os.chmod(os.path.join(dirpath, name), 0o755)
@@ -267,7 +273,8 @@ def test_unreadable_checkpoints_are_one_line_not_a_fallback_or_traceback(capsys)
                 os.chmod(os.path.join(dirpath, name), 0o644)
         ckpts = os.path.join(r, "checkpoints")
         assert main(["eval", r, "--batches", "1"]) == 0 and main(["export", r, "--npz", os.path.join(base, "w.npz")]) == 0
-        assert _as_nobody(["eval", r, "--batches", "1"])[0] == 0  # readable to nobody as made
+        rc, out = _as_nobody(["eval", r, "--batches", "1"])
+        assert rc == 0, out  # readable to nobody as made
         newest = checkpoint.list_checkpoints(ckpts)[-1]
         os.chmod(newest, 0o700)
         rc, out = _as_nobody(["eval", r, "--batches", "1"])
