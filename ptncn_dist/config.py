@@ -94,6 +94,11 @@ class TrainConfig:
     max_minutes: float = 0.0
     """Time budget: the run ends once its training segments (evaluations and checkpoint writes
     left out) have taken this many minutes, even before `steps`; counted across `--resume`. 0 is off."""
+    clock: str = "wall"
+    """What `max_minutes`, `eval_every_minutes` and the recorded `train_s` count: "wall" (elapsed
+    seconds) or "process" (this process's CPU seconds, every thread: on a shared machine a run
+    is then given the same computation whatever else runs beside it; with `engine.name = "ray"`
+    the layers' own processes are not counted)."""
     eval_every_minutes: float = 0.0
     """Evaluate every this many minutes of training time, instead of or besides `eval_every`; 0 is off."""
     checkpoint_dir: str = ""
@@ -118,6 +123,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key} must be >= 1, not {getattr(self, key)!r}")
         if self.eval_every < 0 or self.checkpoint_every < 0:
             raise ConfigError("train.eval_every and train.checkpoint_every must be >= 0 (0 = off)")
+        if self.clock not in ("wall", "process"):
+            raise ConfigError(f"train.clock must be \"wall\" or \"process\", not {self.clock!r}")
         check_numbers("train", self)
         from .checkpoint.storage import check_location
         check_location(self.checkpoint_dir)

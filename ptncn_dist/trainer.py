@@ -123,6 +123,11 @@ class Trainer(CheckpointsMixin):
             self.claim.release()
 
     @property
+    def checkpoint_step(self) -> int | None:
+        """The step of the checkpoint this run wrote last (None before its first)."""
+        return self._saved_step
+
+    @property
     def recoveries(self) -> int:
         return self.recovery.count
 
@@ -228,6 +233,7 @@ class Trainer(CheckpointsMixin):
         initial = self.recovery.guarded(self._eval) if self.t == 0 else {}
         if initial and self.step == 0:
             self._record({"step": 0, **initial, **({"reference": self.reference} if self.reference else {})})
+        clock = time.process_time if tc.clock == "process" else time.perf_counter  # what train_s counts
         history, window, t_window = [], {}, time.perf_counter()
         t_start, steps_at_start = time.perf_counter(), self.step
         last_logged = self.step
@@ -238,9 +244,9 @@ class Trainer(CheckpointsMixin):
         evaluated = False
         try:
             while not self._done():
-                before, t_seg = self.step, time.perf_counter()
+                before, t_seg = self.step, clock()
                 metrics.add_sums(window, self.recovery.guarded(self._train_segment))
-                self.train_s += time.perf_counter() - t_seg
+                self.train_s += clock() - t_seg
                 done = self._done()
                 if self.step < before:
                     window = {}

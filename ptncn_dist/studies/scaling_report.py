@@ -78,6 +78,24 @@ def table(rows, keys) -> str:
     return "\n".join(lines)
 
 
+def cost_model_text(model: dict, checks: list) -> str:
+    """The cost model's terms, its error per row (in the fit and with the row's model size held
+    out of the fit) and the mean absolute errors."""
+    from .cost_model import TERM_TEXT
+    terms = "\n".join(f"- `{k}`: " + (f"{v:.3f} " if k == "compute" else f"{1e3 * v:.3f} ms ") + TERM_TEXT[k]
+                      for k, v in model["terms"].items())
+    fit = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
+    held = [abs(c["held_out_error_pct"]) for c in checks if c.get("held_out_error_pct") is not None]
+    worst = max((abs(c["error_pct"]) for c in checks), default=float("nan"))
+    return ("## Cost model\n\n"
+            "A step of the ray engine with TCP links is modelled as a sum of terms, each fitted (>= 0) to "
+            "the ray rows above by least squares in relative error (`ptncn_dist/studies/cost_model.py`):\n\n"
+            f"{terms}\n\n"
+            f"Mean absolute error over the {len(checks)} measured ray configurations: {fit:.1f}% (worst {worst:.1f}%); "
+            f"with each model size left out of the fit and predicted: {np.mean(held) if held else float('nan'):.1f}%.\n\n"
+            + table(checks, list(checks[0])) + "\n")
+
+
 def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=()) -> str:
     import ray
     meta = {"command": "ptncn bench scaling " + " ".join(argv), "python": platform.python_version(),
@@ -93,25 +111,15 @@ def report(out, argv, sweep_rows, seq_rows, model, checks, proj_rows, mode_rows=
             "achieved_gflops", "share_of_gemm_roof", "max_layer_compute_ms", "max_layer_comm_ms",
             "max_layer_wait_ms", "bytes_per_step"]) + "\n\n![sweep](sweep.png)\n")
     if model:
-        mean_err = np.mean([abs(c["error_pct"]) for c in checks]) if checks else float("nan")
-        gbps = model["beta_bytes_per_s"] / 1e9
-        bytes_term = (f"{gbps:.2f} GB/s for the bytes a layer sends" if gbps < 1e4 else
-                      "no separate cost for the bytes a layer sends (on loopback their time does not "
-                      "show beside the per-round cost; the projection uses the network's line rate)")
-        parts.append("## Cost model\n\n"
-                     f"Calibrated on the ray rows with TCP links above (pack placement): per-worker rate "
-                     f"{model['gflops_per_worker']:.1f} GFLOP/s plus {1e3 * model['compute_overhead_s']:.2f} ms per layer "
-                     f"and step; with more layers than the {model['cores']} cores, the layers share them; "
-                     f"{1e3 * model['alpha_s_per_round']:.2f} ms per exchange round; {bytes_term}.\n"
-                     f"Mean absolute error over every measured ray configuration: {mean_err:.1f}%.\n\n"
-                     + table(checks, list(checks[0])) + "\n")
+        parts.append(cost_model_text(model, checks))
     if proj_rows:
         parts.append("## Projection to GPU nodes\n\nAssumptions, each a number a user can change in "
                      "`ptncn_dist/studies/cost_model.py:PROJECTION`:\n"
                      f"- width {PROJECTION['width']}, batch {PROJECTION['batch']}, every layer on its own GPU;\n"
                      f"- a GPU sustains {PROJECTION['gpu_tflops']:.0f} TFLOP/s on these fp32 products;\n"
-                     "- a step has 2 exchange rounds (exact schedule). Each round costs the software overhead "
-                     "per round fitted above, plus the network latency (50 us at 10 Gbit/s, 10 us at 100 Gbit/s);\n"
+                     "- a step pays the per-layer and per-link software overheads fitted above (the exact "
+                     "schedule's included; no crowding, every layer has its own node), plus 2 rounds of network "
+                     "latency (50 us at 10 Gbit/s, 10 us at 100 Gbit/s);\n"
                      "- a layer's 5 messages of B x d float32 go at the full line rate;\n"
                      "- the one-GPU line runs all L layers' products back to back at the same rate.\n\n"
                      + table(proj_rows, list(proj_rows[0])) + "\n\n![projection](projection.png)\n")

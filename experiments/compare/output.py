@@ -1,0 +1,86 @@
+"""compare.py's outputs from the trial cache: results.csv, results.md (tables, time to quality,
+tuning, failed trials), the plots and meta.json. Pure functions of [(job, result)]; rebuilding
+the report reruns nothing."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from . import report as rep
+from .curves import plot_by_position, time_to_quality
+from .runner import diverged as is_diverged
+from .runner import finished
+from .scales import Scale
+from .tables import REPORTERS
+from .text import failed_text, page, setup_text
+from .tuning import tuning_rows
+
+
+def tuning_text(done: list, source: tuple | None = None) -> str:
+    """The chosen setting per (method, dataset), then every tuning trial's validation loss; with
+    `source` ((directory, its tuning trials) of --settings-from), the choices made there."""
+    rows = tuning_rows(source[1] if source else done)
+    if not rows:
+        return "No tuning trials (every method ran at its default setting)."
+    chosen = [r for r in rows if r["chosen"]]
+    seen, body = set(), []
+    for r in chosen:
+        if (r["method"], r["dataset"]) not in seen:
+            seen.add((r["method"], r["dataset"]))
+            body.append([r["label"], r["dataset"], settings_text(r["settings"]), rep.fmt(r["valid_loss"])])
+    top = rep.markdown_table(["Method", "Tuned on", "Chosen setting", "Validation loss"], body)
+    every = rep.markdown_table(["Trial", "Setting", "Validation loss", "Status"],
+                               [[r["id"], settings_text(r["settings"]),
+                                 rep.fmt(r["valid_loss"]) if math.isfinite(r["valid_loss"]) else "–", r["status"]]
+                                for r in rows])
+    if source:
+        top = f"No tuning trials here: the settings were chosen by the tuning trials in `{source[0]}`.\n\n{top}"
+    return "\n".join([top, "", "<details><summary>Every tuning trial</summary>", "", every, "", "</details>"])
+
+
+def settings_text(settings) -> str:
+    return ", ".join(s.replace('"', "") for s in settings) or "default"
+
+
+def datasets_of(done: list) -> list:
+    out = []
+    for job, _ in done:
+        d = job["phases"][0]["data"]
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: Path, meta: dict,
+                  rerun: str = "", source: tuple | None = None) -> list:
+    """results.csv, results.md, the plots and meta.json for one experiment; its CSV rows.
+    `source`: (directory, its tuning trials) when the settings came from another run."""
+    out.mkdir(parents=True, exist_ok=True)
+    tests = [(j, r) for j, r in done if j.get("stage", "test") == "test"]
+    rows = [r for job, res in tests for r in rep.result_rows(experiment, job, res)]
+    rep.write_csv(out / "results.csv", rows)
+    body = REPORTERS[experiment](rows, scale, out)
+    datasets = datasets_of(tests)
+    plot_by_position(tests, datasets, out / "loss_by_position.png")
+    failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
+    diverged = [(job["id"], res.get("status")) for job, res in done if is_diverged(res)]
+    md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
+              setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
+                               meta["machine"].get("cpu_count"), source[0] if source else ""),
+              time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
+              failed=failed_text(failed, rerun, diverged))
+    (out / "results.md").write_text(md, encoding="utf-8")
+    meta["data"] = sorted({f"{k}: {v}" for _, res in done for k, v in (res.get("data") or {}).items()})
+    meta["trials"] = [{"id": job["id"], "key": job["key"], "stage": job.get("stage"), "status": res.get("status"),
+                       "wall_s": round(res.get("wall_s") or 0, 3), "peak_rss_mib": round(res.get("peak_rss_mib") or 0, 1),
+                       "start": res.get("start"), "end": res.get("end"), "host": res.get("host"),
+                       "node_ip": res.get("node_ip"),
+                       "settings": job.get("settings", []), "overrides": job["overrides"]}
+                      for job, res in done]
+    meta["failed"] = [jid for jid, _ in failed]
+    meta["diverged"] = [jid for jid, _ in diverged]
+    spans = [(res["start"], res["end"]) for _, res in done if res.get("start") and res.get("end")]
+    meta["trials_span_s"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None
+    (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
+    return rows

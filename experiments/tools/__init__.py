@@ -1,0 +1,1 @@
+"""Small readers of finished runs and studies (`python -m experiments.tools.<name>`)."""
