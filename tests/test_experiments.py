@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -223,10 +224,12 @@ def _kill_tree(root) -> None:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path):
-    """A runner SIGKILLed (with its Ray) once a trial has saved a Tune checkpoint, run again,
-    restores the Tune experiment and continues the trial from that checkpoint: the same steps
-    and the same test loss as the same command never interrupted."""
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how):
+    """A runner stopped once a trial has saved a Tune checkpoint, SIGKILLed with its Ray or
+    interrupted as by Ctrl-C (it then ends with one line and status 130, saving nothing of the
+    unfinished trial), run again, restores the Tune experiment and continues the trial from that
+    checkpoint: the same steps and the same test loss as the same command never interrupted."""
     import ray  # noqa: F401
     import psutil
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
@@ -234,8 +237,8 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path):
                            timeout=600)
     assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(_command(cut), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(_command(cut), cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, start_new_session=True, text=True)
     root = psutil.Process(proc.pid)
     try:
         deadline = time.monotonic() + 300
@@ -245,6 +248,11 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path):
             assert proc.poll() is None, "the runner ended before its trial saved a checkpoint"
             assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
             time.sleep(0.05)
+        if how == "SIGINT":
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=120)
+            assert proc.returncode == 130 and "interrupted: test: 1 trial(s) stopped before their end" in out, out[-2000:]
+            assert not (cut / "results" / "results.md").exists()
         _kill_tree(root)
     finally:
         _kill_tree(root)

@@ -20,6 +20,7 @@ default).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -172,6 +173,17 @@ def submit_line(argv: list, args, out: Path) -> str:
     return f"ray job submit --address http://HEAD_IP:8265 --working-dir . -- {cmd}"
 
 
+@contextlib.contextmanager
+def _stops_cleanly(log):
+    """An interrupted stage ends the command with one line and no report: nothing unfinished
+    is written, and the same command continues."""
+    try:
+        yield
+    except runner.Interrupted as exc:
+        log(f"interrupted: {exc}")
+        raise SystemExit(130) from None
+
+
 def main(argv=None, log=print) -> Outcome:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -210,7 +222,7 @@ def main(argv=None, log=print) -> Outcome:
     t0 = time.perf_counter()
     storage = str(Path(args.storage) / args.experiment / plan.scale.name)
     opts = runner.RayOptions(args.address, args.num_cpus, args.node_ip, plan.threads, args.parallel, storage)
-    with runner.TrialRunner(opts, log) as tr:
+    with runner.TrialRunner(opts, log) as tr, _stops_cleanly(log):
         if not args.report_only:
             outcome.summaries["tune"] = tr.run(tuning, tune_trials, only, "tuning")
         if not source:

@@ -53,7 +53,13 @@ class RunSummary:
     ran: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     diverged: list = field(default_factory=list)
+    unfinished: list = field(default_factory=list)
     restored: bool = False
+
+
+class Interrupted(Exception):
+    """A stage's Tune experiment stopped with trials unfinished (Ctrl-C, a stop signal): nothing
+    of them is saved, and the same command continues them."""
 
 
 DIVERGED = ("DivergenceError:", "StepDiverged:")  # in training; in an evaluation
@@ -112,7 +118,7 @@ def to_run(jobs: list, trials: Path, only: set | None) -> list:
 
 def experiment_name(stage: str, jobs: list) -> str:
     """The Tune experiment of a stage's trials: the same trials give the same name (so a rerun
-    after an interruption restores it), other trials a new one."""
+    after an interruption restores it, whichever of them had finished), other trials a new one."""
     digest = hashlib.sha256(",".join(sorted(j["key"] for j in jobs)).encode()).hexdigest()[:10]
     return f"{stage or 'trials'}-{digest}"
 
@@ -182,7 +188,7 @@ class TrialRunner:
         from ray import tune
         from . import trial
         storage = Path(self.opts.storage).resolve()
-        name = experiment_name(stage, todo)
+        name = experiment_name(stage, todo if only is not None else jobs)
         path = storage / name
         trainable = tune.with_resources(trial.trainable, lambda cfg: {
             "cpu": max(1, int(cfg["job"].get("threads", 1))), "gpu": float(cfg["job"].get("gpus") or 0.0)})
@@ -210,6 +216,9 @@ class TrialRunner:
             if job is None:
                 continue
             out = trial.result_of(res)
+            if out is None:  # stopped before its end: the next command continues it
+                summary.unfinished.append(job["id"])
+                continue
             save_trial(trials, job, out)
             summary.ran.append(job["id"])
             if not finished(out):
@@ -219,6 +228,10 @@ class TrialRunner:
             self.log(f"{label}{job['id']}: {out.get('status')} ({out.get('wall_s') or 0:.1f} s, "
                      f"{out.get('train_s_total') or 0:.1f} s training, {out.get('peak_rss_mib') or 0:.0f} MiB)")
         self.log(f"{label}{len(summary.ran)} trial(s) in {time.perf_counter() - t0:.0f} s")
+        if summary.unfinished:
+            raise Interrupted(f"{label}{len(summary.unfinished)} trial(s) stopped before their end "
+                              f"({', '.join(summary.unfinished[:4])}{', ...' if len(summary.unfinished) > 4 else ''}); "
+                              f"run the same command again to continue them from their last checkpoints")
         return summary
 
 

@@ -284,11 +284,14 @@ def trainable(config: dict) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def result_of(res) -> dict:
-    """A trial's result from Tune's record of it (a trial that ended without one: its error)."""
+def result_of(res) -> dict | None:
+    """A trial's result from Tune's record of it: its own, its error when it failed (a worker
+    that died), or None when it was stopped before its end (the experiment interrupted)."""
     metrics = res.metrics or {}
     if metrics.get("result") and not res.error:
         return json.loads(metrics["result"])
     err = res.error
-    first = str(err).strip().splitlines()[0] if err else "ended without a result"
-    return {"status": f"{type(err).__name__ if err else 'TrialError'}: {first}"[:300]}
+    if err is None:
+        return None
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return {"status": f"{type(err).__name__}: {first}"[:300]}
