@@ -54,8 +54,8 @@ def no_ray_left():
     if ray.is_initialized() and not before:
         from ptncn_dist.engines.placement import shutdown_ray
         shutdown_ray()
-        pytest.fail("compare.py left its Ray session running")
-    assert ray.is_initialized() == before, "compare.py stopped the caller's Ray session"
+        pytest.fail("the runner left its Ray session running")
+    assert ray.is_initialized() == before, "the runner stopped the caller's Ray session"
 
 
 def smoke(out, *extra, log=None):

@@ -1,4 +1,4 @@
-"""Learning curves of compare.py's trials: time to quality (training seconds until the held-out
+"""Learning curves of the comparison's trials: time to quality (training seconds until the held-out
 loss first reaches fixed levels) and the loss-by-position plot of each method.
 
 The levels of a dataset: the reference forecasts' losses (mean frame and blur blend for video;

@@ -1,4 +1,4 @@
-"""compare.py's learners: which methods run, with their optimizer settings, and how wide each
+"""The comparison's learners: which methods run, with their optimizer settings, and how wide each
 is: P-TNCN at the scale's widths, the Elman-type baselines, the ESN and the LSTM at the hidden
 size whose trained-parameter count is closest to P-TNCN's."""
 from __future__ import annotations

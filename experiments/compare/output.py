@@ -1,4 +1,4 @@
-"""compare.py's outputs from the trial cache: results.csv, results.md (tables, time to quality,
+"""The comparison's outputs from the trial cache: results.csv, results.md (tables, time to quality,
 tuning, failed trials), the plots and meta.json. Pure functions of [(job, result)]; rebuilding
 the report reruns nothing."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Tables, CSV, plots and provenance for compare.py: pure functions of the trial results.
+"""Tables, CSV, plots and provenance for the comparison: pure functions of the trial results.
 
 Per-seed records are dicts of named numbers; `aggregate` turns them into mean and sample
 standard deviation over seeds, and `markdown_table` prints them as "mean ± std".

@@ -1,4 +1,4 @@
-"""compare.py's per-experiment tables: the Markdown tables, rankings and plots each
+"""The comparison's per-experiment tables: the Markdown tables, rankings and plots each
 experiment's results.md shows."""
 from __future__ import annotations
 

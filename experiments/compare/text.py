@@ -1,4 +1,4 @@
-"""compare.py's words around the numbers: the Markdown templates in experiments/templates/
+"""The comparison's words around the numbers: the Markdown templates in experiments/compare/templates/
 (string.Template, `$name` placeholders), filled with numbers only. `<experiment>.md` holds each
 experiment's title (its first line) and how to read its results; setup.md, data_*.md, page.md
 and failed.md are shared."""
