@@ -472,3 +472,26 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
                                                                         "epoch_words")):
             jobs = found(argv, done.parent.parent / where / "trials")
             assert jobs and all(ok for _, ok in jobs)
+
+
+def test_claims_say_whether_ptncn_beats_the_papers_rivals():
+    """The claims section: 'holds' only when P-TNCN's mean is below each of RTRL, UORO and the
+    ESN, 'clearly' only when the seeds' spreads do not overlap, one seed said as such, the rank
+    among learners, the other scale's rank, and the strongest reference beaten or not."""
+    from experiments.compare.claims import claims_lines
+    from experiments.compare.methods import METHOD_KEYS
+    from experiments.compare.tables import separated
+
+    def st(label, mean, std=1.0, n=3):
+        return {"label": label, "test_bce": (mean, std, n)}
+    stats = {"ptncn": st("P-TNCN", 100.0), "rtrl": st("RTRL", 150.0), "uoro": st("UORO", 101.0, 5.0),
+             "esn": st("ESN", 120.0), "lstm": st("LSTM", 90.0, 1.0, 1), "blur_blend": st("Blur", 95.0, math.nan, 1)}
+    lines = claims_lines(stats, "test_bce", "B-MNIST", "blur_blend", METHOD_KEYS, separated,
+                         [("medium", {**stats, "ptncn": st("P-TNCN", 200.0)})])
+    text = "\n".join(lines)
+    assert "it holds." in text and "ahead of RTRL (150.0 ± 1.0; clearly)" in text
+    assert "ahead of UORO (101.0 ± 5.0; within the seeds' spread)" in text and "behind LSTM (90.00; one seed)" in text
+    assert "Rank: 2 of 5 learners here." in text and "At the `medium` scale it ranked 5 of 5" in text
+    assert "P-TNCN does not beat it." in text
+    stats["esn"] = st("ESN", 99.0)
+    assert "it holds in part." in "\n".join(claims_lines(stats, "test_bce", "x", None, METHOD_KEYS, separated))

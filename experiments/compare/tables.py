@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import report as rep
+from .claims import claims_lines, other_scales
 from .methods import METHOD_KEYS
 
 if TYPE_CHECKING:
@@ -114,6 +115,15 @@ def cost_text(stats: dict) -> str:
             f"slowest {learners[slow]['label']} ({rep.fmt(learners[slow]['train_s'][0])} s).")
 
 
+def _elsewhere(out: Path, dataset: str, metrics: list, names: dict) -> list:
+    """(scale, stats) of `dataset` in the other scales' results beside `out`."""
+    found = []
+    for scale, rows in other_scales(out):
+        if select_phase(rows, dataset):
+            found.append((scale, single_phase_table(rows, dataset, metrics, names)[1]))
+    return found
+
+
 def report_bouncing(rows: list, scale: Scale, out: Path) -> str:
     parts, panels = [], []
     names = {"test_bce": "Test BCE / frame", "test_se": "Test SE / frame"}
@@ -126,6 +136,8 @@ def report_bouncing(rows: list, scale: Scale, out: Path) -> str:
         parts += ranking_text(stats, "test_bce", f"{VIDEO_NAMES[ds]} BCE", ref)
         parts += ranking_text(stats, "test_se", f"{VIDEO_NAMES[ds]} SE", ref)[:2]
         parts += [cost_text(stats), ""]
+        parts += claims_lines(stats, "test_bce", f"{VIDEO_NAMES[ds]} (BCE per frame)", ref, METHOD_KEYS, separated,
+                              _elsewhere(out, ds, ["test_bce", "test_se"], names))
         panels.append((VIDEO_NAMES[ds], stats, "test_bce", "test BCE per frame", ref, False))
     plot_panels(out / "bouncing_bce.png", panels)
     return "\n".join(parts)
@@ -145,6 +157,8 @@ def report_ptb(rows: list, scale: Scale, out: Path) -> str:
         ref = rep.strongest_reference(stats, ("unigram", "bigram", "trigram"))
         parts += ranking_text(stats, main, f"{title}, {names[main]}", ref)
         parts += [cost_text(stats), ""]
+        parts += claims_lines(stats, main, f"{title} ({names[main]})", ref, METHOD_KEYS, separated,
+                              _elsewhere(out, ds, metrics, names))
         panels.append((title, stats, main, ref))
     plot_panels(out / "ptb.png", [(title, stats, main, names[main], ref, main == "test_ppl")
                                   for title, stats, main, ref in panels])
