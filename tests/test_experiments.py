@@ -193,7 +193,7 @@ def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
 
 def _command(out, *extra) -> list:
     """The smoke runner as a user starts it: P-TNCN on Bouncing MNIST, no tuning, long enough
-    (3,000 steps) to be killed mid-trial, a Tune checkpoint every 10 steps."""
+    (3,000 steps) to be killed mid-trial, a Tune checkpoint every 100 steps."""
     return [sys.executable, "-m", "experiments.compare", "bouncing", "--scale", "smoke", "--datasets", "mnist",
             "--methods", "ptncn", "--tune-trials", "0", "--steps", "3000", "--out", str(out / "results"),
             "--storage", str(out / "tune"), "--data", str(DATA), *RAY, *extra]

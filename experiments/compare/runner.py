@@ -28,6 +28,9 @@ from ptncn_dist.errors import ConfigError
 
 NODE_IP = ray_session.LOOPBACK  # every listener of the private Ray on loopback (ray_session)
 START_ATTEMPTS = 2
+# Tune checkpoints kept per trial: more than one, since Tune deletes an older one as it persists a
+# newer one, and its experiment state may still name the older until its next snapshot.
+KEEP_CHECKPOINTS = 3
 
 
 @dataclass
@@ -187,6 +190,7 @@ class TrialRunner:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         from ray import tune
         from . import trial
+        SaveAsTheyEnd = __getattr__("SaveAsTheyEnd")
         storage = Path(self.opts.storage).resolve()
         name = experiment_name(stage, todo if only is not None else jobs)
         path = storage / name
@@ -207,8 +211,9 @@ class TrialRunner:
                 tune_config=tune.TuneConfig(max_concurrent_trials=self.parallel, reuse_actors=False,
                                             trial_name_creator=_trial_name, trial_dirname_creator=_trial_dirname),
                 run_config=tune.RunConfig(name=name, storage_path=str(storage), verbose=0,
-                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                                          failure_config=tune.FailureConfig(max_failures=0)))
+                                          checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
+                                          failure_config=tune.FailureConfig(max_failures=0),
+                                          callbacks=[SaveAsTheyEnd(str(trials), label)]))
         grid = tuner.fit()
         by_key = {j["key"]: j for j in todo}
         for res in grid:
@@ -225,14 +230,48 @@ class TrialRunner:
                 summary.failed.append(job["id"])
             elif diverged(out):
                 summary.diverged.append(job["id"])
-            self.log(f"{label}{job['id']}: {out.get('status')} ({out.get('wall_s') or 0:.1f} s, "
-                     f"{out.get('train_s_total') or 0:.1f} s training, {out.get('peak_rss_mib') or 0:.0f} MiB)")
+            if not finished(out):  # a finished one was logged as it ended (SaveAsTheyEnd)
+                self.log(f"{label}{job['id']}: {out.get('status')}")
         self.log(f"{label}{len(summary.ran)} trial(s) in {time.perf_counter() - t0:.0f} s")
         if summary.unfinished:
             raise Interrupted(f"{label}{len(summary.unfinished)} trial(s) stopped before their end "
                               f"({', '.join(summary.unfinished[:4])}{', ...' if len(summary.unfinished) > 4 else ''}); "
                               f"run the same command again to continue them from their last checkpoints")
         return summary
+
+
+def _saved_result(trial) -> dict | None:
+    """The result a finished Tune trial reported last (None: it has none)."""
+    last = getattr(trial, "last_result", None) or {}
+    return json.loads(last["result"]) if last.get("result") else None
+
+
+def _make_callback():
+    from ray import tune
+
+    class SaveAsTheyEnd(tune.Callback):
+        """Writes each trial's result to TRIALS the moment Tune sees it end (Tune keeps this
+        callback in its experiment state, so a restored experiment does the same)."""
+
+        def __init__(self, trials: str, label: str = ""):
+            self.trials, self.label = trials, label
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            out = _saved_result(trial)
+            if out is not None:
+                save_trial(Path(self.trials), trial.config["job"], out)
+                print(f"{self.label}{trial.config['job']['id']}: {out.get('status')} "
+                      f"({out.get('train_s_total') or 0:.1f} s training, {out.get('wall_s') or 0:.1f} s)", flush=True)
+
+    return SaveAsTheyEnd
+
+
+def __getattr__(name: str):
+    if name == "SaveAsTheyEnd":  # defined on first use: Ray Tune is an extra
+        globals()[name] = cls = _make_callback()
+        cls.__module__, cls.__qualname__ = __name__, name
+        return cls
+    raise AttributeError(name)
 
 
 def _trial_name(t) -> str:

@@ -115,7 +115,7 @@ SCALES = {
                    text_eval_batches=1, ptncn_hidden=(8, 8), text_ptncn_hidden=(8, 8),
                    esn_max_hidden=64, rtrl_hidden=4, rtrl_hidden_word=2,
                    video_truncation=3, text_truncation=3, seeds=1, tune_trials=2, tune_fraction=0.5,
-                   curve_points=2, text_minutes=0.5, checkpoint_every=10),
+                   curve_points=2, text_minutes=0.5, checkpoint_every=100),
     "small": Scale("small", frame=32, sprites=2, seq_len=20, batch=16, video_steps=3000, continual_steps=2000,
                    eval_batches=8, text_batch=16, text_max_len=0, char_steps=8000, word_steps=800,
                    text_eval_batches=8, ptncn_hidden=(64, 64), text_ptncn_hidden=(64, 64),
