@@ -222,20 +222,30 @@ def _kill_tree(root) -> None:
     psutil.wait_procs(procs, timeout=20)
 
 
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """The smoke runner's result never interrupted (what an interrupted one must reach)."""
+    out = tmp_path_factory.mktemp("whole")
+    done = subprocess.run(_command(out), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return _model_result(out)
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
-def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how):
+def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, whole):
     """A runner stopped once a trial has saved a Tune checkpoint, SIGKILLed with its Ray or
     interrupted as by Ctrl-C (it then ends with one line and status 130, saving nothing of the
     unfinished trial), run again, restores the Tune experiment and continues the trial from that
     checkpoint: the same steps and the same test loss as the same command never interrupted."""
     import ray  # noqa: F401
     import psutil
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    whole = subprocess.run(_command(tmp_path / "whole"), cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=600)
-    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+    env = _env()
     cut = tmp_path / "cut"
     proc = subprocess.Popen(_command(cut), cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, start_new_session=True, text=True)
@@ -262,7 +272,7 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how):
     again = subprocess.run(_command(cut), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "continuing the unfinished Tune experiment" in again.stdout
-    first, second = _model_result(tmp_path / "whole"), _model_result(cut)
+    first, second = whole, _model_result(cut)
     assert "resumed" not in first and 0 < second["resumed"][0]["step"] < 3000, second.get("resumed")
     assert second["phases"][0]["steps"] == first["phases"][0]["steps"] == 3000
     assert second["phases"][0]["evals"] == first["phases"][0]["evals"]

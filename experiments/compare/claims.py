@@ -104,3 +104,20 @@ def other_scales(out: Path) -> list[tuple[str, list]]:
             except (OSError, ValueError, csv.Error):
                 continue
     return found
+
+
+def spread_note(stats: dict, column: str, mnist: dict | None, mnist_column: str = "test_bce") -> str:
+    """For a table of one seed: the spread over seeds measured on Bouncing MNIST at the same
+    scale (`mnist`: its stats), the yardstick for the differences here ('' when not needed)."""
+    learners = [v for k, v in stats.items() if k in RIVALS + OTHERS + ("ptncn", "ptncn_sign")]
+    if not learners or max(v[column][2] for v in learners) > 1 or not mnist:
+        return ""
+    rel = {k: v[mnist_column][1] / v[mnist_column][0] for k, v in mnist.items()
+           if k in RIVALS + OTHERS + ("ptncn", "ptncn_sign") and v[mnist_column][2] > 1
+           and math.isfinite(v[mnist_column][1]) and v[mnist_column][0]}
+    if not rel:
+        return ""
+    p = f"{100 * rel['ptncn']:.1f}% for P-TNCN (tanh), " if "ptncn" in rel else ""
+    return (f"- One seed here. On Bouncing MNIST at this scale the seeds' standard deviation was {p}"
+            f"{100 * min(rel.values()):.1f}-{100 * max(rel.values()):.1f}% of the mean across the learners: "
+            "read differences smaller than that as ties.")

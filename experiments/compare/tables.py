@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import report as rep
-from .claims import claims_lines, other_scales
+from .claims import claims_lines, other_scales, read_rows, spread_note
 from .methods import METHOD_KEYS
 
 if TYPE_CHECKING:
@@ -124,14 +124,26 @@ def _elsewhere(out: Path, dataset: str, metrics: list, names: dict) -> list:
     return found
 
 
+def _bouncing_mnist(out: Path) -> dict | None:
+    """Bouncing MNIST's stats at the same scale as `out` (a sibling experiment), if committed."""
+    path = Path(out).parent.parent / "bouncing" / Path(out).name / "results.csv"
+    if not path.is_file():
+        return None
+    rows = read_rows(path)
+    names = {"test_bce": "BCE", "test_se": "SE"}
+    return single_phase_table(rows, "mnist", ["test_bce", "test_se"], names)[1] if select_phase(rows, "mnist") else None
+
+
 def report_bouncing(rows: list, scale: Scale, out: Path) -> str:
     parts, panels = [], []
     names = {"test_bce": "Test BCE / frame", "test_se": "Test SE / frame"}
+    mnist = single_phase_table(rows, "mnist", ["test_bce", "test_se"], names)[1] if select_phase(rows, "mnist") else None
     for ds in ("mnist", "notmnist"):
         if not select_phase(rows, ds):
             continue
         table, stats = single_phase_table(rows, ds, ["test_bce", "test_se"], names)
         parts += [f"### {VIDEO_NAMES[ds]}", "", table, ""]
+        parts += [line for line in [spread_note(stats, "test_bce", mnist)] if line]
         ref = rep.strongest_reference(stats, ("mean_frame", "blur_blend"))
         parts += ranking_text(stats, "test_bce", f"{VIDEO_NAMES[ds]} BCE", ref)
         parts += ranking_text(stats, "test_se", f"{VIDEO_NAMES[ds]} SE", ref)[:2]
@@ -153,6 +165,7 @@ def report_ptb(rows: list, scale: Scale, out: Path) -> str:
             continue
         table, stats = single_phase_table(rows, ds, metrics, names)
         parts += [f"### {title}", "", table, ""]
+        parts += [line for line in [spread_note(stats, main, _bouncing_mnist(out))] if line]
         parts += [text_seen(select_phase(rows, ds), "characters" if ds == "char" else "words")]
         ref = rep.strongest_reference(stats, ("unigram", "bigram", "trigram"))
         parts += ranking_text(stats, main, f"{title}, {names[main]}", ref)
