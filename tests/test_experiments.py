@@ -505,3 +505,58 @@ def test_claims_say_whether_ptncn_beats_the_papers_rivals():
     assert "P-TNCN does not beat it." in text
     stats["esn"] = st("ESN", 99.0)
     assert "it holds in part." in "\n".join(claims_lines(stats, "test_bce", "x", None, METHOD_KEYS, separated))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_shared_video_scale_reuses_the_bouncing_trials(tmp_path, ray_up, monkeypatch):
+    """At a scale whose Bouncing runs are also tested on NotMNIST (the long scale), zero-shot
+    trains nothing (its table comes from the Bouncing trials, correction on and off) and continual
+    runs no tuning of its own (Bouncing MNIST's tuning trials chose its settings)."""
+    import dataclasses
+    from experiments.compare import scales
+    if not (DATA / "notmnist").is_dir():
+        pytest.skip(f"{DATA / 'notmnist'} is not present")
+    smoke = scales.SCALES["smoke"]  # a continual phase gets a video run's budget, as at the long scale
+    monkeypatch.setitem(scales.SCALES, "smoke", dataclasses.replace(smoke, shared_video=True,
+                                                                    continual_steps=smoke.video_steps))
+
+    def go(experiment):
+        return compare.main([experiment, "--scale", "smoke", "--out", str(tmp_path / experiment / "smoke"),
+                             "--storage", str(tmp_path / "tune"), "--data", str(DATA), "--methods", "ptncn",
+                             "--tune-trials", "1", *RAY], log=lambda *_: None)
+    first = go("bouncing")
+    assert not first.failed and len(first.ran) == 2 + 4  # tuning on both sets; reference and P-TNCN on both
+    mnist = [j for j in first.jobs if j["kind"] == "model" and j["stage"] == "test" and j["phases"][0]["data"] == "mnist"]
+    assert mnist and all(j["evals"] == ["mnist", "notmnist"] and j["nocorr"] for j in mnist)
+    zero = go("zeroshot")
+    assert zero.ran == [] and not zero.failed
+    with open(tmp_path / "zeroshot" / "smoke" / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert finite([r for r in rows if r["method"] == "ptncn" and r["trained_on"] == "mnist"
+                   and r["eval_on"] == "notmnist" and r["correction"] == "off"], "test_bce")
+    cont = go("continual")
+    assert not cont.failed and all(not i.startswith("tune-") for i in cont.ran) and len(cont.ran) == 2
+
+
+def test_long_scale_zeroshot_and_continual_reuse_the_bouncing_trials():
+    """At the long scale, zero-shot's trials are the Bouncing trials (the same keys) and
+    continual's tuning trials are Bouncing MNIST's; every run there is budgeted in minutes of
+    process CPU time, checkpointed every 2 minutes through Tune."""
+    if not (DATA / "notmnist").is_dir():
+        pytest.skip(f"{DATA / 'notmnist'} is not present")
+
+    def jobs(experiment):
+        return compare.main([experiment, "--scale", "long", "--dry-run", "--data", str(DATA)], log=lambda *_: None).jobs
+    bouncing, zeroshot, continual = jobs("bouncing"), jobs("zeroshot"), jobs("continual")
+    keys = {j["key"] for j in bouncing}
+    assert {j["key"] for j in zeroshot} == keys
+    tunes = [j for j in continual if j["stage"] == "tune"]
+    assert tunes and {j["key"] for j in tunes} <= keys
+    assert not {j["key"] for j in continual if j["stage"] == "test" and j["kind"] == "model"} & keys
+    models = [j for j in bouncing + continual if j["kind"] == "model"]
+    assert all(j["clock"] == "process" and j["checkpoint_minutes"] == 2.0 for j in models)
+    assert {p["minutes"] for j in models if j["stage"] == "test" for p in j["phases"]} == {10.0}
+    assert {p["minutes"] for j in models if j["stage"] == "tune" for p in j["phases"]} == {2.5}
+    seeds = {(j["phases"][0]["data"], j["seed"]) for j in bouncing if j["stage"] == "test"}
+    assert seeds == {("mnist", 0), ("mnist", 1), ("mnist", 2), ("notmnist", 0)}

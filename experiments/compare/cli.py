@@ -190,9 +190,10 @@ def main(argv=None, log=print) -> Outcome:
     plan = make_plan(args)
     out = Path(args.out).resolve() if args.out else EXPERIMENTS_DIR / "results" / args.experiment / plan.scale.name
     trials = out / "trials"
-    # At a shared_video scale the Bouncing runs' trials serve zero-shot whole and continual's tuning.
-    shared = plan.scale.shared_video and args.experiment in ("zeroshot", "continual") and not args.out
-    bouncing = EXPERIMENTS_DIR / "results" / "bouncing" / plan.scale.name / "trials"
+    # At a shared_video scale the Bouncing runs' trials (beside OUT: ../../bouncing/<its name>)
+    # serve zero-shot whole and continual's tuning.
+    shared = plan.scale.shared_video and args.experiment in ("zeroshot", "continual")
+    bouncing = out.parent.parent / "bouncing" / out.name / "trials"
     tune_trials = bouncing if shared else trials
     test_trials = bouncing if shared and args.experiment == "zeroshot" else trials
     setting = setting_for(plan)
