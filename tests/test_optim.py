@@ -47,11 +47,14 @@ def check(ref, p, slots, dtype):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("order", ["C", "F"])
 @pytest.mark.parametrize("block_bytes", [1 << 20, 1000])
-def test_adam_outer_and_rows_match_reference(kernel, monkeypatch, dtype, threads, order, block_bytes):
+@pytest.mark.parametrize("tiny", [True, False])
+def test_adam_outer_and_rows_match_reference(kernel, monkeypatch, dtype, threads, order, block_bytes, tiny):
     """Many steps of low-rank (apply_outer, clip scales folded in), dense (apply) and token-row
     (apply_rows) updates, on one weight, equal the plain rule; with small blocks the rows split
-    into many blocks and a ragged last one."""
+    into many blocks and a ragged last one; a low-rank update of a weight this small takes the
+    one-loop kernel (`tiny`) or, with it off, the blocks."""
     monkeypatch.setattr(optim, "_BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(adam_kernel, "TINY", adam_kernel.TINY if tiny else 0)
     rng = np.random.default_rng(0)
     n_in, n_out, B = 37, 23, 5
     cfg = OptimConfig("adam", 0.01)
@@ -81,6 +84,22 @@ def test_adam_outer_and_rows_match_reference(kernel, monkeypatch, dtype, threads
             check(ref, p, slots, dtype)
     assert p.dtype == dtype and p.flags[order + "_CONTIGUOUS"]
     assert all(v.dtype == dtype for k, v in slots.items() if hasattr(v, "dtype"))
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="needs Numba")
+def test_tiny_weights_take_the_one_loop_update():
+    """A low-rank Adam update of a tiny weight runs in one compiled loop (no block scratch is
+    made), a larger one in blocks; both equal the plain rule."""
+    rng = np.random.default_rng(1)
+    cfg = OptimConfig("adam", 0.01)
+    for shape, tiny in (((16, 8), True), ((200, 100), False)):
+        p = rng.standard_normal(shape)
+        ref, slots = RefAdam(p, cfg.lr), optim.init_slots(cfg, p, np)
+        a, b = rng.standard_normal((4, shape[0])), rng.standard_normal((4, shape[1]))
+        optim.apply_outer(cfg, p, a, b, 0.5, slots, np)
+        ref.step(0.5 * a.T @ b)
+        check(ref, p, slots, np.float64)
+        assert ("_g" not in slots) == tiny
 
 
 def test_adam_on_a_vector_and_a_strided_view(kernel):
@@ -241,3 +260,17 @@ def test_fold_scale_leaves_the_true_velocity(name):
         for k, v in before.items():
             np.testing.assert_array_equal(slots[k], v, err_msg=k)
     assert tuple(k for k in slots if not k.startswith("_") and k != "v_scale") == optim.slot_names(cfg)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_outer_norm_from_grams_equals_the_formed_product(dtype):
+    """The clip norm of a.T @ b from the Gram matrices (one compiled loop for tiny inputs, NumPy
+    otherwise, with and without a shared Gram matrix of b) equals the norm of the formed product."""
+    from ptncn_dist.core.backend import gram, outer_norm
+    rng = np.random.default_rng(2)
+    for B, m, n in ((4, 8, 16), (3, 1, 1), (64, 300, 200)):
+        a, b = (rng.standard_normal((B, k)).astype(dtype) for k in (m, n))
+        want = np.linalg.norm(a.astype(np.float64).T @ b.astype(np.float64))
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        assert outer_norm(np, a, b) == pytest.approx(want, rel=tol)
+        assert outer_norm(np, a, b, gram(b)) == pytest.approx(want, rel=tol)

@@ -50,6 +50,75 @@ def _kernel(p, m, v, g, b1, c1, b2, c2, eps, step):  # pragma: no cover - compil
         p[i] -= step * (mi / (np.sqrt(vi) + eps))
 
 
+def _outer_kernel(p, m, v, x, y, scale, b1, c1, b2, c2, eps, step):  # pragma: no cover - Numba
+    # g = scale * x.T @ y, each element formed and used at once: the whole update in one loop
+    rows, cols = p.shape
+    for i in range(rows):
+        for j in range(cols):
+            acc = scale - scale  # zero in the weights' float type
+            for k in range(x.shape[0]):
+                acc += x[k, i] * y[k, j]
+            gi = scale * acc
+            mi = b1 * m[i, j] + c1 * gi
+            vi = b2 * v[i, j] + c2 * (gi * gi)
+            m[i, j] = mi
+            v[i, j] = vi
+            p[i, j] -= step * (mi / (np.sqrt(vi) + eps))
+
+
+_OUTER = []
+TINY = 1 << 14  # elements: below this an update's call overheads outweigh its arithmetic
+
+
+def adam_outer_tiny(p, m, v, x, y, scale: float, b1: float, b2: float, eps: float, step: float) -> bool:
+    """The Adam update of a tiny weight `p` (at most TINY elements) with the gradient
+    scale * x.T @ y in one compiled loop: no GEMM call, no scratch, one dispatch. False (nothing
+    done) where it does not apply: no Numba, other array types, layouts or sizes."""
+    if p.size > TINY or _fused() is None or not _flat_ok(p, m, v) or p.ndim != 2:
+        return False
+    if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype != p.dtype or y.dtype != p.dtype:
+        return False
+    if not _OUTER:
+        import numba
+        try:
+            _OUTER.append(numba.njit(nogil=True, cache=True, error_model="numpy")(_outer_kernel))
+        except RuntimeError:
+            _OUTER.append(numba.njit(nogil=True, error_model="numpy")(_outer_kernel))
+    f = p.dtype.type
+    _OUTER[0](p, m, v, x, y, f(scale), f(b1), f(1.0 - b1), f(b2), f(1.0 - b2), f(eps), f(step))
+    return True
+
+
+def _outer_sq_kernel(a, b, gb):  # pragma: no cover - compiled by Numba
+    # sum over rows k, l of (a_k . a_l) * gb[k, l]: the squared Frobenius norm of a.T @ b
+    n = a.shape[0]
+    total = 0.0
+    for k in range(n):
+        for l in range(n):
+            dot = 0.0
+            for i in range(a.shape[1]):
+                dot += a[k, i] * a[l, i]
+            total += dot * gb[k, l]
+    return total
+
+
+_OUTER_SQ = []
+
+
+def outer_sq_tiny(a, b, gb) -> float | None:
+    """||a.T @ b||_F^2 from a and b's Gram matrix `gb` in one compiled loop, for tiny NumPy
+    inputs (None where it does not apply: no Numba, other types or sizes)."""
+    if a.size > TINY or _fused() is None or type(a) is not np.ndarray or type(gb) is not np.ndarray:
+        return None
+    if not _OUTER_SQ:
+        import numba
+        try:
+            _OUTER_SQ.append(numba.njit(nogil=True, cache=True, error_model="numpy")(_outer_sq_kernel))
+        except RuntimeError:
+            _OUTER_SQ.append(numba.njit(nogil=True, error_model="numpy")(_outer_sq_kernel))
+    return float(_OUTER_SQ[0](a, b, gb))
+
+
 def kernel_name() -> str:
     """The Adam kernel a CPU block gets: numba (the fused pass) or numpy (the passes)."""
     return "numba" if _fused() is not None else "numpy"

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from .adam_kernel import adam_block
+from .adam_kernel import adam_block, adam_outer_tiny
 from .backend import axpy, blas_threads, gemm_tn, scal
 from ..errors import ConfigError
 
@@ -150,8 +150,22 @@ def apply_outer(cfg: OptimConfig, p, a, b, scale: float, slots: dict, xp) -> Non
                 axpy(c_before, tv, tp)
             gemm_tn(scale / s, xr, y, 1.0, tv)
             axpy(c_after, tv, tp)
+    elif xp is np and adam_outer_tiny_step(cfg, target(p), target(slots["m"]), target(slots["v"]), x, y,
+                                           scale, slots):
+        return
     else:
         _adam(cfg, target(p), slots, xp, lambda out, r: gemm_tn(scale, x[:, r], y, 0.0, out), target)
+
+
+def adam_outer_tiny_step(cfg: OptimConfig, c, m, v, x, y, scale: float, slots: dict) -> bool:
+    """One Adam step of a tiny weight in a single compiled loop (`adam_outer_tiny`), counting the
+    step only when it ran; False leaves everything to `_adam`."""
+    t = slots["t"] + 1
+    step = cfg.lr * math.sqrt(1.0 - cfg.beta2 ** t) / (1.0 - cfg.beta1 ** t)
+    if not adam_outer_tiny(c, m, v, x, y, scale, cfg.beta1, cfg.beta2, cfg.eps, step):
+        return False
+    slots["t"] = t
+    return True
 
 
 def _row_blocks(c, xp) -> list:
