@@ -264,8 +264,8 @@ def test_fold_scale_leaves_the_true_velocity(name):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_outer_norm_from_grams_equals_the_formed_product(dtype):
-    """The clip norm of a.T @ b from the Gram matrices (one compiled loop for tiny inputs, NumPy
-    otherwise, with and without a shared Gram matrix of b) equals the norm of the formed product."""
+    """The clip norm of a.T @ b from the Gram matrices (with and without a shared Gram matrix of
+    b) equals the norm of the formed product."""
     from ptncn_dist.core.backend import gram, outer_norm
     rng = np.random.default_rng(2)
     for B, m, n in ((4, 8, 16), (3, 1, 1), (64, 300, 200)):

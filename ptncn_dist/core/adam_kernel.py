@@ -89,36 +89,6 @@ def adam_outer_tiny(p, m, v, x, y, scale: float, b1: float, b2: float, eps: floa
     return True
 
 
-def _outer_sq_kernel(a, b, gb):  # pragma: no cover - compiled by Numba
-    # sum over rows k, l of (a_k . a_l) * gb[k, l]: the squared Frobenius norm of a.T @ b
-    n = a.shape[0]
-    total = 0.0
-    for k in range(n):
-        for l in range(n):
-            dot = 0.0
-            for i in range(a.shape[1]):
-                dot += a[k, i] * a[l, i]
-            total += dot * gb[k, l]
-    return total
-
-
-_OUTER_SQ = []
-
-
-def outer_sq_tiny(a, b, gb) -> float | None:
-    """||a.T @ b||_F^2 from a and b's Gram matrix `gb` in one compiled loop, for tiny NumPy
-    inputs (None where it does not apply: no Numba, other types or sizes)."""
-    if a.size > TINY or _fused() is None or type(a) is not np.ndarray or type(gb) is not np.ndarray:
-        return None
-    if not _OUTER_SQ:
-        import numba
-        try:
-            _OUTER_SQ.append(numba.njit(nogil=True, cache=True, error_model="numpy")(_outer_sq_kernel))
-        except RuntimeError:
-            _OUTER_SQ.append(numba.njit(nogil=True, error_model="numpy")(_outer_sq_kernel))
-    return float(_OUTER_SQ[0](a, b, gb))
-
-
 def kernel_name() -> str:
     """The Adam kernel a CPU block gets: numba (the fused pass) or numpy (the passes)."""
     return "numba" if _fused() is not None else "numpy"

@@ -191,10 +191,5 @@ def outer_norm(xp, a, b, gram_b=None) -> float:
     """Frobenius norm of a.T @ b from the two small Gram matrices: sum((a a.T) * (b b.T)).
     `gram_b`, when given, is b's Gram matrix (shared by several products with the same b)."""
     gb = gram(b) if gram_b is None else gram_b
-    s = None
-    if xp is np:  # tiny arrays: one compiled loop instead of four NumPy calls
-        from .adam_kernel import outer_sq_tiny
-        s = outer_sq_tiny(a, b, gb)
-    if s is None:
-        s = float((gram(a) * gb).sum())
+    s = float((gram(a) * gb).sum())
     return math.sqrt(max(s, 0.0))
