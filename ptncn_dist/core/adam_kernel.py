@@ -55,7 +55,7 @@ def _outer_kernel(p, m, v, x, y, scale, b1, c1, b2, c2, eps, step):  # pragma: n
     rows, cols = p.shape
     for i in range(rows):
         for j in range(cols):
-            acc = scale - scale  # zero in the weights' float type
+            acc = 0.0  # the sum and the update in float64 (the scalars come as Python floats)
             for k in range(x.shape[0]):
                 acc += x[k, i] * y[k, j]
             gi = scale * acc
@@ -70,22 +70,36 @@ _OUTER = []
 TINY = 1 << 14  # elements: below this an update's call overheads outweigh its arithmetic
 
 
-def adam_outer_tiny(p, m, v, x, y, scale: float, b1: float, b2: float, eps: float, step: float) -> bool:
-    """The Adam update of a tiny weight `p` (at most TINY elements) with the gradient
-    scale * x.T @ y in one compiled loop: no GEMM call, no scratch, one dispatch. False (nothing
-    done) where it does not apply: no Numba, other array types, layouts or sizes."""
-    if p.size > TINY or _fused() is None or not _flat_ok(p, m, v) or p.ndim != 2:
-        return False
-    if type(x) is not np.ndarray or type(y) is not np.ndarray or x.dtype != p.dtype or y.dtype != p.dtype:
-        return False
+def _outer():
+    """The compiled one-loop kernel, or None without Numba (compiled on first use)."""
     if not _OUTER:
+        if _fused() is None:
+            return None
         import numba
         try:
             _OUTER.append(numba.njit(nogil=True, cache=True, error_model="numpy")(_outer_kernel))
         except RuntimeError:
             _OUTER.append(numba.njit(nogil=True, error_model="numpy")(_outer_kernel))
-    f = p.dtype.type
-    _OUTER[0](p, m, v, x, y, f(scale), f(b1), f(1.0 - b1), f(b2), f(1.0 - b2), f(eps), f(step))
+    return _OUTER[0]
+
+
+def _like(a, p) -> bool:
+    return type(a) is np.ndarray and a.dtype == p.dtype and a.shape == p.shape and a.flags.c_contiguous
+
+
+def adam_outer_tiny(p, m, v, x, y, scale: float, b1: float, b2: float, eps: float, step: float) -> bool:
+    """The Adam update of a tiny weight `p` (at most TINY elements) with the gradient
+    scale * x.T @ y in one compiled loop: no GEMM call, no scratch, one dispatch. False (nothing
+    done) where it does not apply: no Numba, other array types, layouts or sizes. The scalars
+    stay Python floats (float64 in the loop), which spares six conversions per call."""
+    if p.size > TINY or not USE_NUMBA or type(p) is not np.ndarray or p.ndim != 2 or p.dtype not in _FLOATS:
+        return False
+    if not (p.flags.c_contiguous and _like(m, p) and _like(v, p)) or x.dtype != p.dtype or y.dtype != p.dtype:
+        return False
+    kernel = _OUTER[0] if _OUTER else _outer()
+    if kernel is None or type(x) is not np.ndarray or type(y) is not np.ndarray:
+        return False
+    kernel(p, m, v, x, y, scale, b1, 1.0 - b1, b2, 1.0 - b2, eps, step)
     return True
 
 
