@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,11 +192,14 @@ def test_settings_from_another_run_replace_tuning(finished, ray_up, tmp_path):
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
 
 
+KILL_STEPS = 8000
+
+
 def _command(out, *extra) -> list:
     """The smoke runner as a user starts it: P-TNCN on Bouncing MNIST, no tuning, long enough
-    (3,000 steps) to be killed mid-trial, a Tune checkpoint every 100 steps."""
+    (KILL_STEPS steps: seconds, so that a stop lands mid-trial), a Tune checkpoint every 100 steps."""
     return [sys.executable, "-m", "experiments.compare", "bouncing", "--scale", "smoke", "--datasets", "mnist",
-            "--methods", "ptncn", "--tune-trials", "0", "--steps", "3000", "--out", str(out / "results"),
+            "--methods", "ptncn", "--tune-trials", "0", "--steps", str(KILL_STEPS), "--out", str(out / "results"),
             "--storage", str(out / "tune"), "--data", str(DATA), *RAY, *extra]
 
 
@@ -204,6 +208,21 @@ def _model_result(out) -> dict:
     model = [res for job, res in trials if job["kind"] == "model"]
     assert len(model) == 1 and model[0]["status"] == "ok", model
     return model[0]
+
+
+def _recorded_checkpoint(storage) -> bool:
+    """Whether a test stage's Tune experiment state names a checkpoint that exists. The state is
+    JSON holding pickles as hex: their bytes are searched for the name, never unpickled."""
+    for state in storage.glob("bouncing/smoke/test-*/experiment_state-*.json"):
+        try:
+            text = state.read_text(encoding="utf-8")
+        except OSError:
+            continue
+        for value in re.findall(r'value\\?"\s*:\s*\\?"([0-9a-f]+)', text):  # quotes escaped one level down
+            for name in set(re.findall(rb"checkpoint_\d{6}", bytes.fromhex(value))):
+                if list(state.parent.glob(f"*/{name.decode()}")):
+                    return True
+    return False
 
 
 def _kill_tree(root) -> None:
@@ -252,9 +271,9 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, who
     root = psutil.Process(proc.pid)
     try:
         deadline = time.monotonic() + 300
-        # Tune records a checkpoint in its experiment state just after the trial reports it: wait
-        # for the third, so that an earlier one is on record when the runner dies
-        while not [p for p in (cut / "tune").glob("bouncing/smoke/test-*/*/checkpoint_*") if int(p.name[11:]) >= 2]:
+        # stop once Tune's experiment state names a checkpoint that is on disk (the state is
+        # written after the checkpoint, and may lag it on a busy machine)
+        while not _recorded_checkpoint(cut / "tune"):
             assert proc.poll() is None, "the runner ended before its trial saved a checkpoint"
             assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
             time.sleep(0.05)
@@ -273,8 +292,8 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, who
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "continuing the unfinished Tune experiment" in again.stdout
     first, second = whole, _model_result(cut)
-    assert "resumed" not in first and 0 < second["resumed"][0]["step"] < 3000, second.get("resumed")
-    assert second["phases"][0]["steps"] == first["phases"][0]["steps"] == 3000
+    assert "resumed" not in first and 0 < second["resumed"][0]["step"] < KILL_STEPS, second.get("resumed")
+    assert second["phases"][0]["steps"] == first["phases"][0]["steps"] == KILL_STEPS
     assert second["phases"][0]["evals"] == first["phases"][0]["evals"]
 
 
