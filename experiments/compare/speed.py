@@ -10,8 +10,9 @@ import json
 import sys
 import time
 
+from ptncn_dist.core.backend import limit_blas_threads
+
 from .jobs import Plan, config_for, setting_for, test_jobs
-from .trial import pin_blas
 from .methods import METHOD_KEYS, METHODS
 from .scales import SCALES
 
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     p.add_argument("--datasets", default="mnist,char,word", help="bouncing: mnist,notmnist; ptb: char,word")
     p.add_argument("--data", default="../shared/data")
     args = p.parse_args(argv)
-    pin_blas(1)
+    limit_blas_threads(1)
     plan = Plan(args.experiment, SCALES[args.scale], [0], [m for m in METHODS if m.key in args.methods.split(",")],
                 args.data, tuple(args.datasets.split(",")))
     for job in test_jobs(plan, setting_for(plan)):

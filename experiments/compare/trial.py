@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ptncn_dist.core.backend import limit_blas_threads
 from ptncn_dist.data import open_streams
 from ptncn_dist.diagnostics.evaluation import evaluate
 from ptncn_dist.engines.factory import build_engine
@@ -154,14 +155,10 @@ def run_model(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
     for k, phase in enumerate(spec["phases"]):
         if k < len(state["phases"]):
             continue
-        cfg = config_for(spec, phase["data"], phase["steps"], PHASE_SEED_STRIDE * k, phase.get("minutes", 0.0))
+        cfg = phase_config(spec, k)
         run_dir = work / f"phase-{k}"
         if k > 0 and engine is None:  # a restored trial: the weights the last phase ended with
-            prev = spec["phases"][k - 1]
-            prev_cfg = config_for(spec, prev["data"], prev["steps"], PHASE_SEED_STRIDE * (k - 1), prev.get("minutes", 0.0))
-            before = Trainer(prev_cfg, str(work / f"phase-{k - 1}"), resume=True, log=_quiet)
-            before.release()
-            engine = before.engine
+            engine = finished_phase(spec, work, k - 1).engine
         curve = Curve(done_s, report)
         trainer = Trainer(cfg, str(run_dir), engine=engine, log=_quiet, on_record=curve,
                           callbacks=[_on_checkpoint(work, state, k, curve, checkpointed)] if checkpointed else ())
@@ -193,16 +190,26 @@ def run_model(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
         _write_state(work, state)
     out = {k: state[k] for k in ("params", "initial", "data", "rss_before_train_mib", "phases", "resumed") if k in state}
     if engine is None:  # every phase was done before this attempt: the last phase's weights
-        last = spec["phases"][-1]
-        n = len(spec["phases"]) - 1
-        trainer = Trainer(config_for(spec, last["data"], last["steps"], PHASE_SEED_STRIDE * n, last.get("minutes", 0.0)),
-                          str(work / f"phase-{n}"), resume=True, log=_quiet)
-        trainer.release()
+        trainer = finished_phase(spec, work, len(spec["phases"]) - 1)
         engine = trainer.engine
     if split == "test":  # the tables read it from test runs only
         out["seq_memory_mib"] = sequence_memory_mib(engine, trainer.streams.train, trainer.cfg.model.t_prime)
     engine.close()
     return out
+
+
+def phase_config(spec: dict, k: int):
+    """The Config of phase k of job `spec` (later phases see fresh training batches)."""
+    phase = spec["phases"][k]
+    return config_for(spec, phase["data"], phase["steps"], PHASE_SEED_STRIDE * k, phase.get("minutes", 0.0))
+
+
+def finished_phase(spec: dict, work: Path, k: int) -> Trainer:
+    """Phase k's trainer restored from its last checkpoint under `work` (its directory given
+    back at once): the weights it ended with, and its streams."""
+    trainer = Trainer(phase_config(spec, k), str(work / f"phase-{k}"), resume=True, log=_quiet)
+    trainer.release()
+    return trainer
 
 
 def _on_checkpoint(work: Path, state: dict, phase: int, curve: Curve, checkpointed):
@@ -220,22 +227,11 @@ def _on_checkpoint(work: Path, state: dict, phase: int, curve: Curve, checkpoint
     return callback
 
 
-def pin_blas(threads: int) -> None:
-    """BLAS threads of this process (set before NumPy's first large call; threadpoolctl if loaded)."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    try:
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(threads)
-    except ImportError:
-        pass
-
-
 def run_spec(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
     """One trial, with its status, start and end (epoch seconds), wall seconds, the host and the
     peak resident set of this process."""
     start, t0 = time.time(), time.perf_counter()
-    pin_blas(int(spec.get("threads", 1)))
+    limit_blas_threads(int(spec.get("threads", 1)))  # data and references too, not only the engine
     try:
         out = run_reference(spec) if spec.get("kind") == "reference" else run_model(spec, work, checkpointed, report)
         out["status"] = "ok"
