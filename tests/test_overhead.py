@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from ptncn_dist.studies.bench import main as bench_main
-from ptncn_dist.studies.overhead import fit
+from ptncn_dist.studies.harness import timed_stats
+from ptncn_dist.studies.overhead import breakdown, fit
 
 
 def test_fit_recovers_a_known_cost_law():
@@ -14,6 +15,24 @@ def test_fit_recovers_a_known_cost_law():
     noisy = [(0.05 + 0.11 * n) * (1 + rng.normal(0, 0.02)) for n in layers]
     fixed, per, worst = fit(layers, noisy)
     assert per == pytest.approx(0.11, rel=0.05) and 0 < worst < 0.1
+
+
+def test_breakdown_averages_each_phase_over_the_layers():
+    stats = {"layer1_compute_ms_per_step": 0.1, "layer1_comm_ms_per_step": 0.02, "layer1_wait_ms_per_step": 0.3,
+             "layer2_compute_ms_per_step": 0.3, "layer2_comm_ms_per_step": 0.04, "layer2_wait_ms_per_step": 0.1,
+             "layer3_compute_ms_per_step": 9.0}
+    parts = breakdown(stats, 2)
+    assert parts == pytest.approx({"compute": 0.2, "comm": 0.03, "wait": 0.2})
+    assert breakdown({"placement": []}, 1) is None  # the single process has no phase clocks
+    assert breakdown(stats, 3) is None  # layer 3 lacks comm and wait
+
+
+def test_timed_stats_leave_the_warm_up_out():
+    """10 warm-up steps that cost 5 ms each (a kernel loaded) and 90 of 1 ms: 1 ms per timed step."""
+    before = {"layer1_compute_ms_per_step": 5.0, "placement": ["a"]}
+    after = {"layer1_compute_ms_per_step": (10 * 5.0 + 90 * 1.0) / 100, "placement": ["b"]}
+    out = timed_stats(before, after, 10, 90)
+    assert out["layer1_compute_ms_per_step"] == pytest.approx(1.0) and out["placement"] == ["b"]
 
 
 def test_overhead_of_the_single_process_engine_is_measured_and_fitted(capsys):

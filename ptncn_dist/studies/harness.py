@@ -39,7 +39,8 @@ def pin_blas(n: int | None):
 
 def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
     """Training steps per second of one engine on random binary frames (after 10 warm-up steps),
-    and the engine's own per-layer figures."""
+    and the engine's own per-layer figures over the timed steps alone (`timed_stats`): the
+    warm-up's first calls (kernels loaded, sockets connected) would otherwise count in them."""
     cfg = load(None, [f"model.hidden={list(hidden)}", 'model.output="sigmoid"', f"data.batch={batch}", *sets])
     rng = np.random.default_rng(0)
     T = 50
@@ -48,16 +49,31 @@ def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float,
     with pin_blas(threads):
         engine = build_engine(cfg, x_dim, "frames")
         try:
-            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+            engine.run_segment(x, mask, 0, WARMUP, learn=True, t_prime=1)
+            before = engine.stats()
             done, t0 = 0, time.perf_counter()
             while done < steps:
                 n = min(T, steps - done)
                 engine.run_segment(x, mask, 0, n, learn=True, t_prime=1)
                 done += n
             rate = done / (time.perf_counter() - t0)
-            return rate, engine.stats()
+            return rate, timed_stats(before, engine.stats(), WARMUP, done)
         finally:
             engine.close()
+
+
+WARMUP = 10
+
+
+def timed_stats(before: dict, after: dict, warm: int, timed: int) -> dict:
+    """An engine's stats over its `timed` steps alone, from those after `warm` steps (`before`)
+    and after all of them: per-step figures (keys ending in `_per_step`) are recomputed from the
+    totals; other keys are taken from `after`."""
+    out = dict(after)
+    for k, v in after.items():
+        if k.endswith("_per_step") and k in before:
+            out[k] = (v * (warm + timed) - before[k] * warm) / timed
+    return out
 
 
 def ray_cpus(layer_counts, cpus_per_layer: float = 1.0, least: int = 2) -> int:

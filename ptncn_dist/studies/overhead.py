@@ -33,6 +33,19 @@ def fit(layers, ms) -> tuple[float, float, float]:
     return float(fixed), float(per), float(np.max(np.abs(pred - ms) / np.asarray(ms, float)))
 
 
+PARTS = ("compute", "comm", "wait")
+
+
+def breakdown(stats: dict, layers: int) -> dict | None:
+    """A Ray step's time per layer, averaged over the layers: compute (the layer math and the
+    schedule), comm (encoding and handing messages to the transport) and wait (for neighbours'
+    messages), in ms per step, from the actors' phase clocks; None for an engine without them."""
+    keys = [[f"layer{l}_{k}_ms_per_step" for l in range(1, layers + 1)] for k in PARTS]
+    if not all(k in stats for row in keys for k in row):
+        return None
+    return {part: sum(stats[k] for k in row) / layers for part, row in zip(PARTS, keys)}
+
+
 def _sets(name: str, cpus_per_layer: float) -> tuple[list, int | None]:
     sets, threads = ENGINES[name]
     sets = [s for s in sets if not s.startswith("engine.cpus_per_layer")]
@@ -50,13 +63,14 @@ def bench_overhead(steps: int, engines=ENGINE_NAMES, layers=LAYERS, cpus_per_lay
     def run_all():
         for name in engines:
             sets, threads = _sets(name, cpus_per_layer)
-            ms = []
+            ms, parts = [], []
             for n in layers:
-                rate, _ = engine_rate((width,) * n, batch, x_dim, steps, sets, threads)
+                rate, stats = engine_rate((width,) * n, batch, x_dim, steps, sets, threads)
                 ms.append(1e3 / rate)
+                parts.append(breakdown(stats, n))
                 print(f"{name:16s} layers={n}  {ms[-1]:.4f} ms/step", flush=True)
             fixed, per, worst = fit(layers, ms)
-            out[name] = {"ms": ms, "fixed": fixed, "per_layer": per, "worst_residual": worst}
+            out[name] = {"ms": ms, "fixed": fixed, "per_layer": per, "worst_residual": worst, "parts": parts}
 
     if need_ray:
         with local_ray(max(2, int(np.ceil(max(layers) * cpus_per_layer)))):
@@ -73,6 +87,13 @@ def print_overhead(res: dict, layers=LAYERS) -> None:
     for name, r in res.items():
         cells = "".join(f"{v:10.4f}" for v in r["ms"])
         print(f"{name:16s}{cells}{r['fixed']:10.4f}{r['per_layer']:11.4f}{100 * r['worst_residual']:8.1f}%")
+    rows = [(name, n, p) for name, r in res.items() for n, p in zip(layers, r.get("parts", [])) if p]
+    if rows:
+        print("where a Ray step's time goes, ms per step and layer (mean over the layers; the phase clocks "
+              "of the actors)")
+        print(f"{'engine':16s}{'layers':>7s}" + "".join(f"{k:>10s}" for k in PARTS))
+        for name, n, p in rows:
+            print(f"{name:16s}{n:7d}" + "".join(f"{p[k]:10.4f}" for k in PARTS))
     if base:
         for name, r in res.items():
             if name != "local_1thread":
