@@ -20,13 +20,16 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
 from experiments.compare import cli as compare
 from experiments.compare import methods as compare_methods
 from experiments.compare import runner
+from experiments.compare import trial
 from experiments.compare import jobs as compare_jobs
 from experiments.compare.jobs import config_for, setting_for
 from experiments.compare.tuning import choose, tune_jobs
@@ -277,6 +280,8 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, who
             assert proc.poll() is None, "the runner ended before its trial saved a checkpoint"
             assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
             time.sleep(0.05)
+        trial_id = _trial_id(cut / "tune")
+        assert _work_dirs(trial_id), "the trial's working directory is not named by its Tune trial"
         if how == "SIGINT":
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=120)
@@ -295,6 +300,18 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, who
     assert "resumed" not in first and 0 < second["resumed"][0]["step"] < KILL_STEPS, second.get("resumed")
     assert second["phases"][0]["steps"] == first["phases"][0]["steps"] == KILL_STEPS
     assert second["phases"][0]["evals"] == first["phases"][0]["evals"]
+    assert not _work_dirs(trial_id), "a stopped trial's working directory was left behind"
+
+
+def _trial_id(storage) -> str:
+    """The Tune trial id of the test stage's P-TNCN trial (its directory ends with it)."""
+    dirs = [d for d in storage.glob("bouncing/smoke/test-*/bouncing-ptncn-mnist-s0-*") if d.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0].name.rsplit("-", 1)[1]
+
+
+def _work_dirs(trial_id: str) -> list:
+    return list(Path(tempfile.gettempdir()).glob(trial.work_prefix("*", trial_id) + "*"))
 
 
 def test_dry_run_full_lists_cluster_trials(tmp_path):
