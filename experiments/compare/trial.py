@@ -294,6 +294,9 @@ def trainable(config: dict) -> None:
             tune.report({**point, "done": 0})
 
         out = run_spec(job, work, checkpointed, report)
+        # Gone before the last report: once Tune has it, the runner may end Ray (and this
+        # process) before a `finally` here would run.
+        shutil.rmtree(work, ignore_errors=True)
         tune.report({"done": 1, "status": out["status"], "result": json.dumps(out, default=float)})
     finally:
         shutil.rmtree(work, ignore_errors=True)
