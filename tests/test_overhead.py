@@ -68,3 +68,17 @@ def test_loop_bad_arguments_are_one_line(capsys):
     with pytest.raises(SystemExit) as exc:
         bench_main(["loop", "--steps", "0"])
     assert exc.value.code == 2 and capsys.readouterr().err.strip().splitlines()[-1].startswith("ptncn bench loop: error:")
+
+
+def test_the_links_floor_is_a_real_round_trip():
+    """Two processes bounce a frame over zmq CURVE: a positive time, well under a second each."""
+    from ptncn_dist.studies.link_floor import curve_round_trip_us
+    us = curve_round_trip_us(n=200, rounds=2, warm=10)
+    assert 0 < us < 1e5
+
+
+def test_ptb_profile_names_the_calls_of_a_step(capsys):
+    assert bench_main(["ptb", "--profile", "--steps", "50", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "cProfile of 50 steps at the authors' PTB settings, nag" in out
+    assert "gemm_tn" in out and "axpy" in out  # the low-rank updates and Nesterov's passes

@@ -2,7 +2,8 @@
 
     ptncn bench ptb        the single-process engine at the authors' PTB settings, against the
                            GEMM roof measured on the same shapes in the same run; with
-                           --optims nag,adam several optimizers side by side
+                           --optims nag,adam several optimizers side by side; --profile: where
+                           a step's time goes
     ptncn bench engines    local (1 and all threads) vs ray exact / pipelined / compiled, for
                            several widths and layer counts; per-step overhead on tiny layers;
                            bytes per step
@@ -118,6 +119,31 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
     return {"by_optim": {o: _ptb_rates(step_s[o], roof_s, gflop, B) for o in optims}, "ratios": ratios}
 
 
+def profile_ptb(optim: str = "nag", steps: int = 200, threads: int | None = None, top: int = 15) -> None:
+    """cProfile of `steps` training steps at the authors' PTB settings (engine built and warmed up
+    outside the profile), by internal time: which calls separate a step from its GEMM roof."""
+    import cProfile
+    import pstats
+    V, B, T = 49, 50, 50
+    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"']
+    x = np.random.default_rng(0).integers(0, V, (T, B)).astype(np.int32)
+    mask = np.ones((T, B), np.float32)
+    with pin_blas(threads):
+        engine = build_engine(load(None, base + PTB_OPTIMS[optim]), V, "tokens")
+        engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+        prof = cProfile.Profile()
+        done, t0 = 0, time.perf_counter()
+        prof.enable()
+        while done < steps:
+            engine.run_segment(x, mask, 0, T, learn=True, t_prime=1)
+            done += T
+        prof.disable()
+        wall = time.perf_counter() - t0
+    print(f"cProfile of {done} steps at the authors' PTB settings, {optim}: {1e3 * wall / done:.2f} ms per "
+          f"step under the profiler; ms per step of each call below = tottime x {1e3 / done:g}")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
+
+
 def print_ptb(res: dict, steps: int, rounds: int) -> None:
     from ..core.adam_kernel import kernel_name
     optims = list(res["by_optim"])
@@ -224,6 +250,8 @@ def main(argv=None) -> int:
                    help="gpu: the layers and the GEMM roof on CuPy (model.device)")
     a.add_argument("--optims", default="nag", help="comma-separated optimizers run side by side, "
                    f"ratios against the first (of {', '.join(PTB_OPTIMS)}), e.g. nag,adam")
+    a.add_argument("--profile", action="store_true",
+                   help="instead: cProfile --steps steps of the first optimizer (where a step's time goes)")
     e = sub.add_parser("engines", help="engines side by side")
     e.add_argument("--steps", type=int, default=200)
     e.add_argument("--quick", action="store_true", help="two configurations only")
@@ -244,6 +272,9 @@ def main(argv=None) -> int:
         unknown = [o for o in optims if o not in PTB_OPTIMS]
         if unknown:
             p.error(f"--optims: unknown {unknown}; choose from {list(PTB_OPTIMS)}")
+        if args.profile:
+            profile_ptb(optims[0], args.steps, args.threads)
+            return 0
         print_ptb(bench_ptb(args.steps, args.threads, args.rounds, optims, args.device), args.steps, args.rounds)
         return 0
     configs = [((8,), 4, 16), ((8, 8), 4, 16), ((8, 8, 8), 4, 16), ((1024, 1024), 64, 1024)]
