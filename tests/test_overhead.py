@@ -82,3 +82,14 @@ def test_ptb_profile_names_the_calls_of_a_step(capsys):
     out = capsys.readouterr().out
     assert "cProfile of 50 steps at the authors' PTB settings, nag" in out
     assert "gemm_tn" in out and "axpy" in out  # the low-rank updates and Nesterov's passes
+
+
+def test_update_passes_times_every_variant(capsys):
+    """The tool behind docs/performance.md's update table runs each variant and prints its time."""
+    from experiments.tools import update_passes
+    assert update_passes.main(["--updates", "2", "--threads", "1"]) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert [" ".join(r[:2]) for r in rows] == [
+        "nag project", "nag fused_blocks", "nag gemm_alone", "adam project", "adam whole_gemm", "adam whole_prange",
+        "adam whole_2py"]
+    assert all(float(r[-1]) > 0 for r in rows)
