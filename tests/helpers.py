@@ -72,3 +72,22 @@ class FireAt:
         if trainer.step == self.step:
             self.fired.append(trainer.step)
             self.fn(trainer)
+
+
+def tune_state_names_checkpoint(experiment_dirs) -> bool:
+    """Whether a Tune experiment's saved state names a trial checkpoint that exists on disk (the
+    state is written after the checkpoint and may lag it on a busy machine: a runner stopped
+    before then has nothing to restore from). The state is JSON holding pickles as hex: their
+    bytes are searched for the name, never unpickled."""
+    import re
+    for exp in experiment_dirs:
+        for state in exp.glob("experiment_state-*.json"):
+            try:
+                text = state.read_text(encoding="utf-8")
+            except OSError:
+                continue
+            for value in re.findall(r'value\\?"\s*:\s*\\?"([0-9a-f]+)', text):  # quotes escaped one level down
+                for name in set(re.findall(rb"checkpoint_\d{6}", bytes.fromhex(value))):
+                    if list(exp.glob(f"*/{name.decode()}")):
+                        return True
+    return False

@@ -16,7 +16,6 @@ import importlib.util
 import json
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from experiments.compare import trial
 from experiments.compare import jobs as compare_jobs
 from experiments.compare.jobs import config_for, setting_for
 from experiments.compare.tuning import choose, tune_jobs
-from helpers import DATA, NODE_IP, REPO, local_ray
+from helpers import DATA, NODE_IP, REPO, local_ray, tune_state_names_checkpoint
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None  # the LSTM needs the torch extra (not in CI)
 LEARNERS = ("ptncn", "ptncn_sign", "bptt", "tbptt", "rtrl", "uoro", "esn") + (("lstm",) if HAS_TORCH else ())
@@ -214,18 +213,8 @@ def _model_result(out) -> dict:
 
 
 def _recorded_checkpoint(storage) -> bool:
-    """Whether a test stage's Tune experiment state names a checkpoint that exists. The state is
-    JSON holding pickles as hex: their bytes are searched for the name, never unpickled."""
-    for state in storage.glob("bouncing/smoke/test-*/experiment_state-*.json"):
-        try:
-            text = state.read_text(encoding="utf-8")
-        except OSError:
-            continue
-        for value in re.findall(r'value\\?"\s*:\s*\\?"([0-9a-f]+)', text):  # quotes escaped one level down
-            for name in set(re.findall(rb"checkpoint_\d{6}", bytes.fromhex(value))):
-                if list(state.parent.glob(f"*/{name.decode()}")):
-                    return True
-    return False
+    """Whether a test stage's Tune experiment state names a checkpoint that exists."""
+    return tune_state_names_checkpoint(storage.glob("bouncing/smoke/test-*"))
 
 
 def _kill_tree(root) -> None:

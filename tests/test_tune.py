@@ -2,6 +2,11 @@
 ordinary trainer would (same numbers), keeps diverged trials as results and writes its tables."""
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -98,3 +103,68 @@ def test_tiny_study_runs_real_trials(tmp_path):
     direct = train(cfg, None, log=lambda *_: None)
     assert base_curve[-1]["test_bce"] == pytest.approx(direct.final_test["test_bce"], rel=1e-6)
     assert (out / "curves.png").stat().st_size > 0
+
+
+# one variant, long enough (about 10 s) to be stopped mid-run, a checkpoint every 200 steps
+LONG = (TINY.split("[[variant]]")[0]
+        .replace('"train.steps" = 80', '"train.steps" = 4000')
+        .replace('"model.hidden" = [16, 16]', '"model.hidden" = [192, 192]')
+        .replace('"train.eval_every" = 40', '"train.eval_every" = 200\n"train.checkpoint_every" = 200'))
+
+
+def _tune_command(tmp_path, *extra) -> list:
+    return [sys.executable, "-m", "ptncn_dist.cli", "tune", "--space", str(tmp_path / "long.toml"), "--name", "long",
+            "--storage", str(tmp_path / "storage"), "--out", str(tmp_path / "out"), "--num-cpus", "2", *extra]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_interrupted_study_continues_from_its_checkpoints(tmp_path):
+    """Ctrl-C once a trial's checkpoint is in Tune's state: one line, status 130, no tables.
+    The same command again continues the trial from that checkpoint (not from step 0) to the
+    same test loss as the ordinary trainer; a changed space file is refused; --fresh restarts."""
+    pytest.importorskip("ray.tune")
+    import psutil
+    from helpers import REPO, tune_state_names_checkpoint
+    from ptncn_dist.trainer import train
+    (tmp_path / "long.toml").write_text(LONG)
+    # Tune saves its experiment state every second here (else every 10 s or more), so the stop
+    # lands while the trial runs
+    proc = subprocess.Popen(_tune_command(tmp_path), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True, env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not tune_state_names_checkpoint([tmp_path / "storage" / "long"]):
+            assert proc.poll() is None, "the study ended before its trial saved a checkpoint"
+            assert time.monotonic() < deadline, "no Tune checkpoint within 300 s"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                p.kill()
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: 1 of 1 trial(s) stopped before their end" in err.splitlines()[-1]
+    assert not (tmp_path / "out" / "trials.csv").exists()
+
+    again = subprocess.run(_tune_command(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "continuing the unfinished study" in again.stdout
+    with open(tmp_path / "out" / "trials.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert 0 < int(row["resumed_at"]) < 4000 and int(row["last_step"]) == 4000
+    cfg = trial_config(None, {**read_space(str(tmp_path / "long.toml")).fixed, "engine.blas_threads": 1,
+                              "train.progress": False, "train.plots": False})
+    direct = train(cfg, None, log=lambda *_: None)
+    assert float(row["last_test_bce"]) == pytest.approx(direct.final_test["test_bce"], rel=1e-6)
+
+    (tmp_path / "long.toml").write_text(LONG.replace('"train.steps" = 4000', '"train.steps" = 400'))
+    changed = subprocess.run(_tune_command(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert changed.returncode != 0 and "holds a study started from another space file" in changed.stderr
+    fresh = subprocess.run(_tune_command(tmp_path, "--fresh"), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert fresh.returncode == 0 and "continuing" not in fresh.stdout, fresh.stderr[-2000:]
+    with open(tmp_path / "out" / "trials.csv", newline="") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert int(row["resumed_at"]) == 0 and int(row["last_step"]) == 400

@@ -4,66 +4,28 @@ Each trial is one training run (the ordinary `train()`), with its own CPUs and B
 them; it reports every evaluation (test loss, loss by position, steps, wall seconds) to Tune.
 Tune's own experiment directory goes under `--storage` (default runs/tune); the study's results,
 small and readable, go to `--out`: `trials.csv` (one row per trial), `curves.jsonl` (every
-reported evaluation) and `curves.png`, which `experiments/results/tuning/` keeps.
-Needs the `tune` extra (`pip install "ptncn_dist[tune]"`).
+reported evaluation) and `curves.png`, which `experiments/results/tuning/` keeps. Each trial
+hands Tune its run directory as a checkpoint (ptncn_dist/tune/trial.py), so the same command run
+after an interruption continues the study: finished trials kept, unfinished ones from their
+last checkpoints; `--fresh` starts it anew. Needs the `tune` extra (`pip install "ptncn_dist[tune]"`).
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
+import shutil
+import sys
 import time
 
 from ..engines import ray_session
 from ..engines.placement import shutdown_ray
 from ..errors import ConfigError, PtncnError
 from .space import Dist, SearchSpace, read_space, trial_config
-
-TEXT_SOURCES = ("ptb_char", "ptb_word", "text")
-FAILED_LOSS = 1e9
-
-
-def metric_for(cfg) -> str:
-    """The loss a study minimises: bits per token for text (and token arrays, whose output is
-    softmax), squared error for arrays of real values under an identity or tanh output, else BCE."""
-    output = cfg.model.output
-    if cfg.data.source in TEXT_SOURCES or (cfg.data.source == "arrays" and output == "softmax"):
-        return "test_bpc"
-    if cfg.data.source == "arrays" and output in ("identity", "tanh"):
-        return "test_se"
-    return "test_bce"
-
-
-def run_trial(params: dict) -> None:
-    """One Tune trial: train with the trial's overrides and report each evaluation.
-
-    A run that diverges is reported once with a very large loss and `diverged = 1`, so the
-    study keeps it as a result (a learning rate that blows up is a finding), not as an error."""
-    import ray
-    from ray import tune
-    from ..errors import DivergenceError
-    from ..trainer import train
-    overrides = {**_strip_private(params), **params.get("sampled", {})}
-    cfg = trial_config(params.get("config"), overrides)
-    metric, t0, seen = metric_for(cfg), time.perf_counter(), {"step": -1}
-    node_ip = ray.util.get_node_ip_address()
-
-    def on_record(rec: dict) -> None:
-        if metric not in rec or rec["step"] <= seen["step"]:
-            return
-        seen["step"] = rec["step"]
-        out = {k: v for k, v in rec.items() if k.startswith("test_") or k == "reference"}
-        out.update(step=rec["step"], wall_s=time.perf_counter() - t0, diverged=0, node_ip=node_ip)
-        tune.report(out)
-
-    try:
-        train(cfg, None, log=lambda *_: None, on_record=on_record)
-    except DivergenceError as exc:
-        tune.report({metric: FAILED_LOSS, "step": max(seen["step"], 0) + 1,
-                     "wall_s": time.perf_counter() - t0, "diverged": 1, "error": str(exc)[:200],
-                     "node_ip": node_ip})
+from .trial import QUIET, metric_for, overrides_of, run_trial
 
 
 def _tune_value(tune, d: Dist):
@@ -79,8 +41,7 @@ def param_space(tune, base_path: str | None, space: SearchSpace) -> dict:
     variants = space.variants or []
     ps = {"config": os.path.abspath(base_path) if base_path else None,
           "sampled": {k: _tune_value(tune, d) for k, d in space.sampled.items()}}
-    fixed = dict(space.fixed)
-    fixed.update({"train.progress": False, "train.plots": False})
+    fixed = {**space.fixed, **QUIET}
     if variants:
         ps["overrides"] = tune.grid_search([{**fixed, **v.overrides, "_variant": v.name} for v in variants])
     else:
@@ -88,16 +49,53 @@ def param_space(tune, base_path: str | None, space: SearchSpace) -> dict:
     return ps
 
 
-def _strip_private(params: dict) -> dict:
-    over = dict(params.get("overrides", {}))
-    over.pop("_variant", None)
-    return over
+class Interrupted(PtncnError):
+    """The study stopped (Ctrl-C) with trials unfinished; the same command continues it."""
+
+
+MARKER = "ptncn_study.json"
+
+
+def fingerprint(base_path: str | None, space_path: str) -> dict:
+    """What a study was started from: the space file's and the base config's sha256."""
+    def digest(path):
+        if not path:
+            return None
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    return {"space": os.path.abspath(space_path), "space_sha256": digest(space_path),
+            "config": os.path.abspath(base_path) if base_path else None, "config_sha256": digest(base_path)}
+
+
+def _restorable(tune, path: str, mark: dict, fresh: bool) -> bool:
+    """Whether to continue the study in `path`: it exists and was started from the same space
+    and config. --fresh removes it; another space or config is a ConfigError (never a silent
+    restart, nor a continuation of something else)."""
+    if fresh:
+        shutil.rmtree(path, ignore_errors=True)
+        return False
+    if not tune.Tuner.can_restore(path):
+        return False
+    try:
+        with open(os.path.join(path, MARKER), encoding="utf-8") as fh:
+            old = json.load(fh)
+    except (OSError, ValueError):
+        old = {}
+    changed = [k for k in ("space_sha256", "config_sha256") if old.get(k) != mark[k]]
+    if changed:
+        what = " and ".join({"space_sha256": "space file", "config_sha256": "base config"}[k] for k in changed)
+        raise ConfigError(f"{path} holds a study started from another {what}: --fresh starts it anew there, "
+                          f"--name keeps both")
+    return True
 
 
 def study(base_path: str | None, space_path: str, out_dir: str, storage: str, name: str,
-          num_cpus: int | None = None, node_ip: str = ray_session.LOOPBACK, address: str = "") -> list[dict]:
+          num_cpus: int | None = None, node_ip: str = ray_session.LOOPBACK, address: str = "",
+          fresh: bool = False, log=print) -> list[dict]:
     """Run the study on a private local Ray (on `node_ip`), or on the cluster at `address`;
-    returns one summary row per trial (also written to `out_dir`)."""
+    returns one summary row per trial (also written to `out_dir`). A study left unfinished under
+    STORAGE/NAME by an interrupted command is continued: finished trials are kept, unfinished
+    ones go on from their last checkpoints. An interruption raises Interrupted."""
     try:
         from ray import tune
         from ray.tune.schedulers import ASHAScheduler
@@ -112,6 +110,8 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
     for v in space.variants:
         max_t = max(max_t, int(v.overrides.get("train.steps", 0)))
     os.makedirs(out_dir, exist_ok=True)
+    path, mark = os.path.join(os.path.abspath(storage), name), fingerprint(base_path, space_path)
+    restore = _restorable(tune, path, mark, fresh)  # before Ray starts: a refusal costs nothing
     if address:
         ray_session.join(address, node_ip, "tune --node-ip")
     else:
@@ -121,19 +121,39 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
         space.fixed.setdefault("engine.blas_threads", max(1, int(cpus)))
         scheduler = ASHAScheduler(time_attr="step", max_t=max_t, grace_period=space.grace_period,
                                   reduction_factor=space.reduction_factor)
-        tuner = tune.Tuner(
-            tune.with_resources(run_trial, {"cpu": cpus}),
-            param_space=param_space(tune, base_path, space),
-            tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
-                                        num_samples=space.num_samples,
-                                        max_concurrent_trials=space.max_concurrent,
-                                        time_budget_s=space.time_budget_s or None),
-            run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(storage), verbose=1))
+        trainable = tune.with_resources(run_trial, {"cpu": cpus})
+        if restore:
+            log(f"continuing the unfinished study {path}")
+            tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, restart_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(tune, base_path, space),
+                tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
+                                            num_samples=space.num_samples,
+                                            max_concurrent_trials=space.max_concurrent,
+                                            time_budget_s=space.time_budget_s or None),
+                run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(storage), verbose=1))
+        t0 = time.monotonic()
+        _write_marker(path, mark)
         grid = tuner.fit()
+        unfinished = sum(1 for res in grid if res.error is None and not (res.metrics or {}).get("done"))
+        budget_over = space.time_budget_s and time.monotonic() - t0 >= space.time_budget_s
+        if unfinished and not budget_over:
+            raise Interrupted(f"{unfinished} of {len(grid)} trial(s) stopped before their end; run the same "
+                              f"command again to continue them (--fresh starts the study anew)")
         rows = write_results(grid, metric, out_dir)
     finally:
         shutdown_ray()
     return rows
+
+
+def _write_marker(path: str, mark: dict) -> None:
+    os.makedirs(path, exist_ok=True)
+    tmp = os.path.join(path, f".{MARKER}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(mark, fh, indent=1)
+    os.replace(tmp, os.path.join(path, MARKER))
 
 
 def _clean(v):
@@ -148,8 +168,7 @@ def write_results(grid, metric: str, out_dir: str) -> list[dict]:
     for i, res in enumerate(grid):
         params = res.config or {}
         name = params.get("overrides", {}).get("_variant", "trial")
-        settings = {**_strip_private(params), **params.get("sampled", {})}
-        settings = {k: v for k, v in settings.items() if k not in ("train.progress", "train.plots")}
+        settings = {k: v for k, v in overrides_of(params).items() if k not in QUIET}
         df = res.metrics_dataframe
         reports = [] if df is None else df.to_dict("records")
         evals = [r for r in reports if metric in r and r.get(metric) is not None]
@@ -161,10 +180,11 @@ def write_results(grid, metric: str, out_dir: str) -> list[dict]:
                      f"last_{metric}": _clean(last.get(metric)), "last_step": last.get("step"),
                      "wall_s": _clean(last.get("wall_s")), "node_ip": last.get("node_ip"),
                      "steps_per_s": _clean(last["step"] / last["wall_s"]) if last.get("wall_s") else None,
+                     "resumed_at": max([r.get("resumed_at") or 0 for r in evals] or [0]),
                      "settings": json.dumps(settings, sort_keys=True)})
         for r in evals:
             keep = {k: _clean(v) if not isinstance(v, (list, dict)) else v for k, v in r.items()
-                    if k in ("step", "wall_s", "diverged", "node_ip") or k.startswith("test_")
+                    if k in ("step", "wall_s", "diverged", "node_ip", "resumed_at") or k.startswith("test_")
                     or k.startswith("reference")}
             curves.append({"trial": i, "variant": name, **keep})
     rows.sort(key=lambda r: (r[f"best_{metric}"] is None, r[f"best_{metric}"] or 0.0))
@@ -225,6 +245,9 @@ def main(argv=None) -> int:
     p.add_argument("--name", default=None, help="study name (default: the space file's stem)")
     p.add_argument("--out", default=None, help="results directory (default experiments/results/tuning/NAME)")
     p.add_argument("--storage", default="runs/tune", help="Tune's experiment directory root")
+    p.add_argument("--fresh", action="store_true",
+                   help="start the study anew, removing an unfinished one of the same name under --storage "
+                        "(by default an interrupted study is continued)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs a private local Ray may use (default: all)")
     p.add_argument("--address", default="", help="join a running Ray cluster ('auto', HOST:PORT) instead of a private local Ray")
     p.add_argument("--node-ip", default=ray_session.LOOPBACK,
@@ -232,8 +255,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     name = args.name or os.path.splitext(os.path.basename(args.space))[0]
     out = args.out or os.path.join("experiments", "results", "tuning", name)
-    rows = study(args.config, args.space, out, args.storage, name, args.num_cpus, node_ip=args.node_ip,
-                 address=args.address)
+    try:
+        rows = study(args.config, args.space, out, args.storage, name, args.num_cpus, node_ip=args.node_ip,
+                     address=args.address, fresh=args.fresh)
+    except Interrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
     if not rows:
         raise ConfigError("the study ran no trial")
     key = next(k for k in rows[0] if k.startswith("best_"))
