@@ -139,7 +139,12 @@ def test_failed_trial_is_reported_and_rerun_alone(finished, ray_up):
     assert meta["report_rebuilt"]["command"].endswith("--report-only") and meta["trials_run_now"] == ran["trials_run_now"]
     outcome, lines = smoke(out, "--only", "bouncing-bptt-mnist-s0")
     assert outcome.ran == ["bouncing-bptt-mnist-s0"] and not outcome.failed
-    assert "## Failed trials" not in (out / "results.md").read_text()
+    md = (out / "results.md").read_text()
+    assert "## Failed trials" not in md
+    # the page still says how to reproduce the whole table; the rerun is recorded beside it
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["command"] == ran["command"] and f"Reproduce: `{ran['command']}`" in md and "--only" not in md
+    assert meta["reruns"][-1]["trials"] == ["bouncing-bptt-mnist-s0"] and "--only" in meta["reruns"][-1]["command"]
 
 
 @pytest.mark.ray
@@ -585,3 +590,15 @@ def test_long_scale_zeroshot_and_continual_reuse_the_bouncing_trials():
     assert {p["minutes"] for j in models if j["stage"] == "tune" for p in j["phases"]} == {2.5}
     seeds = {(j["phases"][0]["data"], j["seed"]) for j in bouncing if j["stage"] == "test"}
     assert seeds == {("mnist", 0), ("mnist", 1), ("mnist", 2), ("notmnist", 0)}
+
+
+def test_strongest_reference_is_the_lowest_loss_not_the_most_elaborate():
+    """On held-out words an unsmoothed trigram loses to the unigram: the unigram is what a learner
+    must beat. A reference with no finite figure is passed over."""
+    from experiments.compare.report import strongest_reference
+    stats = {"unigram": {"test_ppl": (686.9, 0.0, 3)}, "bigram": {"test_ppl": (886.5, 0.0, 3)},
+             "trigram": {"test_ppl": (3890.0, 0.0, 3)}, "ptncn": {"test_ppl": (500.0, 1.0, 3)}}
+    assert strongest_reference(stats, ("unigram", "bigram", "trigram"), "test_ppl") == "unigram"
+    stats["unigram"]["test_ppl"] = (math.nan, 0.0, 0)
+    assert strongest_reference(stats, ("unigram", "bigram", "trigram"), "test_ppl") == "bigram"
+    assert strongest_reference(stats, ("mean_frame",), "test_ppl") is None

@@ -149,19 +149,26 @@ def meta_for(args, argv: list, plan: Plan) -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-RUN_FIELDS = ("command", "argv", "software", "machine", "git", "started", "total_wall_s", "trials_run_now")
+RUN_FIELDS = ("command", "argv", "software", "machine", "git", "started", "total_wall_s", "trials_run_now",
+              "trials_at_a_time", "ray_address")
 
 
-def kept_run_meta(path: Path, meta: dict) -> dict:
-    """A --report-only rebuild's meta.json: what the last real run recorded about itself (its
-    command, versions, machine, commit, start and wall time) stays; the rebuild's own are
-    added under `report_rebuilt`. A missing or unreadable old file keeps the rebuild's."""
+def kept_run_meta(path: Path, meta: dict, rerun: list | None = None) -> dict:
+    """The meta.json of a --report-only rebuild, or of an --only rerun of some trials (`rerun`:
+    their ids): what the last whole run recorded about itself (its command, versions, machine,
+    commit, start, wall time, trials at a time) stays, so results.md still says how to reproduce
+    the whole table; the rebuild's own are added under `report_rebuilt`, a rerun's appended to
+    `reruns`. A missing or unreadable old file keeps this command's."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return meta
-    rebuilt = {k: meta[k] for k in ("command", "git", "started")}
-    return {**meta, **{k: old[k] for k in RUN_FIELDS if k in old}, "report_rebuilt": rebuilt}
+    own = {k: meta[k] for k in ("command", "git", "started")}
+    kept = {**meta, **{k: old[k] for k in RUN_FIELDS if k in old}}
+    if rerun is None:
+        return {**kept, "report_rebuilt": own}
+    return {**kept, "reruns": [*old.get("reruns", []), {**own, "trials": sorted(rerun),
+                                                        "total_wall_s": meta.get("total_wall_s")}]}
 
 
 def submit_line(argv: list, args, out: Path) -> str:
@@ -235,8 +242,8 @@ def main(argv=None, log=print) -> Outcome:
     outcome.jobs = tuning + tests
     meta["total_wall_s"] = round(time.perf_counter() - t0, 1)
     meta["trials_run_now"] = outcome.ran
-    if args.report_only:
-        meta = kept_run_meta(out / "meta.json", meta)
+    if args.report_only or only is not None:
+        meta = kept_run_meta(out / "meta.json", meta, None if args.report_only else sorted(only))
     failed = [job["id"] for job, res in done if not runner.finished(res)]
     rerun = runner.rerun_command(argv, failed) if failed else ""
     write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source)
@@ -246,5 +253,5 @@ def main(argv=None, log=print) -> Outcome:
     if failed:
         log(f"{len(failed)} trial(s) failed or not run: {', '.join(failed)}")
         log(f"rerun them alone: {rerun}")
-    log(f"wrote {out}/results.md ({meta['total_wall_s']} s)")
+    log(f"wrote {out}/results.md ({time.perf_counter() - t0:.1f} s)")
     return outcome

@@ -62,10 +62,12 @@ REFERENCE_LABELS = {"mean_frame": "Mean training frame (reference)",
                     "trigram": "Trigram frequencies (reference)"}
 
 
-def strongest_reference(stats: dict, names: tuple) -> str | None:
-    """The last of `names` (weakest first) that the table holds: what a learner must beat."""
-    held = [n for n in names if n in stats]
-    return held[-1] if held else None
+def strongest_reference(stats: dict, names: tuple, column: str) -> str | None:
+    """Of the references `names` that the table holds, the one with the lowest mean `column`:
+    what a learner must beat (the most elaborate one need not be it: a word trigram without
+    smoothing loses to the unigram on held-out text)."""
+    held = [n for n in names if n in stats and math.isfinite(stats[n][column][0])]
+    return min(held, key=lambda n: stats[n][column][0]) if held else None
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
