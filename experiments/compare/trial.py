@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import shutil
-import tempfile
 import time
 import tracemalloc
 from dataclasses import replace
@@ -36,6 +35,7 @@ from ptncn_dist.data import open_streams
 from ptncn_dist.diagnostics.evaluation import evaluate
 from ptncn_dist.engines.factory import build_engine
 from ptncn_dist.trainer import Trainer
+from ptncn_dist.tune.trial import fresh_work_dir
 
 from .jobs import PHASE_SEED_STRIDE, config_for, split_of
 from .references import run_reference
@@ -257,20 +257,6 @@ def work_prefix(job_id: str, trial_id: str) -> str:
     return f"ptncn-{job_id[:60]}-{trial_id}-"
 
 
-def clear_stale_work(job_id: str, trial_id: str) -> str:
-    """Remove the working directories an earlier, stopped run of this Tune trial left behind (a
-    killed trial never reaches its own cleanup; its checkpoint lives on in Tune's storage) and
-    return the prefix of a new one. Only this user's plain directories are touched."""
-    prefix = work_prefix(job_id, trial_id)
-    for old in Path(tempfile.gettempdir()).glob(prefix + "*"):
-        try:
-            if not old.is_symlink() and old.is_dir() and old.stat().st_uid == os.getuid():
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-    return prefix
-
-
 def trainable(config: dict) -> None:
     """The Tune trial: continue from Tune's checkpoint when there is one, report each held-out
     evaluation and each checkpoint, and end with the whole result (JSON) as the last report."""
@@ -279,7 +265,7 @@ def trainable(config: dict) -> None:
     job = config["job"]
     if os.path.isdir(config.get("cwd") or ""):  # Tune starts a trial in its own directory: data paths are the command's
         os.chdir(config["cwd"])
-    work = Path(tempfile.mkdtemp(prefix=clear_stale_work(job["id"], tune.get_context().get_trial_id())))
+    work = fresh_work_dir(work_prefix(job["id"], tune.get_context().get_trial_id()))
     try:
         restored = tune.get_checkpoint()
         if restored is not None:

@@ -37,11 +37,10 @@ def overrides_of(params: dict) -> dict:
     return {**over, **params.get("sampled", {})}
 
 
-def work_dir(trial_id: str) -> Path:
-    """A fresh temporary directory for this trial, after removing any that an earlier, stopped
-    run of the same trial left (a killed trial never reaches its cleanup); only this user's
-    plain directories are touched."""
-    prefix = f"ptncn-tune-{trial_id}-"
+def fresh_work_dir(prefix: str) -> Path:
+    """A fresh temporary directory named `prefix`..., after removing those an earlier, stopped
+    run of the same Tune trial left under that prefix (a killed trial never reaches its cleanup;
+    its checkpoint lives on in Tune's storage); only this user's plain directories are touched."""
     for old in Path(tempfile.gettempdir()).glob(prefix + "*"):
         try:
             if not old.is_symlink() and old.is_dir() and old.stat().st_uid == os.getuid():
@@ -76,7 +75,7 @@ def run_trial(params: dict) -> None:
     metric, t0 = metric_for(cfg), time.perf_counter()
     seen = {"step": -1, "ckpt": None, "sent": None, "resumed_at": 0}
     node_ip = ray.util.get_node_ip_address()
-    work = work_dir(tune.get_context().get_trial_id())
+    work = fresh_work_dir(f"ptncn-tune-{tune.get_context().get_trial_id()}-")
     run_dir = work / "run"
     try:
         restored = tune.get_checkpoint()
