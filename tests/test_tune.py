@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +88,7 @@ def test_tiny_study_runs_real_trials(tmp_path):
     from ptncn_dist.tune import study
     out = tmp_path / "out"
     rows = study(None, _write(tmp_path, TINY), str(out), str(tmp_path / "storage"), "tiny", num_cpus=2)
+    assert not _work_dirs(tmp_path / "storage" / "tiny")  # ASHA kills a trial at max_t before its own cleanup
     by_name = {r["variant"]: r for r in rows}
     assert set(by_name) == {"base", "blows_up"}
     assert by_name["blows_up"]["diverged"] == 1 and by_name["base"]["diverged"] == 0
@@ -110,6 +113,12 @@ LONG = (TINY.split("[[variant]]")[0]
         .replace('"train.steps" = 80', '"train.steps" = 4000')
         .replace('"model.hidden" = [16, 16]', '"model.hidden" = [192, 192]')
         .replace('"train.eval_every" = 40', '"train.eval_every" = 200\n"train.checkpoint_every" = 200'))
+
+
+def _work_dirs(study_path) -> list:
+    """The temporary run directories the study's trials left behind."""
+    from ptncn_dist.tune.study import work_prefix
+    return list(Path(tempfile.gettempdir()).glob(work_prefix(str(study_path)) + "*"))
 
 
 def _tune_command(tmp_path, *extra) -> list:
@@ -148,6 +157,7 @@ def test_interrupted_study_continues_from_its_checkpoints(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted: 1 of 1 trial(s) stopped before their end" in err.splitlines()[-1]
     assert not (tmp_path / "out" / "trials.csv").exists()
+    assert not _work_dirs(tmp_path / "storage" / "long")
 
     again = subprocess.run(_tune_command(tmp_path), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
@@ -155,6 +165,7 @@ def test_interrupted_study_continues_from_its_checkpoints(tmp_path):
     with open(tmp_path / "out" / "trials.csv", newline="") as fh:
         (row,) = list(csv.DictReader(fh))
     assert 0 < int(row["resumed_at"]) < 4000 and int(row["last_step"]) == 4000
+    assert not _work_dirs(tmp_path / "storage" / "long")
     cfg = trial_config(None, {**read_space(str(tmp_path / "long.toml")).fixed, "engine.blas_threads": 1,
                               "train.progress": False, "train.plots": False})
     direct = train(cfg, None, log=lambda *_: None)

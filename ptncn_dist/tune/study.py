@@ -25,7 +25,7 @@ from ..engines import ray_session
 from ..engines.placement import shutdown_ray
 from ..errors import ConfigError, PtncnError
 from .space import Dist, SearchSpace, read_space, trial_config
-from .trial import QUIET, metric_for, overrides_of, run_trial
+from .trial import QUIET, metric_for, overrides_of, remove_work_dirs, run_trial
 
 
 def _tune_value(tune, d: Dist):
@@ -36,10 +36,16 @@ def _tune_value(tune, d: Dist):
     return getattr(tune, d.kind)(*d.args)
 
 
-def param_space(tune, base_path: str | None, space: SearchSpace) -> dict:
-    """Tune's param_space: the base config path, one grid over the variants, the sampled keys."""
+def work_prefix(path: str) -> str:
+    """Where the trials of the study in `path` keep their run directories in the temp dir."""
+    return f"ptncn-tune-{hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:10]}-"
+
+
+def param_space(tune, base_path: str | None, space: SearchSpace, prefix: str = "ptncn-tune-") -> dict:
+    """Tune's param_space: the base config path, one grid over the variants, the sampled keys,
+    and the prefix of the trials' temporary directories."""
     variants = space.variants or []
-    ps = {"config": os.path.abspath(base_path) if base_path else None,
+    ps = {"config": os.path.abspath(base_path) if base_path else None, "work_prefix": prefix,
           "sampled": {k: _tune_value(tune, d) for k, d in space.sampled.items()}}
     fixed = {**space.fixed, **QUIET}
     if variants:
@@ -128,7 +134,7 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
         else:
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(tune, base_path, space),
+                param_space=param_space(tune, base_path, space, work_prefix(path)),
                 tune_config=tune.TuneConfig(metric=metric, mode="min", scheduler=scheduler,
                                             num_samples=space.num_samples,
                                             max_concurrent_trials=space.max_concurrent,
@@ -136,7 +142,12 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
                 run_config=tune.RunConfig(name=name, storage_path=os.path.abspath(storage), verbose=1))
         t0 = time.monotonic()
         _write_marker(path, mark)
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            # A trial that ASHA stops, or that an interruption ends, is killed before its own
+            # cleanup: its run directory goes here (an unfinished one lives on as its checkpoint).
+            remove_work_dirs(work_prefix(path))
         unfinished = sum(1 for res in grid if res.error is None and not (res.metrics or {}).get("done"))
         budget_over = space.time_budget_s and time.monotonic() - t0 >= space.time_budget_s
         if unfinished and not budget_over:

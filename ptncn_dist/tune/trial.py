@@ -37,16 +37,21 @@ def overrides_of(params: dict) -> dict:
     return {**over, **params.get("sampled", {})}
 
 
-def fresh_work_dir(prefix: str) -> Path:
-    """A fresh temporary directory named `prefix`..., after removing those an earlier, stopped
-    run of the same Tune trial left under that prefix (a killed trial never reaches its cleanup;
-    its checkpoint lives on in Tune's storage); only this user's plain directories are touched."""
+def remove_work_dirs(prefix: str) -> None:
+    """Remove this user's plain directories in the temp dir whose names start with `prefix`."""
     for old in Path(tempfile.gettempdir()).glob(prefix + "*"):
         try:
             if not old.is_symlink() and old.is_dir() and old.stat().st_uid == os.getuid():
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:
             pass
+
+
+def fresh_work_dir(prefix: str) -> Path:
+    """A fresh temporary directory named `prefix`..., after removing those an earlier, stopped
+    run of the same Tune trial left under that prefix (a killed trial never reaches its cleanup;
+    its checkpoint lives on in Tune's storage); only this user's plain directories are touched."""
+    remove_work_dirs(prefix)
     return Path(tempfile.mkdtemp(prefix=prefix))
 
 
@@ -75,7 +80,7 @@ def run_trial(params: dict) -> None:
     metric, t0 = metric_for(cfg), time.perf_counter()
     seen = {"step": -1, "ckpt": None, "sent": None, "resumed_at": 0}
     node_ip = ray.util.get_node_ip_address()
-    work = fresh_work_dir(f"ptncn-tune-{tune.get_context().get_trial_id()}-")
+    work = fresh_work_dir(f"{params.get('work_prefix', 'ptncn-tune-')}{tune.get_context().get_trial_id()}-")
     run_dir = work / "run"
     try:
         restored = tune.get_checkpoint()
