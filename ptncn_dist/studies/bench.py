@@ -71,6 +71,24 @@ PTB_OPTIMS = {"nag": ['optim.name="nag"', "optim.lr=0.075", "optim.momentum=0.95
               "adam": ['optim.name="adam"', "optim.lr=0.001"]}
 
 
+PTB_V, PTB_B, PTB_T = 49, 50, 50  # symbols, batch, steps per segment
+
+
+def _ptb_batch() -> tuple:
+    """One fixed batch of random symbols (T, B) and its all-ones mask."""
+    x = np.random.default_rng(0).integers(0, PTB_V, (PTB_T, PTB_B)).astype(np.int32)
+    return x, np.ones((PTB_T, PTB_B), np.float32)
+
+
+def _ptb_engine(optim: str, device: str, x, mask):
+    """The single-process engine at the authors' PTB settings with `optim`, warmed up 10 steps."""
+    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"',
+            f'model.device="{device}"']
+    engine = build_engine(load(None, base + PTB_OPTIMS[optim]), PTB_V, "tokens")
+    engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+    return engine
+
+
 def _ptb_rates(step_s: list, roof_s: list, gflop: float, B: int) -> dict:
     best, best_roof = min(step_s), min(roof_s)
     med, med_roof = float(np.median(step_s)), float(np.median(roof_s))
@@ -90,18 +108,12 @@ def bench_ptb(steps: int = 200, threads: int | None = None, rounds: int = 5,
     per-round ratios. device="gpu": the layers and the roof on CuPy (timed to a synchronize)."""
     from ..core.backend import get_xp
     xp = get_xp(device)
-    V, d, B, T = 49, 1000, 50, 50
-    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"',
-            f'model.device="{device}"']
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, V, (T, B)).astype(np.int32)
-    mask = np.ones((T, B), np.float32)
+    V, d, B, T = PTB_V, 1000, PTB_B, PTB_T
+    x, mask = _ptb_batch()
     shapes = ptb_gemm_shapes(V, d, d, B)
     step_s, roof_s = {o: [] for o in optims}, []
     with pin_blas(threads):
-        engines = {o: build_engine(load(None, base + PTB_OPTIMS[o]), V, "tokens") for o in optims}
-        for engine in engines.values():
-            engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+        engines = {o: _ptb_engine(o, device, x, mask) for o in optims}
         for r in range(rounds):
             for o in optims[r % len(optims):] + optims[:r % len(optims)]:
                 done, t0 = 0, time.perf_counter()
@@ -124,13 +136,10 @@ def profile_ptb(optim: str = "nag", steps: int = 200, threads: int | None = None
     outside the profile), by internal time: which calls separate a step from its GEMM roof."""
     import cProfile
     import pstats
-    V, B, T = 49, 50, 50
-    base = ["model.hidden=[1000, 1000]", 'model.output="softmax"', 'data.source="ptb_char"']
-    x = np.random.default_rng(0).integers(0, V, (T, B)).astype(np.int32)
-    mask = np.ones((T, B), np.float32)
+    T = PTB_T
+    x, mask = _ptb_batch()
     with pin_blas(threads):
-        engine = build_engine(load(None, base + PTB_OPTIMS[optim]), V, "tokens")
-        engine.run_segment(x, mask, 0, 10, learn=True, t_prime=1)
+        engine = _ptb_engine(optim, "cpu", x, mask)
         prof = cProfile.Profile()
         done, t0 = 0, time.perf_counter()
         prof.enable()

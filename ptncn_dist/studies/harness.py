@@ -37,6 +37,9 @@ def pin_blas(n: int | None):
     return threadpool_limits(limits=n, user_api="blas") if n else contextlib.nullcontext()
 
 
+WARMUP = 10  # steps an engine runs before it is timed
+
+
 def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float, dict]:
     """Training steps per second of one engine on random binary frames (after 10 warm-up steps),
     and the engine's own per-layer figures over the timed steps alone (`timed_stats`): the
@@ -60,9 +63,6 @@ def engine_rate(hidden, batch, x_dim, steps, sets, threads=None) -> tuple[float,
             return rate, timed_stats(before, engine.stats(), WARMUP, done)
         finally:
             engine.close()
-
-
-WARMUP = 10
 
 
 def timed_stats(before: dict, after: dict, warm: int, timed: int) -> dict:

@@ -25,7 +25,7 @@ from ..engines import ray_session
 from ..engines.placement import shutdown_ray
 from ..errors import ConfigError, PtncnError
 from .space import Dist, SearchSpace, read_space, trial_config
-from .trial import QUIET, metric_for, overrides_of, remove_work_dirs, run_trial
+from .trial import metric_for, overrides_of, remove_work_dirs, run_trial
 
 
 def _tune_value(tune, d: Dist):
@@ -47,7 +47,7 @@ def param_space(tune, base_path: str | None, space: SearchSpace, prefix: str = "
     variants = space.variants or []
     ps = {"config": os.path.abspath(base_path) if base_path else None, "work_prefix": prefix,
           "sampled": {k: _tune_value(tune, d) for k, d in space.sampled.items()}}
-    fixed = {**space.fixed, **QUIET}
+    fixed = dict(space.fixed)
     if variants:
         ps["overrides"] = tune.grid_search([{**fixed, **v.overrides, "_variant": v.name} for v in variants])
     else:
@@ -179,7 +179,7 @@ def write_results(grid, metric: str, out_dir: str) -> list[dict]:
     for i, res in enumerate(grid):
         params = res.config or {}
         name = params.get("overrides", {}).get("_variant", "trial")
-        settings = {k: v for k, v in overrides_of(params).items() if k not in QUIET}
+        settings = overrides_of(params)
         df = res.metrics_dataframe
         reports = [] if df is None else df.to_dict("records")
         evals = [r for r in reports if metric in r and r.get(metric) is not None]

@@ -15,7 +15,8 @@ from .space import trial_config
 
 TEXT_SOURCES = ("ptb_char", "ptb_word", "text")
 FAILED_LOSS = 1e9
-# what a trial's run directory need not keep: Tune copies it at each checkpoint
+# what a trial never writes (no terminal, and its run directory, which Tune copies at each
+# checkpoint, stays small); applied by the trial itself, so the study's settings never show it
 QUIET = {"train.progress": False, "train.plots": False, "train.tensorboard": False}
 
 
