@@ -4,7 +4,9 @@
   where it makes sense; a ConfigError names the key. Run when a section (or the whole Config) is
   built, so before anything is allocated.
 - `check_memory(cfg, x_dim, kind)`: an estimate of the memory a run needs (weights and optimizer
-  slots per layer from the layer shapes, plus the data batch arrays) against the machine's memory.
+  slots per layer from the layer shapes, the data batch arrays of the longest sequence, and what a
+  baseline holds while it learns one: BPTT's activations, RTRL's sensitivities, ...) against the
+  machine's memory.
   Run when a run starts (the Trainer, before the engine allocates), because it needs x_dim from
   the data: frame * frame for videos, the vocabulary for text. It first runs `check_sequences`.
 - `check_sequences(cfg)`: model.t_prime leaves some step of the data's sequences to score (the
@@ -19,6 +21,13 @@ import os
 from .errors import ConfigError
 
 GIB = 1 << 30
+# what a baseline holds while it learns a batch, as `work_bytes` counts it (for the error message)
+WORK = {"bptt": "the predictions of the sequence and its activations",
+        "tbptt": "the predictions of the sequence and a window's activations",
+        "lstm": "the predictions of the sequence and a window's saved gates",
+        "esn": "the predictions and reservoir states of the sequence",
+        "rtrl": "its sensitivities, batch x hidden x recurrent weights",
+        "uoro": "the predictions of the sequence and a rank-one estimate per batch row"}
 
 # (section, key) -> (lower bound, strict, upper bound or None, strict): what the value must satisfy.
 # A float key not listed here must only be finite.
@@ -89,13 +98,30 @@ def _slots(optim_name: str) -> int:
     return {"sgd": 0, "momentum": 1, "nag": 1}.get(optim_name, 2)
 
 
-def layer_bytes(cfg, x_dim: int) -> list[int]:
-    """Bytes of weights plus optimizer slots, per layer, from the layer shapes (layer_spec.shapes)."""
-    item = 8 if cfg.model.dtype == "float64" else 4
+def _item(cfg) -> int:
+    return 8 if cfg.model.dtype == "float64" else 4
+
+
+def _baseline_shapes(cfg, x_dim: int, kind: str) -> dict:
+    """The trained arrays of a baseline (model.type other than 'ptncn'), from its own module."""
+    from .baselines import elman, lstm
+    b = cfg.baseline
+    if cfg.model.type == "lstm":
+        return lstm.param_shapes(int(x_dim), int(b.hidden), int(b.embed), kind == "tokens")
+    return elman.param_shapes(int(x_dim), int(b.hidden))
+
+
+def layer_bytes(cfg, x_dim: int, kind: str = "frames") -> list[int]:
+    """Bytes of weights plus optimizer slots, per layer, from the layer shapes (layer_spec.shapes);
+    a baseline is one layer, its shapes from its own module (the ESN has no optimizer slots but
+    for a token readout)."""
+    item = _item(cfg)
     per_weight = 1 + _slots(cfg.optim.name)
     if cfg.model.type != "ptncn":
-        h = int(cfg.baseline.hidden)
-        return [(2 * x_dim * h + h * h) * per_weight * item]
+        n = sum(math.prod(shape) for shape in _baseline_shapes(cfg, x_dim, kind).values())
+        if cfg.model.type == "esn" and kind != "tokens":
+            per_weight = 1
+        return [n * per_weight * item]
     dims = [int(x_dim)] + [int(h) for h in cfg.model.hidden]
     out = []
     for l in range(1, len(dims)):
@@ -108,20 +134,49 @@ def layer_bytes(cfg, x_dim: int) -> list[int]:
     return out
 
 
-def data_bytes(cfg, x_dim: int, kind: str) -> int:
-    """Bytes of one train and one test batch: (seq_len, batch, frame*frame) float32 frames, or
-    (length, batch) int64 token ids (length data.max_len, or 100 when unbounded)."""
+def data_bytes(cfg, x_dim: int, kind: str, steps: int | None = None) -> int:
+    """Bytes of one train and one test batch of `steps` steps (data.seq_len when None):
+    (steps, batch, frame*frame) float32 frames, or (steps, batch) int64 token ids."""
     batches = cfg.data.batch + cfg.data.eval_batch
+    steps = int(cfg.data.seq_len if steps is None else steps)
     if kind == "tokens":
-        return (cfg.data.max_len or 100) * batches * 8
-    return cfg.data.seq_len * batches * int(x_dim) * 4
+        return steps * batches * 8
+    return steps * batches * int(x_dim) * 4
+
+
+def work_bytes(cfg, x_dim: int, kind: str, steps: int) -> int:
+    """Bytes a baseline holds while it learns one batch of `steps` steps, beyond its weights; 0 for
+    P-TNCN, which unrolls nothing and keeps one step's states. Every baseline returns its
+    predictions for the whole sequence and scores them (two (T, B, D) arrays); on top of that
+    BPTT keeps a window's states and deltas, the LSTM autograd's saved gates, the ESN the states
+    and (tokens) one-hot targets of the sequence, RTRL its sensitivities dh/dtheta per batch row
+    (B * H * P, old and new) and UORO its per-row theta~ and one step's increment (2 * B * P),
+    where P counts the recurrent parameters."""
+    if cfg.model.type == "ptncn":
+        return 0
+    b, m = cfg.baseline, cfg.model.type
+    batch, h, d, t = int(max(cfg.data.batch, cfg.data.eval_batch)), int(b.hidden), int(x_dim), int(steps)
+    floats = 2 * t * batch * d
+    window = t if m == "bptt" or int(b.truncation) <= 0 else min(t, int(b.truncation))
+    recurrent = d * h + h * h + h
+    if m in ("bptt", "tbptt"):
+        floats += 3 * window * batch * h
+    elif m == "lstm":
+        floats += 12 * window * batch * h
+    elif m == "esn":
+        floats += t * batch * (h + 1) + (t * batch * d if kind == "tokens" else 0)
+    elif m == "rtrl":
+        floats += 2 * batch * h * recurrent
+    elif m == "uoro":
+        floats += 2 * batch * recurrent
+    return floats * _item(cfg)
 
 
 def _input_share(cfg, x_dim: int, weights: int) -> float:
     """The fraction of `weights` bytes in the bottom layer's input-side weights (M, W, E)."""
     if cfg.model.type != "ptncn" or weights <= 0:
         return 0.0
-    item = 8 if cfg.model.dtype == "float64" else 4
+    item = _item(cfg)
     return 3 * int(x_dim) * int(cfg.model.hidden[0]) * (1 + _slots(cfg.optim.name)) * item / weights
 
 
@@ -139,17 +194,26 @@ def check_sequences(cfg) -> None:
     check_output(cfg.data, cfg.model.output)
 
 
-def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> dict:
+def check_memory(cfg, x_dim: int, kind: str, available: int | None = None,
+                 steps: int | None = None) -> dict:
     """ConfigError when the run cannot fit in this machine's memory; else the estimate (bytes).
     Runs `check_sequences` first: both are the checks a run makes once its data is open.
 
-    With a Ray engine on a cluster (engine.address set) only the largest layer must fit, since
-    each layer may have a node of its own; everything else runs here and must fit as a whole."""
+    `steps` is the longest sequence a batch can hold (None: read from the open data,
+    `data.sources.longest_sequence`): the data batches and a baseline's working arrays
+    (`work_bytes`) grow with it. With a Ray engine on a cluster (engine.address set) only the
+    largest layer must fit, since each layer may have a node of its own; everything else runs
+    here and must fit as a whole."""
+    from .data.sources import FILE_SEQUENCES, longest_sequence
     check_sequences(cfg)
+    if steps is None:
+        steps = longest_sequence(cfg.data)
     available = machine_memory() if available is None else available
-    layers = layer_bytes(cfg, x_dim)
-    weights, data = sum(layers), data_bytes(cfg, x_dim, kind)
-    estimate = {"weights": weights, "data": data, "layers": layers, "available": available}
+    layers = layer_bytes(cfg, x_dim, kind)
+    weights, data = sum(layers), data_bytes(cfg, x_dim, kind, steps)
+    work = work_bytes(cfg, x_dim, kind, steps)
+    estimate = {"weights": weights, "data": data, "work": work, "layers": layers, "steps": int(steps),
+                "available": available}
     if available <= 0:
         return estimate
     remote = cfg.engine.name == "ray" and bool(cfg.engine.address)
@@ -161,8 +225,12 @@ def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> di
     if kind != "tokens" and _input_share(cfg, x_dim, weights) > 0.5:
         f = cfg.data.frame  # the frame's pixels drive the bottom layer's size
         model_key = f"data.frame={f} ({f}x{f} = {f * f:,} inputs) with {model_key}"
+    long = f"sequences of up to {int(steps):,} steps"
     if kind == "tokens":
-        data_key = f"data.batch={cfg.data.batch} (data.max_len={cfg.data.max_len})"
+        data_key = f"data.batch={cfg.data.batch} (data.max_len={cfg.data.max_len}, {long})"
+    elif cfg.data.source in FILE_SEQUENCES:
+        data_key = (f"data.batch={cfg.data.batch}, data.eval_batch={cfg.data.eval_batch} "
+                    f"(data.max_len={cfg.data.max_len}, {long} of {x_dim:,} values)")
     else:
         data_key = (f"data.seq_len={cfg.data.seq_len}, data.batch={cfg.data.batch}, "
                     f"data.eval_batch={cfg.data.eval_batch} and data.frame={cfg.data.frame}")
@@ -174,4 +242,8 @@ def check_memory(cfg, x_dim: int, kind: str, available: int | None = None) -> di
     if model_need + data > available:
         raise ConfigError(f"{model_key} with {data_key} needs about {_gib(model_need + data)} "
                           f"({_gib(model_need)} for {what}, {_gib(data)} for the data batches); {have}")
+    if model_need + data + work > available:
+        raise ConfigError(f"model.type={cfg.model.type!r} with {model_key} and {data_key} needs about "
+                          f"{_gib(model_need + data + work)}: {_gib(work)} for {WORK[cfg.model.type]} "
+                          f"while it learns a batch, {_gib(model_need + data)} for weights and data; {have}")
     return estimate

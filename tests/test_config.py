@@ -183,6 +183,57 @@ def test_a_run_too_big_for_the_machine_stops_with_one_line(override, text, monke
     assert rc == 2 and "\n" not in err and re.match(r"error: " + text, err), err
 
 
+def test_a_baseline_that_cannot_hold_its_working_arrays_stops_before_it_allocates(monkeypatch, capsys, tmp_path):
+    """RTRL keeps dh/dtheta for every batch row: 16 x 1024 x (4096 x 1024 + ...) floats, far more than
+    its 21 MB of weights. The run stops with one line naming what needs the memory."""
+    from ptncn_dist import cli
+    monkeypatch.setattr(importlib.import_module("ptncn_dist.trainer"), "build_engine", _no_engine)
+    sets = ['model.type="rtrl"', "baseline.hidden=1024", "baseline.rtrl_force=true"]
+    rc = cli.main(["train", "--steps", "1", "--run-dir", str(tmp_path / "run")] + [a for s in sets for a in ("--set", s)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err, err
+    assert re.match(r"error: model\.type='rtrl' with baseline\.hidden=1024 .* needs about [\d,.]+ GiB: [\d,.]+ GiB "
+                    r"for its sensitivities, batch x hidden x recurrent weights while it learns a batch", err), err
+
+
+def test_memory_counts_what_each_baseline_holds_while_it_learns():
+    """work_bytes, by hand for each kind: the (T, B, D) predictions and their scores, plus BPTT's
+    window of states, RTRL's B x H x P sensitivities twice, UORO's B x P twice."""
+    from ptncn_dist.config_checks import check_memory, work_bytes
+    base = ["data.frame=4", "data.batch=3", "data.eval_batch=2", "data.seq_len=7", "baseline.hidden=5"]
+    t, b, d, h = 7, 3, 16, 5
+    p = d * h + h * h + h
+    want = {"bptt": 3 * t * b * h, "tbptt": 3 * 2 * b * h, "rtrl": 2 * b * h * p, "uoro": 2 * b * p,
+            "esn": t * b * (h + 1), "lstm": 12 * 2 * b * h}
+    for kind, extra in want.items():
+        sets = base + [f'model.type="{kind}"', f"baseline.truncation={0 if kind == 'bptt' else 2}"]
+        cfg = load(None, sets)
+        assert work_bytes(cfg, d, "frames", t) == (2 * t * b * d + extra) * 4, kind
+        est = check_memory(cfg, d, "frames", available=1 << 40, steps=t)
+        assert est["work"] == (2 * t * b * d + extra) * 4 and est["steps"] == t
+    assert work_bytes(load(None, base), d, "frames", t) == 0  # P-TNCN unrolls nothing
+    lstm = load(None, base + ['model.type="lstm"', 'optim.name="sgd"'])
+    assert check_memory(lstm, d, "frames", available=1 << 40, steps=t)["weights"] == \
+        (4 * h * d + 4 * h * h + 8 * h + d * h + d) * 4  # nn.LSTM's layout, no optimizer slot
+
+
+def test_memory_of_file_sequences_grows_with_the_files_length_not_data_seq_len(tmp_path):
+    """An arrays source of 3,000-step sequences: the data batches are counted at 3,000 steps (or at
+    data.max_len when that cuts them), not at data.seq_len's 20."""
+    import numpy as np
+    from ptncn_dist.config_checks import check_memory
+    np.save(tmp_path / "train.npy", np.zeros((4, 3000, 6), np.float32))
+    sets = ['data.source="arrays"', f'data.path="{tmp_path}"', "data.batch=2", "data.eval_batch=1",
+            "model.hidden=[4]"]
+    est = check_memory(load(None, sets), 6, "frames", available=1 << 40)
+    assert est["steps"] == 3000 and est["data"] == 3000 * 3 * 6 * 4
+    cut = check_memory(load(None, sets + ["data.max_len=100"]), 6, "frames", available=1 << 40)
+    assert cut["steps"] == 100 and cut["data"] == 100 * 3 * 6 * 4
+    with pytest.raises(ConfigError, match=r"data\.batch=2, data\.eval_batch=1 \(data\.max_len=0, sequences of up "
+                                          r"to 3,000 steps of 6 values\) needs about .* for the data batch arrays"):
+        check_memory(load(None, sets), 6, "frames", available=3000 * 3 * 6 * 4 - 1)
+
+
 # -- what `ptncn bench` and `ptncn chaos` do with good and bad arguments ---------------------------
 def _figures(out: str) -> dict[str, dict[str, float]]:
     """`ptncn bench ptb`'s figure lines, per optimizer: {optimizer: {name: value}}."""

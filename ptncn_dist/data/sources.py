@@ -309,42 +309,52 @@ def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     return Streams(train, test, note)
 
 
+def _longest(cfg: DataConfig, split: str) -> list:
+    """(longest, where, cut) for the train and the held-out `split` split: the most steps any one
+    sequence has (cut to data.max_len when that is shorter), where it is, and how it was cut."""
+    out = []
+    if cfg.source in TEXT_FORMATS:
+        train = open_corpus(cfg, "train")
+        found = [(max(len(s) for s in c.sentences), f"sentence of {c.source}", "tokens")
+                 for c in (train, open_corpus(cfg, split, train.vocab))]
+    elif cfg.source == "arrays":
+        aset = open_arrays(cfg)
+        found = [(aset.longest(n), f"{n} sequences of {aset.parts[n][0].path}", "steps") for n in ("train", split)]
+    elif cfg.source in FILE_SEQUENCES:
+        mm = moving_mnist.open_moving_mnist(_directory(cfg))
+        found = [(mm.steps, f"{n} sequences of {mm.path}", "steps") for n in ("train", split)]
+    else:
+        return [(cfg.seq_len, "videos", "frames", "")]
+    for longest, where, unit in found:
+        cut = ""
+        if 0 < cfg.max_len < longest:
+            longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
+        out.append((longest, where, unit, cut))
+    return out
+
+
+def longest_sequence(cfg: DataConfig, split: str = "test") -> int:
+    """The most steps one batch can hold, train or held-out: what a run's memory grows with (a
+    baseline keeps its predictions, and BPTT its activations, for a whole sequence). Text and
+    file sources read it from the data `open_streams` opened; videos have data.seq_len."""
+    return max(longest for longest, *_ in _longest(cfg, split))
+
+
 def check_scored(cfg: DataConfig, t_prime: int, split: str = "test") -> None:
     """ConfigError when model.t_prime (the first step scored and learned) is at or past the end of
     every sequence of the train or the held-out split: the run would train and evaluate on
     nothing. Text splits come from the cache `open_streams` filled, so this reads no file again."""
     rule = "only steps t >= model.t_prime of a sequence are scored and learned"
-    if cfg.source in FILE_SEQUENCES:
-        for name in ("train", split):
-            if cfg.source == "arrays":
-                aset = open_arrays(cfg)
-                longest, where = aset.longest(name), f"{name} sequences of {aset.parts[name][0].path}"
-            else:
-                mm = moving_mnist.open_moving_mnist(_directory(cfg))
-                longest, where = mm.steps, f"{name} sequences of {mm.path}"
-            cut = ""
-            if 0 < cfg.max_len < longest:
-                longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
-            if t_prime >= longest:
-                raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: the longest of the {where} "
-                                  f"has {longest} steps{cut} and {rule}; set model.t_prime below {longest}")
-        return
-    if cfg.source not in TEXT_FORMATS:
-        if t_prime >= cfg.seq_len:
+    for longest, where, unit, cut in _longest(cfg, split):
+        if t_prime < longest:
+            continue
+        if unit == "frames":
             raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: every video has data.seq_len = "
                               f"{cfg.seq_len} frames (steps 0..{cfg.seq_len - 1}) and {rule}; set model.t_prime "
                               f"below {cfg.seq_len} or data.seq_len above {t_prime}")
-        return
-    train = open_corpus(cfg, "train")
-    for corpus in (train, open_corpus(cfg, split, train.vocab)):
-        longest = max(len(s) for s in corpus.sentences)
-        cut = ""
-        if 0 < cfg.max_len < longest:
-            longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
-        if t_prime >= longest:
-            raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: the longest sentence of "
-                              f"{corpus.source} has {longest} tokens{cut} and {rule}; set model.t_prime "
-                              f"below {longest}")
+        label = "the longest " + where if unit == "tokens" else f"the longest of the {where}"
+        raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: {label} "
+                          f"has {longest} {unit}{cut} and {rule}; set model.t_prime below {longest}")
 
 
 def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
