@@ -602,3 +602,26 @@ def test_strongest_reference_is_the_lowest_loss_not_the_most_elaborate():
     stats["unigram"]["test_ppl"] = (math.nan, 0.0, 0)
     assert strongest_reference(stats, ("unigram", "bigram", "trigram"), "test_ppl") == "bigram"
     assert strongest_reference(stats, ("mean_frame",), "test_ppl") is None
+
+
+def test_timed_scales_say_minutes_and_the_steps_each_method_took():
+    """A scale that budgets time says so (never "10,000,000 training steps"), names its clock and
+    says tuning took a share of the time; the steps each learner took are listed from the rows."""
+    from experiments.compare.scales import SCALES
+    from experiments.compare.tables import video_steps
+    from experiments.compare.text import setup_text
+    long, medium = SCALES["long"], SCALES["medium"]
+    for experiment, per in (("bouncing", "per run"), ("continual", "per phase")):
+        text = setup_text(experiment, long, [0, 1, 2], 1, 2, 2)
+        assert f"the same 10 minutes of training time {per} (CPU seconds of the trial's own process" in text
+        assert "10,000,000 training steps" not in text and "25% of a test run's training time" in text
+    ptb = setup_text("ptb", long, [0], 1, 2, 2)
+    assert "the same 20 minutes of training time per run (CPU seconds" in ptb and "(one epoch)" not in ptb
+    assert "225,525 steps on characters (one epoch)" in setup_text("ptb", medium, [0], 1, 2, 2)
+    steady = setup_text("bouncing", medium, [0], 1, 2, 2)
+    assert "1,200 training steps (960 videos)" in steady and "25% of a test run's steps" in steady
+    rows = [{"method": "ptncn", "label": "P-TNCN", "steps": s} for s in (100, 300)] + \
+           [{"method": "bptt", "label": "BPTT", "steps": 40}]
+    assert video_steps(rows, long) == ("- Training steps per run in the time (mean over seeds): "
+                                       "P-TNCN 200 (160 videos); BPTT 40 (32 videos).")
+    assert video_steps([], long) == ""

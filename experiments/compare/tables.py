@@ -147,6 +147,9 @@ def report_bouncing(rows: list, scale: Scale, out: Path) -> str:
         table, stats = single_phase_table(rows, ds, ["test_bce", "test_se"], names)
         parts += [f"### {VIDEO_NAMES[ds]}", "", table, ""]
         parts += [line for line in [spread_note(stats, "test_bce", mnist)] if line]
+        if scale.video_minutes:
+            parts += [line for line in [video_steps([r for r in select_phase(rows, ds)
+                                                     if r["method"] in METHOD_KEYS], scale)] if line]
         ref = rep.strongest_reference(stats, VIDEO_REFERENCES, "test_bce")
         parts += ranking_text(stats, "test_bce", f"{VIDEO_NAMES[ds]} BCE", ref)
         parts += ranking_text(stats, "test_se", f"{VIDEO_NAMES[ds]} SE")[:2]
@@ -184,6 +187,20 @@ def report_ptb(rows: list, scale: Scale, out: Path) -> str:
 def percent(x: float) -> str:
     """A share in percent, two significant digits below 10 and whole numbers above."""
     return f"{x:.0f}" if x >= 10 else f"{x:.2g}"
+
+
+def video_steps(rows: list, scale: Scale, what: str = "run") -> str:
+    """How many steps (and videos) each method took in a timed run, mean over `rows` (one per
+    seed, or per seed and phase): under equal time the learners differ by their speed."""
+    taken = {}
+    for key, label in ordered_methods(rows):
+        got = [float(r["steps"]) for r in rows if r["method"] == key and r.get("steps") not in (None, "")]
+        if got:
+            taken[label] = sum(got) / len(got)
+    if not taken:
+        return ""
+    each = "; ".join(f"{label} {n:,.0f} ({n / scale.seq_len * scale.batch:,.0f} videos)" for label, n in taken.items())
+    return f"- Training steps per {what} in the time (mean over seeds): {each}."
 
 
 def text_seen(rows: list, unit: str) -> str:
@@ -333,6 +350,10 @@ def report_continual(rows: list, scale: Scale, out: Path) -> str:
                         + [rep.fmt_ms(agg[c]) for c in cols])
         parts += [f"### Test {mname} per frame", "", rep.markdown_table(header, body), ""]
         if metric == "test_bce":
+            if scale.video_minutes:
+                learned = [r for r in rows if r.get("phase", 0) >= 1 and r["method"] in METHOD_KEYS
+                           and r.get("eval_on") == r.get("trained_on") and r.get("correction") in ("", "on", None)]
+                parts += [line for line in [video_steps(learned, scale, "phase")] if line]
             parts += continual_text(stats) + [""]
             plot_continual(out / "continual.png", stats)
     return "\n".join(parts)
