@@ -625,3 +625,17 @@ def test_timed_scales_say_minutes_and_the_steps_each_method_took():
     assert video_steps(rows, long) == ("- Training steps per run in the time (mean over seeds): "
                                        "P-TNCN 200 (160 videos); BPTT 40 (32 videos).")
     assert video_steps([], long) == ""
+
+
+def test_cost_counts_training_hours_and_the_busy_wall_time_across_sessions():
+    """Two trials side by side, a third in a later session after a gap: busy time is the union of
+    their spans (the gap left out); training hours include a resumed trial's earlier attempts."""
+    from experiments.compare.output import compute_cost
+    done = [({}, {"status": "ok", "start": 0.0, "end": 3600.0, "wall_s": 3600.0, "train_s_total": 3000.0}),
+            ({}, {"status": "ok", "start": 1800.0, "end": 5400.0, "wall_s": 3600.0, "train_s_total": 3600.0,
+                  "resumed": [{"phase": 0, "step": 10, "train_s": 100.0}]}),
+            ({}, {"status": "ok", "start": 90000.0, "end": 91800.0, "wall_s": 1800.0,
+                  "phases": [{"train_s": 1200.0}, {"train_s": 600.0}]}),
+            ({}, {})]
+    assert compute_cost(done) == {"trials": 3, "train_hours": 2.33, "wall_hours_recorded": 2.5,
+                                  "resumed_trials": 1, "busy_hours": 2.0}

@@ -52,6 +52,34 @@ def datasets_of(done: list) -> list:
     return out
 
 
+def compute_cost(done: list) -> dict:
+    """What the trials cost, summed over every trial of `done` that has a result: training hours
+    (each trial's training clock, resumed attempts included), wall hours as recorded (the last
+    attempt of a resumed trial only), how many were resumed, and busy hours: the wall time during
+    which at least one trial ran (the union of their last attempts), which leaves out the gaps
+    between the commands of a run continued over several sessions."""
+    have = [res for _, res in done if res.get("status")]
+    train = sum(float(res.get("train_s_total") or sum(ph.get("train_s", 0) for ph in res.get("phases", [])))
+                for res in have)
+    spans = sorted((res["start"], res["end"]) for res in have if res.get("start") and res.get("end"))
+    busy, reach = 0.0, None
+    for start, end in spans:
+        if reach is None or start > reach:
+            busy, reach = busy + end - start, end
+        elif end > reach:
+            busy, reach = busy + end - reach, end
+    return {"trials": len(have), "train_hours": round(train / 3600, 2),
+            "wall_hours_recorded": round(sum(float(res.get("wall_s") or 0) for res in have) / 3600, 2),
+            "resumed_trials": sum(1 for res in have if res.get("resumed")), "busy_hours": round(busy / 3600, 2)}
+
+
+def cost_line(cost: dict) -> str:
+    return (f"- Cost: {cost['trials']} trials, {cost['train_hours']:,.2f} hours of training in all "
+            f"({cost['wall_hours_recorded']:,.2f} trial-hours of wall time recorded, {cost['resumed_trials']} "
+            f"trials resumed after an interruption, whose earlier attempts are not in that figure); some trial ran "
+            f"during {cost['busy_hours']:,.2f} hours of wall time.")
+
+
 def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: Path, meta: dict,
                   rerun: str = "", source: tuple | None = None) -> list:
     """results.csv, results.md, the plots and meta.json for one experiment; its CSV rows.
@@ -65,9 +93,11 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     plot_by_position(tests, datasets, out / "loss_by_position.png")
     failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
     diverged = [(job["id"], res.get("status")) for job, res in done if is_diverged(res)]
+    cost = compute_cost(done)
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
-                               meta["machine"].get("cpu_count"), source[0] if source else ""),
+                               meta["machine"].get("cpu_count"), source[0] if source else "")
+              + "\n" + cost_line(cost),
               time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
               failed=failed_text(failed, rerun, diverged))
     (out / "results.md").write_text(md, encoding="utf-8")
@@ -82,5 +112,6 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     meta["diverged"] = [jid for jid, _ in diverged]
     spans = [(res["start"], res["end"]) for _, res in done if res.get("start") and res.get("end")]
     meta["trials_span_s"] = round(max(e for _, e in spans) - min(s for s, _ in spans), 1) if spans else None
+    meta["cost"] = cost
     (out / "meta.json").write_text(json.dumps(meta, indent=1, default=str), encoding="utf-8")
     return rows
