@@ -61,7 +61,8 @@ def compute_cost(done: list) -> dict:
     have = [res for _, res in done if res.get("status")]
     train = sum(float(res.get("train_s_total") or sum(ph.get("train_s", 0) for ph in res.get("phases", [])))
                 for res in have)
-    spans = sorted((res["start"], res["end"]) for res in have if res.get("start") and res.get("end"))
+    spans = sorted((res["start"], res["end"]) for res in have
+                   if res.get("start") is not None and res.get("end") is not None)
     busy, reach = 0.0, None
     for start, end in spans:
         if reach is None or start > reach:
