@@ -639,3 +639,7 @@ def test_cost_counts_training_hours_and_the_busy_wall_time_across_sessions():
             ({}, {})]
     assert compute_cost(done) == {"trials": 3, "train_hours": 2.33, "wall_hours_recorded": 2.5,
                                   "resumed_trials": 1, "busy_hours": 2.0}
+    from experiments.compare.output import cost_line
+    assert cost_line(compute_cost([]), 84) == ("- Cost: no trial of its own; it reads 84 trials of the Bouncing "
+                                               "experiment, whose cost is stated there.")
+    assert "3 trials (and 2 trials of the Bouncing experiment, reused" in cost_line(compute_cost(done), 2)

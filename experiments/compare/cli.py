@@ -246,7 +246,9 @@ def main(argv=None, log=print) -> Outcome:
         meta = kept_run_meta(out / "meta.json", meta, None if args.report_only else sorted(only))
     failed = [job["id"] for job, res in done if not runner.finished(res)]
     rerun = runner.rerun_command(argv, failed) if failed else ""
-    write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source)
+    reused = frozenset([j["id"] for j in tuning if tune_trials != trials]
+                       + [j["id"] for j in tests if test_trials != trials])
+    write_results(args.experiment, plan.scale, plan.seeds, done, out, meta, rerun, source, reused)
     if meta["diverged"]:
         log(f"{len(meta['diverged'])} trial(s) diverged (a result of their setting, not rerun): "
             f"{', '.join(meta['diverged'])}")

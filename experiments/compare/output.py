@@ -74,17 +74,22 @@ def compute_cost(done: list) -> dict:
             "resumed_trials": sum(1 for res in have if res.get("resumed")), "busy_hours": round(busy / 3600, 2)}
 
 
-def cost_line(cost: dict) -> str:
-    return (f"- Cost: {cost['trials']} trials, {cost['train_hours']:,.2f} hours of training in all "
+def cost_line(cost: dict, reused: int = 0) -> str:
+    """The cost in words; `reused`: trials another experiment ran (not counted) that this one reads."""
+    if reused and not cost["trials"]:
+        return f"- Cost: no trial of its own; it reads {reused} trials of the Bouncing experiment, whose cost is stated there."
+    also = f" (and {reused} trials of the Bouncing experiment, reused, not counted here)" if reused else ""
+    return (f"- Cost: {cost['trials']} trials{also}, {cost['train_hours']:,.2f} hours of training in all "
             f"({cost['wall_hours_recorded']:,.2f} trial-hours of wall time recorded, {cost['resumed_trials']} "
             f"trials resumed after an interruption, whose earlier attempts are not in that figure); some trial ran "
             f"during {cost['busy_hours']:,.2f} hours of wall time.")
 
 
 def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: Path, meta: dict,
-                  rerun: str = "", source: tuple | None = None) -> list:
+                  rerun: str = "", source: tuple | None = None, reused: frozenset = frozenset()) -> list:
     """results.csv, results.md, the plots and meta.json for one experiment; its CSV rows.
-    `source`: (directory, its tuning trials) when the settings came from another run."""
+    `source`: (directory, its tuning trials) when the settings came from another run; `reused`:
+    ids of trials another experiment ran and this one reads (left out of the cost)."""
     out.mkdir(parents=True, exist_ok=True)
     tests = [(j, r) for j, r in done if j.get("stage", "test") == "test"]
     rows = [r for job, res in tests for r in rep.result_rows(experiment, job, res)]
@@ -94,11 +99,12 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     plot_by_position(tests, datasets, out / "loss_by_position.png")
     failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
     diverged = [(job["id"], res.get("status")) for job, res in done if is_diverged(res)]
-    cost = compute_cost(done)
+    cost = compute_cost([(job, res) for job, res in done if job["id"] not in reused])
+    cost["reused_trials"] = len({job["id"] for job, _ in done} & set(reused))
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
                                meta["machine"].get("cpu_count"), source[0] if source else "")
-              + "\n" + cost_line(cost),
+              + "\n" + cost_line(cost, cost["reused_trials"]),
               time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
               failed=failed_text(failed, rerun, diverged))
     (out / "results.md").write_text(md, encoding="utf-8")
