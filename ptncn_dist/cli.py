@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from .errors import PtncnError
+from .errors import PtncnError, RunStopped
 
 
 def _add_config_args(p):
@@ -185,6 +185,9 @@ def main(argv=None) -> int:
             # where a NaN or Inf appeared, and a finite overflow (a saturated exp) is harmless
             warnings.filterwarnings("ignore", category=RuntimeWarning, module=r"ptncn_dist\.")
             return args.func(args)
+    except RunStopped as exc:
+        print(exc, file=sys.stderr)
+        return 130
     except PtncnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

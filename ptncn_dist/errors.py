@@ -19,3 +19,8 @@ class CheckpointError(PtncnError, ValueError):
 
 class DivergenceError(PtncnError, FloatingPointError):
     """A NaN or Inf appeared in a layer; the message names the layer and step."""
+
+
+class RunStopped(PtncnError):
+    """A run stopped on request (SIGINT or SIGTERM) after writing its checkpoint; the message
+    says where it stopped and how to continue it."""

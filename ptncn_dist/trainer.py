@@ -23,8 +23,9 @@ from .data import open_streams
 from .core.finite import StepDiverged
 from .engines.factory import build_engine
 from .diagnostics.evaluation import nonfinite_where, reference_losses, run_evaluation
-from .errors import CheckpointError, DivergenceError
+from .errors import CheckpointError, DivergenceError, RunStopped
 from .training.recovery import Recovery
+from .training.stop import StopRequest
 from .training.checkpoints import CheckpointsMixin
 
 
@@ -217,11 +218,28 @@ class Trainer(CheckpointsMixin):
 
     def run(self) -> RunResult:
         """Train to train.steps (or train.max_minutes), evaluate, write the summary; the run
-        directory is given back at the end, whether the run finished or failed."""
+        directory is given back at the end, whether the run finished or failed. A SIGINT or
+        SIGTERM (from the main thread's point of view) stops it at the end of the segment it is
+        in, with a checkpoint written there: RunStopped says how to continue."""
         try:
-            return self._run()
+            with StopRequest(self.log) as self.stop:
+                return self._run()
         finally:
             self.release()
+
+    def _stopped(self) -> None:
+        """End a run that a signal asked to stop: write its checkpoint (unless this step has one)
+        and raise RunStopped saying how to continue it."""
+        if self.writer:
+            self.writer.close()
+        self.board.close()
+        at = f"stopped by {self.stop.signal} at step {self.step:,} of {self.cfg.train.steps:,}"
+        if not self.ckpt_root:
+            raise RunStopped(f"{at}; no run directory, so nothing was saved")
+        if self._saved_step != self.step:
+            self.recovery.guarded(self.save_checkpoint)
+        raise RunStopped(f"{at} ({self.train_s:.1f} s of training); its checkpoint is {self._last_good()}; "
+                         f"continue with: ptncn train --resume {self.run_dir}")
 
     def _run(self) -> RunResult:
         tc = self.cfg.train
@@ -243,7 +261,7 @@ class Trainer(CheckpointsMixin):
         bar = _progress(tc, self.step)
         evaluated = False
         try:
-            while not self._done():
+            while not self._done() and not self.stop.signal:
                 before, t_seg = self.step, clock()
                 metrics.add_sums(window, self.recovery.guarded(self._train_segment))
                 self.train_s += clock() - t_seg
@@ -289,6 +307,8 @@ class Trainer(CheckpointsMixin):
         finally:
             if bar is not None:
                 bar.close()
+        if self.stop.signal:
+            self._stopped()
         elapsed = time.perf_counter() - t_start
         if self._saved_step != self.step:
             self.recovery.guarded(self.save_checkpoint)
@@ -351,7 +371,8 @@ def train(cfg: Config, run_dir: str | None = None, *, resume: bool | None = None
     """Train a model as `cfg` says; the one-call entry point (`ptncn train` calls this).
     `resume` as Trainer's (None: continue the run in `run_dir` if it holds this one).
     `on_record(rec)` sees every metrics.jsonl record as it is written (a Tune trial reports them);
-    `callbacks` are called at the end of every training segment (see Trainer)."""
+    `callbacks` are called at the end of every training segment (see Trainer). Ctrl-C or SIGTERM
+    (in the main thread) ends the run at a checkpoint and raises RunStopped (see Trainer.run)."""
     trainer = Trainer(cfg, run_dir, resume=resume, log=log, on_record=on_record, callbacks=callbacks)
     try:
         return trainer.run()
