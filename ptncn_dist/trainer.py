@@ -44,6 +44,9 @@ class RunResult:
     recoveries: int = 0
     recovery_log: list = field(default_factory=list)
     train_s: float = 0.0
+    start_step: int = 0
+    """The step this session started at: 0, or where a resumed run continued (then
+    `initial_test` is the loss of the resumed weights, not of untrained ones)."""
 
 
 class Trainer(CheckpointsMixin):
@@ -316,13 +319,13 @@ class Trainer(CheckpointsMixin):
         self._record({"step": self.step, "final": True, "train_s": round(self.train_s, 3), **final})
         rate = (self.step - steps_at_start) / max(elapsed, 1e-9)
         result = RunResult(self.run_dir, self.step, initial, final, rate, self.streams.description,
-                           history, self.recoveries, self.recovery_log, self.train_s)
+                           history, self.recoveries, self.recovery_log, self.train_s, steps_at_start)
         self._finish(result)
         return result
 
     def _finish(self, result: RunResult) -> None:
         if self.run_dir:
-            summary = {"steps": result.steps, "initial_test": result.initial_test,
+            summary = {"steps": result.steps, "start_step": result.start_step, "initial_test": result.initial_test,
                        "final_test": result.final_test, "reference": self.reference,
                        "steps_per_s": result.steps_per_s, "train_s": result.train_s,
                        "data": result.data, "engine": self.engine.name, "recoveries": result.recoveries,
@@ -347,8 +350,10 @@ class Trainer(CheckpointsMixin):
         metric = references.report_metric(self.cfg, self.kind)
         key = f"test_{metric}"
         if result.initial_test or result.final_test:
-            self.log(f"{key}: untrained {result.initial_test.get(key, float('nan')):.4f} -> "
-                     f"trained {result.final_test.get(key, float('nan')):.4f}; {result.steps_per_s:.1f} steps/s")
+            start = f"at step {result.start_step} (resumed)" if result.start_step else "untrained"
+            before = f"{start} {result.initial_test[key]:.4f} -> " if key in result.initial_test else ""
+            self.log(f"{key}: {before}trained {result.final_test.get(key, float('nan')):.4f}; "
+                     f"{result.steps_per_s:.1f} steps/s")
         line = references.comparison(result.final_test, self.reference, metric)
         if line:
             self.log(line)

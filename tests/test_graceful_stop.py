@@ -65,7 +65,10 @@ def test_a_signal_stops_at_a_checkpoint_and_the_continued_run_is_exact(tmp_path,
     assert checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints"))[-1].endswith(f"{at:010d}")
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))  # the run is not finished
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    continued = _final_weights(Trainer(cfg, run_dir, resume=True, log=lambda *_: None))
+    said = []
+    continued = _final_weights(Trainer(cfg, run_dir, resume=True, log=said.append))
+    # resumed mid-sequence: no loss of the resumed weights, and nothing called untrained
+    assert [line for line in said if line.startswith("test_bce:")][0].startswith("test_bce: trained ")
     assert sorted(continued) == sorted(whole)
     for k in whole:
         np.testing.assert_array_equal(continued[k], whole[k], err_msg=k)
