@@ -320,3 +320,17 @@ def test_eval_of_nan_weights(trained, tmp_path, capsys):
     msg = one_error(capsys, "eval", run)
     assert msg.startswith("non-finite values in the evaluation after step 30 (test batch 0, sequence step 0) in "
                           "layer 1 (first seen: its eps, y sent to layer 2); non-finite now in layer 1: W")
+
+
+def test_a_cluster_address_where_nothing_answers_is_one_line_not_a_wait_without_end(capsys, tmp_path):
+    """`--address` with a typo: Ray would wait for that GCS for ever. The address is tried first,
+    and the refused run leaves no run directory behind."""
+    import socket
+    with socket.socket() as s:  # a port with no listener: bound, never listened on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        msg = one_error(capsys, "train", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--steps", "5",
+                        "--run-dir", tmp_path / "run", *TINY)
+    assert msg == (f"engine.address = '127.0.0.1:{port}': nothing answers there (connection refused); start the cluster first (ray start --head --node-ip-address=HOST --port=PORT) "
+                   f"or correct the address")
+    assert not (tmp_path / "run").exists()

@@ -201,7 +201,8 @@ def test_trainer_with_ray_engine_checkpoints_and_resumes(tmp_path):
 def test_unplaceable_spread_times_out_clearly():
     from ptncn_dist.errors import ConfigError
     cfg = load(None, small([8, 8]) + ['engine.name="ray"', 'engine.placement="spread"', "engine.placement_timeout_s=2.0"])
-    with pytest.raises(ConfigError, match="could not be placed"):
+    with pytest.raises(ConfigError, match=r"could not be placed .*; free now, beside what other work holds: "
+                                          r"\{'CPU': [\d.]+\}"):
         RayEngine(cfg, LocalEngine.__mro__ and __import__("ptncn_dist.core.model", fromlist=["x"]).specs_from_config(
             cfg.model, 64, False))
 

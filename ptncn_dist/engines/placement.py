@@ -99,10 +99,12 @@ def layer_options(engine_cfg, n_layers: int, degrade: bool = False):
     if not ready:
         ray.util.remove_placement_group(pg)
         nodes = [n for n in ray.nodes() if n["Alive"]]
+        free = {k: v for k, v in ray.available_resources().items() if k in ("CPU", "GPU")}
         raise ConfigError(
             f"{n_layers} layers with {bundle} each could not be placed ({strategy}) within "
             f"{engine_cfg.placement_timeout_s:g} s: the cluster has {len(nodes)} live node(s) with "
-            f"{[{k: v for k, v in n['Resources'].items() if k in ('CPU', 'GPU')} for n in nodes]}")
+            f"{[{k: v for k, v in n['Resources'].items() if k in ('CPU', 'GPU')} for n in nodes]}; free now, "
+            f"beside what other work holds: {free or 'nothing'}")
     return [{**base, "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i)}
             for i in range(n_layers)], pg
 

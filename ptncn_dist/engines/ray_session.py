@@ -32,6 +32,7 @@ import socket
 from ..errors import ConfigError
 
 LOOPBACK = "127.0.0.1"
+PROBE_S = 10.0  # how long joining waits for a TCP answer at the cluster's address
 # Ray's switch that keeps 127.0.0.1 as the node address instead of the outward one (its only
 # other effects: `ray start --address=...` refuses to add a worker node, and a process without
 # a Ray node falls back to 127.0.0.1 as its address).
@@ -159,11 +160,31 @@ def start_private(node_ip: str, num_cpus: int, key: str = "engine.node_ip", **ex
     _check_started_on(node_ip)
 
 
-def join(address: str, node_ip: str | None = None, key: str = "engine.node_ip", **extra) -> None:
+def check_reachable(address: str, key: str = "engine.address", timeout_s: float = PROBE_S) -> None:
+    """ConfigError when nothing accepts a connection at a HOST:PORT `address` (or ray://HOST:PORT)
+    within `timeout_s`: `ray.init` would otherwise wait for that GCS without end. 'auto' and
+    addresses without a port are left to Ray."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        why = (f"no answer within {timeout_s:g} s" if isinstance(exc, TimeoutError)
+               else (exc.strerror or str(exc)).lower())
+        raise ConfigError(f"{key} = {address!r}: nothing answers there ({why}); start "
+                          f"the cluster first (ray start --head --node-ip-address=HOST --port=PORT) or correct "
+                          f"the address") from None
+
+
+def join(address: str, node_ip: str | None = None, key: str = "engine.node_ip",
+         address_key: str = "engine.address", **extra) -> None:
     """Join the running Ray at `address` ('auto', HOST:PORT) as a driver on `node_ip` (checked;
     None: Ray's choice). Authentication is the cluster's: its RAY_AUTH_* variables must be in the
-    environment (local_cluster.LocalCluster.env() gives them)."""
+    environment (local_cluster.LocalCluster.env() gives them). An address where nothing answers
+    is a ConfigError (`check_reachable`), not a wait without end."""
     import ray
+    check_reachable(address, address_key)
     kwargs = {"address": address, "log_to_driver": False, "configure_logging": False, **extra}
     if node_ip:
         kwargs["_node_ip_address"] = check_node_ip(node_ip, key)

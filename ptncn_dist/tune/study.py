@@ -119,7 +119,7 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
     path, mark = os.path.join(os.path.abspath(storage), name), fingerprint(base_path, space_path)
     restore = _restorable(tune, path, mark, fresh)  # before Ray starts: a refusal costs nothing
     if address:
-        ray_session.join(address, node_ip, "tune --node-ip")
+        ray_session.join(address, node_ip, "tune --node-ip", "tune --address")
     else:
         ray_session.start_private(node_ip, num_cpus or os.cpu_count(), "tune --node-ip")
     try:
