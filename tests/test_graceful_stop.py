@@ -45,6 +45,7 @@ def _final_weights(trainer) -> dict:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_at_a_checkpoint_and_the_continued_run_is_exact(tmp_path, sig):
     cfg = load(None, SETS)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     whole = _final_weights(Trainer(cfg, str(tmp_path / "whole"), log=lambda *_: None))
     run_dir = str(tmp_path / "stopped")
     stop = _signal_at(51, sig=sig)
@@ -64,7 +65,7 @@ def test_a_signal_stops_at_a_checkpoint_and_the_continued_run_is_exact(tmp_path,
     assert any(line.startswith(f"{name}: the run stops at the end of this segment") for line in lines)
     assert checkpoint.list_checkpoints(os.path.join(run_dir, "checkpoints"))[-1].endswith(f"{at:010d}")
     assert not os.path.exists(os.path.join(run_dir, "summary.json"))  # the run is not finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     said = []
     continued = _final_weights(Trainer(cfg, run_dir, resume=True, log=said.append))
     # resumed mid-sequence: no loss of the resumed weights, and nothing called untrained
@@ -76,6 +77,7 @@ def test_a_signal_stops_at_a_checkpoint_and_the_continued_run_is_exact(tmp_path,
 
 def test_a_second_signal_stops_at_once_and_the_old_handlers_come_back(tmp_path):
     cfg = load(None, SETS)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     stop = _signal_at(30, times=2)
     trainer = Trainer(cfg, str(tmp_path / "run"), log=lambda *_: None, callbacks=[stop])
     try:
@@ -85,8 +87,7 @@ def test_a_second_signal_stops_at_once_and_the_old_handlers_come_back(tmp_path):
         trainer.close()
     steps = [int(p.rsplit("-", 1)[1]) for p in checkpoint.list_checkpoints(str(tmp_path / "run" / "checkpoints"))]
     assert stop.sent and stop.sent[0] not in steps  # no checkpoint: it stopped at once
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
 def test_ctrl_c_on_ptncn_train_ends_with_one_line_and_status_130(tmp_path):
