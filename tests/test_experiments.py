@@ -16,6 +16,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -279,7 +280,9 @@ def test_runner_killed_mid_trial_continues_to_the_same_result(tmp_path, how, who
         if how == "SIGINT":
             proc.send_signal(signal.SIGINT)
             out, _ = proc.communicate(timeout=120)
-            assert proc.returncode == 130 and "interrupted: test: 1 trial(s) stopped before their end" in out, out[-2000:]
+            # the P-TNCN trial is stopped; the reference trial beside it too when a busy machine slowed it
+            assert proc.returncode == 130 and re.search(r"interrupted: test: [12] trial\(s\) stopped before their "
+                                                        r"end \([^)]*bouncing-ptncn-mnist-s0", out), out[-2000:]
             assert not (cut / "results" / "results.md").exists()
         _kill_tree(root)
     finally:
