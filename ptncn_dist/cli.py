@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 from .errors import PtncnError, RunStopped
 
@@ -49,9 +48,17 @@ def cmd_train(args) -> int:
         train(cfg, run_dir, resume=True)
         return 0
     cfg = _config(args)
-    run_dir = args.run_dir or os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+    if args.run_dir:
+        print(f"run directory: {args.run_dir}")
+        train(cfg, args.run_dir, resume=None)
+        return 0
+    from .checkpoint import rundir
+    run_dir = rundir.new_default_dir()  # its own, even beside a run started in the same second
     print(f"run directory: {run_dir}")
-    train(cfg, run_dir, resume=None)
+    try:
+        train(cfg, run_dir, resume=False)
+    finally:
+        rundir.remove_if_empty(run_dir)
     return 0
 
 

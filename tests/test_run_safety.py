@@ -340,3 +340,19 @@ def test_a_keyed_run_refuses_a_resigned_checkpoint(tmp_path, capsys, monkeypatch
     monkeypatch.setenv(cm.KEY_ENV, "short")
     assert main(["eval", str(r), "--batches", "1"]) == 2
     assert "PTNCN_CHECKPOINT_KEY must be at least 16 characters" in one_error_line(capsys)
+
+
+def test_runs_given_no_run_dir_never_share_one(tmp_path, monkeypatch, capsys):
+    """Two runs started in the same second each get a directory of their own (the second with
+    -2), made exclusively; a run refused before it writes leaves none behind."""
+    import re
+    first, second = rundir.new_default_dir(str(tmp_path)), rundir.new_default_dir(str(tmp_path))
+    assert first != second and os.path.isdir(first) and os.path.isdir(second)
+    assert re.fullmatch(r"\d{8}-\d{6}(-2)?", os.path.basename(second))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--steps", "5", "--set", "data.frame=16"]) == 2  # refused: sprites do not fit
+    printed = capsys.readouterr().out.strip().splitlines()[0]
+    assert printed.startswith("run directory: runs/") and not os.path.exists(printed.split(": ", 1)[1])
+    assert main(["train", "--steps", "4", *RUN[2:]]) == 0
+    made = capsys.readouterr().out.strip().splitlines()[0].split(": ", 1)[1]
+    assert os.path.isfile(os.path.join(made, "summary.json"))

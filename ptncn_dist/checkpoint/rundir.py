@@ -112,6 +112,33 @@ class RunLock:
         self.fd = None
 
 
+def new_default_dir(root: str = "runs") -> str:
+    """A run directory of its own for a run given no --run-dir: ROOT/<start time>, or with -2,
+    -3, ... when that exists. It is created here (exclusively), so two runs started in the same
+    second never share one; it is empty until the run writes into it."""
+    os.makedirs(root, exist_ok=True)
+    base = os.path.join(root, time.strftime("%Y%m%d-%H%M%S"))
+    for k in range(1, 10_000):
+        path = base if k == 1 else f"{base}-{k}"
+        try:
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise PtncnError(f"cannot create run directory {path}: {exc.strerror}") from None
+    raise PtncnError(f"cannot create a run directory under {root}: {base}-2 to -9999 exist too")
+
+
+def remove_if_empty(path: str) -> None:
+    """Remove the directory `path` when nothing is in it (a default run directory whose run was
+    refused before writing)."""
+    try:
+        os.rmdir(path)
+    except OSError:
+        pass
+
+
 def new_run_id(run_dir: str | None) -> str:
     """A fresh run id: the run directory's name (made safe for a path or an object key), the
     start time and 8 random hex digits."""
