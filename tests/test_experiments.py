@@ -646,3 +646,16 @@ def test_cost_counts_training_hours_and_the_busy_wall_time_across_sessions():
     assert cost_line(compute_cost([]), 84) == ("- Cost: no trial of its own; it reads 84 trials of the Bouncing "
                                                "experiment, whose cost is stated there.")
     assert "3 trials (and 2 trials of the Bouncing experiment, reused" in cost_line(compute_cost(done), 2)
+
+
+def test_trial_curves_prints_each_matching_trials_held_out_curve(tmp_path):
+    from experiments.tools.trial_curves import curves
+    (tmp_path / "trials").mkdir()
+    for jid, loss in (("bouncing-ptncn-notmnist-s0", 736.1), ("bouncing-bptt-mnist-s0", 353.3)):
+        rec = {"job": {"id": jid}, "result": {"phases": [{"curve": [
+            {"step": 0, "train_s": 0.0, "loss": 3000.7}, {"step": 66200, "train_s": 600.2, "loss": loss}]}]}}
+        (tmp_path / "trials" / f"{jid}.json").write_text(json.dumps(rec), encoding="utf-8")
+    assert curves(tmp_path, "notmnist") == ("### bouncing-ptncn-notmnist-s0\n\n| step | train s | held-out loss |\n"
+                                            "|---|---|---|\n| 0 | 0 | 3001 |\n| 66,200 | 600 | 736.1 |\n")
+    with pytest.raises(SystemExit, match="no trial id contains 'word'"):
+        curves(tmp_path, "word")
