@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from .errors import PtncnError, RunStopped
+from .errors import DataError, PtncnError, RunStopped
 
 
 def _add_config_args(p):
@@ -120,7 +120,10 @@ def cmd_predict(args) -> int:
         raise PtncnError("ptncn predict needs --input FILE.npy (or --text / a .txt input for a text run)")
     x = np.asarray(load_npy(args.input))
     mask = np.asarray(load_npy(args.mask)) if args.mask else None
-    out = run.forecast(x, mask)
+    try:
+        out = run.forecast(x, mask)
+    except DataError as exc:
+        raise DataError(f"{args.input}: {exc}") from None
     if not args.out:
         raise PtncnError("ptncn predict --input x.npy needs --out forecasts.npy")
     np.save(args.out, out)

@@ -27,6 +27,24 @@ from .errors import DataError, PtncnError
 from .training.checkpoints import expect_for
 
 
+def _finite_or_masked(x: np.ndarray, mask) -> np.ndarray:
+    """`x` with its masked-out steps zeroed; DataError naming the first (sequence, step) that
+    holds NaN or Inf and is not masked out (padding may be NaN, as in a user's own files)."""
+    bad = ~np.isfinite(x).all(axis=2) if x.dtype.kind == "f" else np.zeros(x.shape[:2], bool)
+    if mask is not None and np.shape(mask) == x.shape[:2]:
+        off = np.asarray(mask) == 0
+        if (bad & off).any():
+            x = np.where(off[:, :, None], 0, x)
+        bad &= ~off
+    if bad.any():
+        b, t = (int(i) for i in np.argwhere(bad)[0])
+        more = int(bad.sum()) - 1
+        raise DataError(f"the input holds NaN or Inf at sequence {b}, step {t}"
+                        + (f" (and at {more:,} more step{'s' if more > 1 else ''})" if more else "")
+                        + "; mask such steps out (0 in the mask) or remove them")
+    return x
+
+
 @dataclass
 class Run:
     """A restored run: its config, the step and checkpoint it was restored from, its data streams
@@ -65,8 +83,7 @@ class Run:
             if x.ndim != 3 or x.dtype.kind not in "fiub" or x.shape[2] != self.dim:
                 raise DataError(f"this run forecasts (B, T, {self.dim}) real values; got an array of shape "
                                 f"{x.shape} and dtype {x.dtype}")
-            if not np.isfinite(x).all():
-                raise DataError("the input holds NaN or Inf")
+            x = _finite_or_masked(x, mask)
             xt = np.ascontiguousarray(x.astype(np.float32).transpose(1, 0, 2))
         else:
             if x.ndim != 2 or x.dtype.kind not in "iu":

@@ -79,9 +79,18 @@ def test_predict_writes_the_forecasts(arrays_run, tmp_path, capsys):
     capsys.readouterr()
     assert main(["predict", arrays_run, "--input", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "g.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: this run forecasts (B, T, 3) real values; got an array of shape (3, 12, 5) and dtype float32"]
-    with pytest.raises(DataError, match="NaN or Inf"):
-        ptncn_dist.load_run(arrays_run).forecast(np.full((1, 4, 3), np.nan, np.float32))
+    assert err == [f"error: {tmp_path / 'bad.npy'}: this run forecasts (B, T, 3) real values; got an array of "
+                   f"shape (3, 12, 5) and dtype float32"]
+    run = ptncn_dist.load_run(arrays_run)
+    with pytest.raises(DataError, match=r"^the input holds NaN or Inf at sequence 0, step 0 \(and at 3 more steps\); "
+                                        r"mask such steps out"):
+        run.forecast(np.full((1, 4, 3), np.nan, np.float32))
+    padded, mask = x.copy(), np.ones(x.shape[:2], np.float32)
+    padded[1, 5:], mask[1, 5:] = np.nan, 0  # NaN padding under the mask is fine: it reaches the model as 0
+    zeroed = np.where(mask[:, :, None] == 0, 0, padded)
+    np.testing.assert_array_equal(run.forecast(padded, mask), run.forecast(zeroed, mask))
+    with pytest.raises(DataError, match="at sequence 1, step 5 "):
+        run.forecast(padded)
 
 
 def test_a_text_run_predicts_and_generates_text(tmp_path, capsys):
