@@ -611,7 +611,7 @@ def test_timed_scales_say_minutes_and_the_steps_each_method_took():
     """A scale that budgets time says so (never "10,000,000 training steps"), names its clock and
     says tuning took a share of the time; the steps each learner took are listed from the rows."""
     from experiments.compare.scales import SCALES
-    from experiments.compare.tables import video_steps
+    from experiments.compare.seen import video_steps
     from experiments.compare.text import setup_text
     long, medium = SCALES["long"], SCALES["medium"]
     for experiment, per in (("bouncing", "per run"), ("continual", "per phase")):
