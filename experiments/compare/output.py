@@ -79,9 +79,11 @@ def cost_line(cost: dict, reused: int = 0) -> str:
     if reused and not cost["trials"]:
         return f"- Cost: no trial of its own; it reads {reused} trials of the Bouncing experiment, whose cost is stated there."
     also = f" (and {reused} trials of the Bouncing experiment, reused, not counted here)" if reused else ""
+    resumed = cost["resumed_trials"]
+    earlier = (f", {resumed} trial{'s' if resumed > 1 else ''} resumed after an interruption, whose earlier "
+               f"attempts are not in that figure" if resumed else "")
     return (f"- Cost: {cost['trials']} trials{also}, {cost['train_hours']:,.2f} hours of training in all "
-            f"({cost['wall_hours_recorded']:,.2f} trial-hours of wall time recorded, {cost['resumed_trials']} "
-            f"trials resumed after an interruption, whose earlier attempts are not in that figure); some trial ran "
+            f"({cost['wall_hours_recorded']:,.2f} trial-hours of wall time recorded{earlier}); some trial ran "
             f"during {cost['busy_hours']:,.2f} hours of wall time.")
 
 
