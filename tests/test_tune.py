@@ -87,7 +87,9 @@ def test_tiny_study_runs_real_trials(tmp_path):
     from ptncn_dist.trainer import train
     from ptncn_dist.tune import study
     out = tmp_path / "out"
+    before = signal.getsignal(signal.SIGINT)
     rows = study(None, _write(tmp_path, TINY), str(out), str(tmp_path / "storage"), "tiny", num_cpus=2)
+    assert signal.getsignal(signal.SIGINT) is before  # Tune's own handler is not left behind
     assert not _work_dirs(tmp_path / "storage" / "tiny")  # ASHA kills a trial at max_t before its own cleanup
     by_name = {r["variant"]: r for r in rows}
     assert set(by_name) == {"base", "blows_up"}

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ptncn_dist.engines import ray_session
 from ptncn_dist.errors import ConfigError
+from ptncn_dist.training.stop import handlers_kept
 
 NODE_IP = ray_session.LOOPBACK  # every listener of the private Ray on loopback (ray_session)
 START_ATTEMPTS = 2
@@ -214,7 +215,8 @@ class TrialRunner:
                                           checkpoint_config=tune.CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS),
                                           failure_config=tune.FailureConfig(max_failures=0),
                                           callbacks=[SaveAsTheyEnd(str(trials), label)]))
-        grid = tuner.fit()
+        with handlers_kept():  # Tune leaves its SIGINT handler behind otherwise
+            grid = tuner.fit()
         by_key = {j["key"]: j for j in todo}
         for res in grid:
             job = by_key.get(((res.config or {}).get("job") or {}).get("key"))

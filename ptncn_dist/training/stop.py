@@ -6,6 +6,7 @@ Signal handlers can only be set from the main thread, so a run trained in anothe
 Tune trial) keeps whatever its host does with signals."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -38,3 +39,20 @@ class StopRequest:
         self.signal = signal.Signals(signum).name
         self.log(f"{self.signal}: the run stops at the end of this segment and writes a checkpoint there "
                  f"(send it again to stop at once, losing the steps since the last checkpoint)")
+
+
+@contextlib.contextmanager
+def handlers_kept(signals=SIGNALS):
+    """Whatever handled SIGINT and SIGTERM before the block handles them after it. Ray Tune's
+    `Tuner.fit` sets a SIGINT handler of its own and leaves it behind when it ends normally: the
+    process's next Ctrl-C would only set an event that nothing waits on any more."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {sig: signal.getsignal(sig) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in before.items():
+            if handler is not None:
+                signal.signal(sig, handler)

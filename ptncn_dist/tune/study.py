@@ -24,6 +24,7 @@ import time
 from ..engines import ray_session
 from ..engines.placement import shutdown_ray
 from ..errors import ConfigError, PtncnError
+from ..training.stop import handlers_kept
 from .space import Dist, SearchSpace, read_space, trial_config
 from .trial import metric_for, overrides_of, remove_work_dirs, run_trial
 
@@ -143,7 +144,8 @@ def study(base_path: str | None, space_path: str, out_dir: str, storage: str, na
         t0 = time.monotonic()
         _write_marker(path, mark)
         try:
-            grid = tuner.fit()
+            with handlers_kept():
+                grid = tuner.fit()
         finally:
             # A trial that ASHA stops, or that an interruption ends, is killed before its own
             # cleanup: its run directory goes here (an unfinished one lives on as its checkpoint).
