@@ -48,17 +48,15 @@ def cmd_train(args) -> int:
         train(cfg, run_dir, resume=True)
         return 0
     cfg = _config(args)
-    if args.run_dir:
-        print(f"run directory: {args.run_dir}")
-        train(cfg, args.run_dir, resume=None)
-        return 0
     from .checkpoint import rundir
-    run_dir = rundir.new_default_dir()  # its own, even beside a run started in the same second
+    # no --run-dir: a directory of its own, even beside a run started in the same second
+    run_dir = args.run_dir or rundir.new_default_dir()
     print(f"run directory: {run_dir}")
     try:
-        train(cfg, run_dir, resume=False)
+        train(cfg, run_dir, resume=None)
     finally:
-        rundir.remove_if_empty(run_dir)
+        if not args.run_dir:
+            rundir.remove_if_empty(run_dir)
     return 0
 
 

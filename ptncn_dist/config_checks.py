@@ -184,14 +184,15 @@ def _gib(n: float) -> str:
     return f"{n / GIB:,.1f} GiB" if n >= GIB / 10 else f"{n / GIB:.3f} GiB"
 
 
-def check_sequences(cfg) -> None:
+def check_sequences(cfg) -> int:
     """ConfigError when model.t_prime is at or past the end of every sequence of the data (the
-    run would train and evaluate on nothing), see `data.sources.check_scored`; or when the model's
-    output cannot forecast a user's data (`data.sources.check_output`: softmax for token ids, values
-    within the range of sigmoid or tanh)."""
-    from .data.sources import check_output, check_scored
-    check_scored(cfg.data, cfg.model.t_prime)
+    run would train and evaluate on nothing), see `data.checks.check_scored`; or when the model's
+    output cannot forecast a user's data (`data.checks.check_output`: softmax for token ids, values
+    within the range of sigmoid or tanh). Else the longest sequence a batch can hold."""
+    from .data.checks import check_output, check_scored
+    longest = check_scored(cfg.data, cfg.model.t_prime)
     check_output(cfg.data, cfg.model.output)
+    return longest
 
 
 def check_memory(cfg, x_dim: int, kind: str, available: int | None = None,
@@ -199,15 +200,14 @@ def check_memory(cfg, x_dim: int, kind: str, available: int | None = None,
     """ConfigError when the run cannot fit in this machine's memory; else the estimate (bytes).
     Runs `check_sequences` first: both are the checks a run makes once its data is open.
 
-    `steps` is the longest sequence a batch can hold (None: read from the open data,
-    `data.sources.longest_sequence`): the data batches and a baseline's working arrays
+    `steps` is the longest sequence a batch can hold (None: the one `check_sequences` found in
+    the open data): the data batches and a baseline's working arrays
     (`work_bytes`) grow with it. With a Ray engine on a cluster (engine.address set) only the
     largest layer must fit, since each layer may have a node of its own; everything else runs
     here and must fit as a whole."""
-    from .data.sources import FILE_SEQUENCES, longest_sequence
-    check_sequences(cfg)
-    if steps is None:
-        steps = longest_sequence(cfg.data)
+    from .data.sources import FILE_SEQUENCES
+    longest = check_sequences(cfg)
+    steps = longest if steps is None else steps
     available = machine_memory() if available is None else available
     layers = layer_bytes(cfg, x_dim, kind)
     weights, data = sum(layers), data_bytes(cfg, x_dim, kind, steps)

@@ -53,12 +53,12 @@ def datasets_of(done: list) -> list:
 
 
 def compute_cost(done: list) -> dict:
-    """What the trials cost, summed over every trial of `done` that has a result: training hours
+    """What the trials cost, summed over every trial of `done` that ran: training hours
     (each trial's training clock, resumed attempts included), wall hours as recorded (the last
     attempt of a resumed trial only), how many were resumed, and busy hours: the wall time during
     which at least one trial ran (the union of their last attempts), which leaves out the gaps
     between the commands of a run continued over several sessions."""
-    have = [res for _, res in done if res.get("status")]
+    have = [res for _, res in done if res.get("status") not in (None, "not run")]
     train = sum(float(res.get("train_s_total") or sum(ph.get("train_s", 0) for ph in res.get("phases", [])))
                 for res in have)
     spans = sorted((res["start"], res["end"]) for res in have
@@ -101,12 +101,12 @@ def write_results(experiment: str, scale: Scale, seeds: list, done: list, out: P
     plot_by_position(tests, datasets, out / "loss_by_position.png")
     failed = [(job["id"], res.get("status")) for job, res in done if not finished(res)]
     diverged = [(job["id"], res.get("status")) for job, res in done if is_diverged(res)]
-    cost = compute_cost([(job, res) for job, res in done if job["id"] not in reused])
-    cost["reused_trials"] = len({job["id"] for job, _ in done} & set(reused))
+    cost = {**compute_cost([(job, res) for job, res in done if job["id"] not in reused]),
+            "reused_trials": len(reused)}
     md = page(experiment, command=meta["command"].replace(" --report-only", ""), results=body, curve_points=scale.curve_points,
               setup=setup_text(experiment, scale, seeds, meta["blas_threads_per_job"], meta["trials_at_a_time"],
                                meta["machine"].get("cpu_count"), source[0] if source else "")
-              + "\n" + cost_line(cost, cost["reused_trials"]),
+              + "\n" + cost_line(cost, len(reused)),
               time_to_quality=time_to_quality(tests, datasets), tuning=tuning_text(done, source),
               failed=failed_text(failed, rerun, diverged))
     (out / "results.md").write_text(md, encoding="utf-8")

@@ -207,7 +207,7 @@ def idx_pools(directory: Path, label: str) -> tuple:
     return train_images, test_images, note
 
 
-def _directory(cfg: DataConfig) -> Path:
+def data_directory(cfg: DataConfig) -> Path:
     """cfg.path as an existing directory; ConfigError when it is needed but empty."""
     if not cfg.path:
         raise ConfigError(f"data.path is required for source {cfg.source}: "
@@ -224,14 +224,14 @@ def sprite_pools(cfg: DataConfig) -> tuple:
     if cfg.source == "bouncing_mnist" and not cfg.path:
         return offline_pools()
     label = "MNIST" if cfg.source == "bouncing_mnist" else "notMNIST"
-    return idx_pools(_directory(cfg), label)
+    return idx_pools(data_directory(cfg), label)
 
 
 def text_format(cfg: DataConfig) -> str:
     """The concrete on-disk text format (resolving 'auto' from the files present)."""
     if cfg.format != "auto":
         return cfg.format
-    return ptb.detect_format(_directory(cfg), "word" if cfg.source == "ptb_word" else "char")
+    return ptb.detect_format(data_directory(cfg), "word" if cfg.source == "ptb_word" else "char")
 
 
 CORPUS_CACHE = 6
@@ -252,7 +252,7 @@ def open_corpus(cfg: DataConfig, split: str, vocab=None) -> ptb.Corpus:
     training run and its evaluations open the same splits several times; parsing PTB takes seconds)."""
     if cfg.source not in TEXT_FORMATS:
         raise ConfigError(f"open_corpus needs a text source ({', '.join(TEXT_FORMATS)}), got {cfg.source}")
-    directory, fmt = _directory(cfg), text_format(cfg)
+    directory, fmt = data_directory(cfg), text_format(cfg)
     key = (cfg.source, str(directory.resolve()), fmt, split, None if vocab is None else tuple(vocab),
            cfg.vocab_size, _files_state(directory))
     if key not in _CORPORA:
@@ -284,7 +284,7 @@ def _bouncing_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
 
 def open_arrays(cfg: DataConfig):
     """The checked splits of an "arrays" source (arrays.ArraySet), opened once while unchanged."""
-    return arrays.open_arrays(_directory(cfg), cfg.vocab_size)
+    return arrays.open_arrays(data_directory(cfg), cfg.vocab_size)
 
 
 def _file_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
@@ -293,7 +293,7 @@ def _file_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
         aset = open_arrays(cfg)
         train, test = arrays.streams(aset, cfg.batch, cfg.eval_batch, seed, split, cfg.max_len)
         return Streams(train, test, aset.note)
-    mm = moving_mnist.open_moving_mnist(_directory(cfg))
+    mm = moving_mnist.open_moving_mnist(data_directory(cfg))
     train, test = moving_mnist.streams(mm, cfg.frame, cfg.batch, cfg.eval_batch, seed, split, cfg.max_len)
     return Streams(train, test, mm.note())
 
@@ -309,54 +309,6 @@ def _text_streams(cfg: DataConfig, seed: int, split: str) -> Streams:
     return Streams(train, test, note)
 
 
-def _longest(cfg: DataConfig, split: str) -> list:
-    """(longest, where, cut) for the train and the held-out `split` split: the most steps any one
-    sequence has (cut to data.max_len when that is shorter), where it is, and how it was cut."""
-    out = []
-    if cfg.source in TEXT_FORMATS:
-        train = open_corpus(cfg, "train")
-        found = [(max(len(s) for s in c.sentences), f"sentence of {c.source}", "tokens")
-                 for c in (train, open_corpus(cfg, split, train.vocab))]
-    elif cfg.source == "arrays":
-        aset = open_arrays(cfg)
-        found = [(aset.longest(n), f"{n} sequences of {aset.parts[n][0].path}", "steps") for n in ("train", split)]
-    elif cfg.source in FILE_SEQUENCES:
-        mm = moving_mnist.open_moving_mnist(_directory(cfg))
-        found = [(mm.steps, f"{n} sequences of {mm.path}", "steps") for n in ("train", split)]
-    else:
-        return [(cfg.seq_len, "videos", "frames", "")]
-    for longest, where, unit in found:
-        cut = ""
-        if 0 < cfg.max_len < longest:
-            longest, cut = cfg.max_len, f" (cut to data.max_len = {cfg.max_len})"
-        out.append((longest, where, unit, cut))
-    return out
-
-
-def longest_sequence(cfg: DataConfig, split: str = "test") -> int:
-    """The most steps one batch can hold, train or held-out: what a run's memory grows with (a
-    baseline keeps its predictions, and BPTT its activations, for a whole sequence). Text and
-    file sources read it from the data `open_streams` opened; videos have data.seq_len."""
-    return max(longest for longest, *_ in _longest(cfg, split))
-
-
-def check_scored(cfg: DataConfig, t_prime: int, split: str = "test") -> None:
-    """ConfigError when model.t_prime (the first step scored and learned) is at or past the end of
-    every sequence of the train or the held-out split: the run would train and evaluate on
-    nothing. Text splits come from the cache `open_streams` filled, so this reads no file again."""
-    rule = "only steps t >= model.t_prime of a sequence are scored and learned"
-    for longest, where, unit, cut in _longest(cfg, split):
-        if t_prime < longest:
-            continue
-        if unit == "frames":
-            raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: every video has data.seq_len = "
-                              f"{cfg.seq_len} frames (steps 0..{cfg.seq_len - 1}) and {rule}; set model.t_prime "
-                              f"below {cfg.seq_len} or data.seq_len above {t_prime}")
-        label = "the longest " + where if unit == "tokens" else f"the longest of the {where}"
-        raise ConfigError(f"model.t_prime = {t_prime} leaves no step to score: {label} "
-                          f"has {longest} {unit}{cut} and {rule}; set model.t_prime below {longest}")
-
-
 def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
     """Train and held-out streams for `cfg`; held-out streams never repeat train batches.
 
@@ -370,36 +322,3 @@ def open_streams(cfg: DataConfig, seed: int, split: str = "test") -> Streams:
     if cfg.source in FILE_SEQUENCES:
         return _file_streams(cfg, seed, split)
     return _bouncing_streams(cfg, seed, split)
-
-
-OUTPUT_RANGES = {"sigmoid": (0.0, 1.0, "binary cross-entropy"), "tanh": (-1.0, 1.0, "squared error")}
-
-
-def check_output(cfg: DataConfig, output: str) -> None:
-    """ConfigError when the model's output function cannot forecast a user's data (sources arrays,
-    text and moving_mnist): token ids need "softmax"; real values need another output, and the
-    values must lie in its range ("sigmoid": [0, 1], "tanh": [-1, 1]; "identity": any)."""
-    if cfg.source not in ("arrays", "text", "moving_mnist"):
-        return
-    if cfg.source == "arrays":
-        aset = open_arrays(cfg)
-        kind, files = aset.kind, aset.files
-    else:
-        kind, files = ("tokens" if cfg.source == "text" else "frames"), []
-    if kind == "tokens":
-        if output != "softmax":
-            raise ConfigError(f"model.output = {output!r} cannot forecast token ids (source {cfg.source}); "
-                              f"set model.output = \"softmax\"")
-        return
-    if output == "softmax":
-        raise ConfigError(f"model.output = \"softmax\" forecasts token ids, but source {cfg.source} holds real "
-                          f"values (N, T, D); set model.output = \"identity\" (squared error) or \"sigmoid\" "
-                          f"(binary cross-entropy, values in [0, 1])")
-    if output not in OUTPUT_RANGES:
-        return
-    low, high, loss = OUTPUT_RANGES[output]
-    for f in files:
-        if f.lo < low or f.hi > high:
-            raise ConfigError(f"model.output = {output!r} forecasts values in [{low:g}, {high:g}] ({loss}), but "
-                              f"{f.path} holds values in [{f.lo:.4g}, {f.hi:.4g}]; scale the data into "
-                              f"[{low:g}, {high:g}] or set model.output = \"identity\" (squared error)")
