@@ -108,13 +108,19 @@ def test_rerun_does_nothing(finished, ray_up):
     out, _, _ = finished
     files = sorted((out / "trials").glob("*.json"))
     before = {p.name: p.stat().st_mtime_ns for p in files}
+    first = json.loads((out / "meta.json").read_text())
     outcome, lines = smoke(out)
     assert outcome.ran == [] and "tuning: 2 of 2 trials already done" in lines
     assert all(s.cached == s.total for s in outcome.summaries.values())
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").glob("*.json")} == before
     meta = json.loads((out / "meta.json").read_text())
+    # The record of the run that made the results stays; the rerun is a rebuild beside it.
+    assert first["trials_run_now"] and "report_rebuilt" not in first
+    for key in ("command", "started", "total_wall_s", "trials_run_now"):
+        assert meta[key] == first[key], key
+    assert meta["report_rebuilt"]["started"] != first["started"]
     spans = [(t["start"], t["end"]) for t in meta["trials"]]
-    assert meta["trials_run_now"] == [] and meta["trials_span_s"] == pytest.approx(
+    assert meta["trials_span_s"] == pytest.approx(
         max(e for _, e in spans) - min(s for s, _ in spans), abs=0.1) and meta["trials_span_s"] > 0
 
 

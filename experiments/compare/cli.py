@@ -154,11 +154,12 @@ RUN_FIELDS = ("command", "argv", "software", "machine", "git", "started", "total
 
 
 def kept_run_meta(path: Path, meta: dict, rerun: list | None = None) -> dict:
-    """The meta.json of a --report-only rebuild, or of an --only rerun of some trials (`rerun`:
-    their ids): what the last whole run recorded about itself (its command, versions, machine,
-    commit, start, wall time, trials at a time) stays, so results.md still says how to reproduce
-    the whole table; the rebuild's own are added under `report_rebuilt`, a rerun's appended to
-    `reruns`. A missing or unreadable old file keeps this command's."""
+    """The meta.json of a --report-only rebuild (or of a rerun that found every trial done), or of
+    an --only rerun of some trials (`rerun`: their ids): what the last whole run recorded about
+    itself (its command, versions, machine, commit, start, wall time, trials at a time) stays, so
+    results.md still says how to reproduce the whole table; the rebuild's own are added under
+    `report_rebuilt`, a rerun's appended to `reruns`. A missing or unreadable old file keeps this
+    command's."""
     try:
         old = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -242,8 +243,10 @@ def main(argv=None, log=print) -> Outcome:
     outcome.jobs = tuning + tests
     meta["total_wall_s"] = round(time.perf_counter() - t0, 1)
     meta["trials_run_now"] = outcome.ran
-    if args.report_only or only is not None:
-        meta = kept_run_meta(out / "meta.json", meta, None if args.report_only else sorted(only))
+    if args.report_only or only is not None or not outcome.ran:
+        # A rebuild, a rerun of some trials, or a rerun that found every trial done: the record
+        # of the run that made the results stays (a plain rerun is a rebuild, not a new run).
+        meta = kept_run_meta(out / "meta.json", meta, sorted(only) if only is not None else None)
     failed = [job["id"] for job, res in done if not runner.finished(res)]
     rerun = runner.rerun_command(argv, failed) if failed else ""
     reused = frozenset([j["id"] for j in tuning if tune_trials != trials]
