@@ -1,4 +1,4 @@
-"""Fixtures (a 3-node Ray cluster) and the guard that keeps the fast tier honest.
+"""Fixtures (a 3-node Ray cluster, a module's Ray session) and the guard that keeps the fast tier honest.
 
 Shared helpers (paths, golden files, `local_ray`, NODE_IP) live in tests/helpers.py: import them
 from `helpers`, never from conftest.
@@ -90,3 +90,26 @@ def cluster():
         yield c
     finally:
         c.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_up():
+    """One Ray session for a module's tests (2 CPUs, 127.0.0.1, no dashboard), stopped at the end
+    of the module even when a test fails. Tests that use it are marked `ray`."""
+    from helpers import local_ray
+    with local_ray(2):
+        yield
+
+
+@pytest.fixture
+def no_ray_left():
+    """A command stops the Ray it started and leaves the caller's running; a Ray left behind
+    by a test without one of its own is stopped, and the test fails (use it with
+    `pytestmark = pytest.mark.usefixtures("no_ray_left")`)."""
+    import ray
+    before = ray.is_initialized()
+    yield
+    if ray.is_initialized() and not before:
+        _stop_leftover_ray()
+        pytest.fail("the runner left its Ray session running")
+    assert ray.is_initialized() == before, "the runner stopped the caller's Ray session"

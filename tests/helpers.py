@@ -22,6 +22,9 @@ GOLDEN = Path(os.environ.get("PTNCN_GOLDEN_DIR", SHARED / "golden"))
 # the session on 127.0.0.1 (on 127.0.0.2 and up it binds them to all interfaces; see
 # ptncn_dist/engines/ray_session.py and docs/security.md).
 NODE_IP = "127.0.0.1"
+# The experiments.compare runner's Ray arguments in the tests: a private 2-CPU Ray on NODE_IP (or
+# the module's running one), two trials at once.
+COMPARE_RAY = ("--num-cpus", "2", "--node-ip", NODE_IP, "--parallel", "2")
 
 
 def golden_files():
