@@ -191,6 +191,11 @@ def test_timed_scales_say_minutes_and_the_steps_each_method_took():
     ptb = setup_text("ptb", long, [0], 1, 2, 2)
     assert "the same 20 minutes of training time per run (CPU seconds" in ptb and "(one epoch)" not in ptb
     assert "225,525 steps on characters (one epoch)" in setup_text("ptb", medium, [0], 1, 2, 2)
+    # the seeds each run had: the long scale runs three on Bouncing MNIST, one elsewhere
+    assert "seeds [0, 1, 2] for runs trained on Bouncing MNIST, [0] for runs trained on other data;" in \
+        setup_text("bouncing", long, [0, 1, 2], 1, 2, 2)
+    assert "seeds [0];" in setup_text("continual", long, [0, 1, 2], 1, 2, 2) and "seeds [0];" in ptb
+    assert "seeds [0, 1, 2];" in setup_text("continual", medium, [0, 1, 2], 1, 2, 2)
     steady = setup_text("bouncing", medium, [0], 1, 2, 2)
     assert "1,200 training steps (960 videos)" in steady and "25% of a test run's steps" in steady
     rows = [{"method": "ptncn", "label": "P-TNCN", "steps": s} for s in (100, 300)] + \

@@ -41,6 +41,17 @@ def text_caps(s: Scale) -> str:
     return f"{cap(s.char_steps, 'characters')} or {cap(s.word_steps, 'words')}"
 
 
+def seeds_text(experiment: str, scale: Scale, seeds: list) -> str:
+    """The seeds the runs used: at a scale that runs fewer seeds off Bouncing MNIST (the long
+    scale), which runs had which."""
+    if experiment in ("continual", "ptb"):
+        return str(scale.seeds_for(experiment, seeds))
+    other = scale.seeds_for("other", seeds)
+    if other == seeds:
+        return str(seeds)
+    return f"{seeds} for runs trained on Bouncing MNIST, {other} for runs trained on other data"
+
+
 def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, parallel: int, cores,
                settings_from: str = "") -> str:
     """What was run, in words (the caveats every table needs); `settings_from`: the directory
@@ -64,7 +75,7 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
               fill("tuning", tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}",
                    budget="training time" if timed else "steps")
               if s.tune_trials else fill("tuning_none"))
-    return fill("setup", scale=s.name, seeds=seeds, widths=widths, esn_cap=s.esn_max_hidden, data=data,
+    return fill("setup", scale=s.name, seeds=seeds_text(experiment, s, seeds), widths=widths, esn_cap=s.esn_max_hidden, data=data,
                 tuning=tuning, threads=threads, parallel=parallel, cores=cores)
 
 
