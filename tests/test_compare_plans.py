@@ -132,11 +132,13 @@ def test_claims_say_whether_ptncn_beats_the_papers_rivals():
     stats = {"ptncn": st("P-TNCN", 100.0), "rtrl": st("RTRL", 150.0), "uoro": st("UORO", 101.0, 5.0),
              "esn": st("ESN", 120.0), "lstm": st("LSTM", 90.0, 1.0, 1), "blur_blend": st("Blur", 95.0, math.nan, 1)}
     lines = claims_lines(stats, "test_bce", "B-MNIST", "blur_blend", METHOD_KEYS, separated,
-                         [("medium", {**stats, "ptncn": st("P-TNCN", 200.0)})])
+                         [("medium", {**stats, "ptncn": st("P-TNCN", 200.0)}),
+                          ("epoch_tuned", {"ptncn": st("P-TNCN", 300.0, 0.0, 1)})])
     text = "\n".join(lines)
     assert "it holds." in text and "ahead of RTRL (150.0 ± 1.0; clearly)" in text
     assert "ahead of UORO (101.0 ± 5.0; within the seeds' spread)" in text and "behind LSTM (90.00; one seed)" in text
     assert "Rank: 2 of 5 learners here." in text and "At the `medium` scale it ranked 5 of 5" in text
+    assert "At the `epoch_tuned` scale it was the only learner run (300.0)." in text
     assert "P-TNCN does not beat it." in text
     stats["esn"] = st("ESN", 99.0)
     assert "it holds in part." in "\n".join(claims_lines(stats, "test_bce", "x", None, METHOD_KEYS, separated))

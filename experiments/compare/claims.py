@@ -68,8 +68,8 @@ def claims_lines(stats: dict, column: str, what: str, reference: str | None, met
     for scale, st in others:
         ro = rank(st, column, "ptncn", method_keys)
         if ro:
-            lines.append(f"- At the `{scale}` scale it ranked {ro[0]} of {ro[1]} "
-                         f"({rep.fmt_ms(st['ptncn'][column])}).")
+            where = (f"ranked {ro[0]} of {ro[1]}" if ro[1] > 1 else "was the only learner run")
+            lines.append(f"- At the `{scale}` scale it {where} ({rep.fmt_ms(st['ptncn'][column])}).")
     if reference and reference in stats and math.isfinite(stats[reference][column][0]):
         ref = stats[reference]
         beats = me[column][0] < ref[column][0]
