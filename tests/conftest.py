@@ -1,4 +1,5 @@
-"""Fixtures (a 3-node Ray cluster, a module's Ray session) and the guard that keeps the fast tier honest.
+"""Fixtures (a 3-node Ray cluster, a module's Ray session) and the guard that keeps the fast tier
+honest.
 
 Shared helpers (paths, golden files, `local_ray`, NODE_IP) live in tests/helpers.py: import them
 from `helpers`, never from conftest.

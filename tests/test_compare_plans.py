@@ -14,7 +14,7 @@ from experiments.compare import jobs as compare_jobs
 from experiments.compare import runner
 from experiments.compare.jobs import config_for, setting_for
 from experiments.compare.tuning import choose, tune_jobs
-from helpers import DATA, REPO
+from helpers import DATA, REPO, need_data
 
 
 def test_validation_streams_never_touch_the_test_split():
@@ -46,8 +46,7 @@ def found(argv: list, done) -> list:
 def test_trial_keys_hold_only_the_datasets_a_trial_uses(tmp_path):
     """Adding a dataset to a command leaves the keys of the other datasets' trials as they were;
     a saved result is found under its key, and an unreadable one counts as not run."""
-    if not (DATA / "ptb_word").is_dir():
-        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    need_data("ptb_word")
     one = compare.main(["ptb", "--scale", "epoch", "--dry-run", "--data", str(DATA)], log=lambda *_: None).jobs
     both = compare.main(["ptb", "--scale", "epoch", "--datasets", "char,word", "--dry-run", "--data", str(DATA)],
                         log=lambda *_: None).jobs
@@ -65,8 +64,7 @@ def test_text_runs_share_one_time_budget_and_finished_video_trials_keep_their_ke
     """Medium PTB runs stop on training minutes (tuning trials on a quarter of them) with the
     step cap at one epoch of characters and a quarter of words; UORO's text width is named as
     not matched; the video experiments' jobs are unchanged, so their committed trials are reused."""
-    if not (DATA / "ptb_word").is_dir():
-        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    need_data("ptb_word")
     plan = compare.make_plan(compare.parse_args(["ptb", "--data", str(DATA)]))
     st = setting_for(plan)
     tests, tunes = compare_jobs.test_jobs(plan, st), tune_jobs(plan, st)
@@ -91,8 +89,7 @@ def test_epoch_scale_is_one_bucketed_epoch_of_characters_at_the_authors_settings
     """`--scale epoch`: PTB only; P-TNCN and the LSTM on characters, one trial at a time on 2
     CPUs, no tuning, P-TNCN at Nesterov 0.075 / 0.95; its step budget is exactly one bucketed
     epoch of the real training split; the committed medium and epoch PTB trials are all found."""
-    if not (DATA / "ptb_word").is_dir():
-        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    need_data("ptb_word")
     from ptncn_dist.data import open_streams
     with pytest.raises(SystemExit):
         compare.parse_args(["bouncing", "--scale", "epoch"])
@@ -148,8 +145,7 @@ def test_long_scale_zeroshot_and_continual_reuse_the_bouncing_trials():
     """At the long scale, zero-shot's trials are the Bouncing trials (the same keys) and
     continual's tuning trials are Bouncing MNIST's; every run there is budgeted in minutes of
     process CPU time, checkpointed every 2 minutes through Tune."""
-    if not (DATA / "notmnist").is_dir():
-        pytest.skip(f"{DATA / 'notmnist'} is not present")
+    need_data("notmnist")
 
     def jobs(experiment):
         return compare.main([experiment, "--scale", "long", "--dry-run", "--data", str(DATA)], log=lambda *_: None).jobs

@@ -14,7 +14,7 @@ import math
 import pytest
 
 from experiments.compare import cli as compare
-from helpers import COMPARE_RAY as RAY, DATA
+from helpers import COMPARE_RAY as RAY, DATA, need_data
 
 pytestmark = pytest.mark.usefixtures("no_ray_left")
 
@@ -70,8 +70,7 @@ def test_bouncing_smoke(tmp_path, ray_up):
 @pytest.mark.slow
 def test_ptb_smoke(tmp_path, ray_up):
     """Every method on characters and words; the unigram and bigram references in the table."""
-    if not (DATA / "ptb_word").is_dir():
-        pytest.skip(f"{DATA / 'ptb_word'} is not present")
+    need_data("ptb_word")
     rows = run("ptb", tmp_path, "--tune-trials", "0", "--methods", ",".join(TEXT))
     table = (tmp_path / "results.md").read_text()
     check_learners(rows, "test_bpc", table, TEXT, phase="1", eval_on="char")
@@ -82,8 +81,7 @@ def test_ptb_smoke(tmp_path, ray_up):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_zeroshot_smoke(tmp_path, ray_up):
-    if not (DATA / "notmnist").is_dir():
-        pytest.skip(f"{DATA / 'notmnist'} is not present")
+    need_data("notmnist")
     rows = run("zeroshot", tmp_path, "--tune-trials", "0", "--methods", ",".join(FEW))
     table = (tmp_path / "results.md").read_text()
     check_learners(rows, "test_bce", table, FEW, phase="1", trained_on="mnist", eval_on="notmnist")
@@ -96,8 +94,7 @@ def test_zeroshot_smoke(tmp_path, ray_up):
 @pytest.mark.ray
 @pytest.mark.slow
 def test_continual_smoke(tmp_path, ray_up):
-    if not (DATA / "notmnist").is_dir():
-        pytest.skip(f"{DATA / 'notmnist'} is not present")
+    need_data("notmnist")
     rows = run("continual", tmp_path, "--tune-trials", "0", "--methods", ",".join(FEW))
     table = (tmp_path / "results.md").read_text()
     for phase, trained in (("1", "mnist"), ("2", "notmnist"), ("3", "mnist")):
@@ -113,8 +110,7 @@ def test_shared_video_scale_reuses_the_bouncing_trials(tmp_path, ray_up, monkeyp
     runs no tuning of its own (Bouncing MNIST's tuning trials chose its settings)."""
     import dataclasses
     from experiments.compare import scales
-    if not (DATA / "notmnist").is_dir():
-        pytest.skip(f"{DATA / 'notmnist'} is not present")
+    need_data("notmnist")
     smoke = scales.SCALES["smoke"]  # a continual phase gets a video run's budget, as at the long scale
     monkeypatch.setitem(scales.SCALES, "smoke", dataclasses.replace(smoke, shared_video=True,
                                                                     continual_steps=smoke.video_steps))

@@ -75,8 +75,9 @@ def setup_text(experiment: str, scale: Scale, seeds: list, threads: int, paralle
               fill("tuning", tune_trials=s.tune_trials, tune_share=f"{100 * s.tune_fraction:g}",
                    budget="training time" if timed else "steps")
               if s.tune_trials else fill("tuning_none"))
-    return fill("setup", scale=s.name, seeds=seeds_text(experiment, s, seeds), widths=widths, esn_cap=s.esn_max_hidden, data=data,
-                tuning=tuning, threads=threads, parallel=parallel, cores=cores)
+    return fill("setup", scale=s.name, seeds=seeds_text(experiment, s, seeds), widths=widths,
+                esn_cap=s.esn_max_hidden, data=data, tuning=tuning, threads=threads, parallel=parallel,
+                cores=cores)
 
 
 def page(experiment: str, **parts) -> str:
