@@ -232,3 +232,23 @@ def test_trial_curves_prints_each_matching_trials_held_out_curve(tmp_path):
                                             "|---|---|---|\n| 0 | 0 | 3001 |\n| 66,200 | 600 | 736.1 |\n")
     with pytest.raises(SystemExit, match="no trial id contains 'word'"):
         curves(tmp_path, "word")
+
+
+def test_a_trial_that_diverges_keeps_its_training_seconds_and_names_no_deleted_path(tmp_path):
+    """BPTT at lr 1e300 overflows after its first segment: the trial's record is a diverged
+    result that says how far it trained (its seconds count in the cost) and names nothing inside
+    its working directory, which is deleted when the trial ends."""
+    from experiments.compare.trial import run_spec
+    jobs = compare.main(["bouncing", "--scale", "smoke", "--dry-run", "--methods", "bptt", "--datasets", "mnist",
+                         "--data", str(DATA), "--inject", "bptt:optim.lr=1e300"], log=lambda *_: None).jobs
+    job = next(j for j in jobs if j["stage"] == "test" and j["kind"] == "model")
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.warns(RuntimeWarning):
+        out = run_spec(job, work)
+    assert out["status"].startswith("DivergenceError: non-finite values at step ") and runner.finished(out)
+    assert str(tmp_path) not in out["status"] and "checkpoint" not in out["status"]
+    assert (work / "phase-0" / "checkpoints").is_dir()  # there was a checkpoint to name
+    stopped = out["stopped"]
+    assert stopped["phase"] == 0 and 0 < stopped["step"] < job["phases"][0]["steps"]
+    assert 0 < stopped["train_s"] == out["train_s_total"] < out["wall_s"]

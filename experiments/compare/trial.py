@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import shutil
 import time
@@ -171,7 +172,11 @@ def run_model(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
             state.update(params=count_params(engine), initial=eval_all(engine, others, nb, cfg.model.t_prime),
                          data={name: s.description for name, s in streams.items()}, rss_before_train_mib=rss_mib())
             _write_state(work, state)
-        result = trainer.run()
+        try:
+            result = trainer.run()
+        except Exception as exc:  # how far it trained: the trial's record keeps it (run_spec)
+            exc.trial_stopped = {"phase": k, "step": trainer.step, "train_s": round(done_s + trainer.train_s, 3)}
+            raise
         tp = cfg.model.t_prime
         evals = eval_all(engine, others if k == 0 else streams, nb, tp)
         if k == 0 and own in streams:
@@ -236,11 +241,20 @@ def run_spec(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
         out = run_reference(spec) if spec.get("kind") == "reference" else run_model(spec, work, checkpointed, report)
         out["status"] = "ok"
     except Exception as exc:
-        out = {"status": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]}
+        out = {"status": f"{type(exc).__name__}: {_outside(work, str(exc).splitlines()[0] if str(exc) else '')}"[:300]}
+        if hasattr(exc, "trial_stopped"):
+            out["stopped"] = exc.trial_stopped
+    stopped_s = out.get("stopped", {}).get("train_s")  # a trial that stopped: its phases done and the one it stopped in
     out.update(start=start, end=time.time(), wall_s=time.perf_counter() - t0, peak_rss_mib=rss_mib(),
                host=os.uname().nodename, node_ip=node_ip(), pid=os.getpid(),
-               train_s_total=sum(p.get("train_s", 0.0) for p in out.get("phases", [])))
+               train_s_total=stopped_s if stopped_s is not None else sum(p.get("train_s", 0.0) for p in out.get("phases", [])))
     return out
+
+
+def _outside(work: Path, message: str) -> str:
+    """`message` without the clauses that name a path in the trial's working directory, which is
+    deleted when the trial ends (a diverged run's "the last good checkpoint is ...")."""
+    return re.sub(r";[^;]*" + re.escape(str(work)) + r"[^;]*", "", message)
 
 
 def node_ip() -> str | None:
