@@ -161,6 +161,13 @@ def test_long_scale_zeroshot_and_continual_reuse_the_bouncing_trials():
     assert {p["minutes"] for j in models if j["stage"] == "tune" for p in j["phases"]} == {2.5}
     seeds = {(j["phases"][0]["data"], j["seed"]) for j in bouncing if j["stage"] == "test"}
     assert seeds == {("mnist", 0), ("mnist", 1), ("mnist", 2), ("notmnist", 0)}
+    # --seeds, asked for, reaches every run; the runs the default already has keep their keys
+    asked = compare.main(["bouncing", "--scale", "long", "--seeds", "2", "--dry-run", "--data", str(DATA)],
+                         log=lambda *_: None).jobs
+    assert {(j["phases"][0]["data"], j["seed"]) for j in asked if j["stage"] == "test"} == \
+        {(d, s) for d in ("mnist", "notmnist") for s in (0, 1)}
+    new = [j for j in asked if j["stage"] == "test" and j["seed"] == 1 and j["phases"][0]["data"] == "notmnist"]
+    assert new and not {j["key"] for j in new} & keys and {j["key"] for j in asked if j not in new} <= keys
 
 
 def test_strongest_reference_is_the_lowest_loss_not_the_most_elaborate():
