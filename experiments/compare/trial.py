@@ -244,9 +244,9 @@ def run_spec(spec: dict, work: Path, checkpointed=None, report=None) -> dict:
         out = {"status": f"{type(exc).__name__}: {_outside(work, str(exc).splitlines()[0] if str(exc) else '')}"[:300]}
         if hasattr(exc, "trial_stopped"):
             out["stopped"] = exc.trial_stopped
-    done_s = sum(p.get("train_s", 0.0) for p in out.get("phases", []))
-    if "stopped" in out:  # a trial that stopped: the phases it finished and the one it stopped in
-        done_s = out["stopped"]["train_s"]
+    # a trial that stopped counts the phases it finished and the one it stopped in
+    done_s = (out["stopped"]["train_s"] if "stopped" in out
+              else sum(p.get("train_s", 0.0) for p in out.get("phases", [])))
     out.update(start=start, end=time.time(), wall_s=time.perf_counter() - t0, peak_rss_mib=rss_mib(),
                host=os.uname().nodename, node_ip=node_ip(), pid=os.getpid(), train_s_total=done_s)
     return out
